@@ -1,0 +1,17 @@
+"""netspec: Caffe's prototxt world on PyTorch.
+
+``import netspec as caffe`` gives the pycaffe surface: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
+``caffe.Layer``, ``caffe.set_mode_cpu()``, ``caffe.get_solver``...
+"""
+from .errors import NetspecError  # noqa: F401
+from .proto import caffe_pb2  # noqa: F401
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+from .layers.python import Layer  # noqa: E402,F401
+from .net import Net  # noqa: E402,F401
+from .registry import LAYERS, register  # noqa: E402,F401
+from .runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402,F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""CaffeNet: a prepared NetParameter built into one ``nn.Module`` and run like ``torch.fx.Interpreter``.
+
+Layers run in prototxt order over a dict of named blobs. A Caffe in-place layer (top == bottom) rebinds the
+name to its output, so autograd stays safe and the next reader sees the new value. The fast path
+(``forward``) frees every blob after its last reader; the pycaffe ``Net`` asks to keep them all.
+
+Submodules are named by their Caffe layer names (``conv1.weight``), escaped reversibly where ``nn.Module``
+forbids a name (see ``module_key``), so weights map name for name. A layer's Caffe blobs are its module's
+parameters in registration order (Convolution: weight, bias; BatchNorm: mean, variance, scale factor).
+"""
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import layers as _layers  # noqa: F401  (registers every builder)
+from .errors import LayerError, NetspecError
+from .proto import caffe_pb2
+from .registry import LAYERS, accepts, describe
+
+log = logging.getLogger("netspec")
+
+
+def module_key(name: str) -> str:
+    """Reversible escape of a Caffe layer name into a legal ``nn.Module`` child name."""
+    return name.replace("%", "%25").replace(".", "%2E") or "%00"
+
+
+def layer_name(key: str) -> str:
+    return "" if key == "%00" else key.replace("%2E", ".").replace("%25", "%")
+
+
+@dataclass
+class BuildContext:
+    """What a builder may know besides its LayerParameter."""
+    phase: int
+    where: str = ""
+    layer_index: int = 0
+    net_name: str = ""
+
+
+@dataclass
+class Node:
+    index: int
+    name: str
+    type: str
+    key: str
+    bottoms: List[str]
+    tops: List[str]
+    loss_weights: List[float]
+    propagate_down: List[bool]
+    param: "caffe_pb2.LayerParameter"
+    where: str = ""
+    top_shapes: List[Tuple[int, ...]] = field(default_factory=list)
+
+
+def _fake_run(module, bottoms_shapes, dtype=torch.float32):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        xs = [torch.empty(s, dtype=dtype) for s in bottoms_shapes]
+        out = module(*xs)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [tuple(o.shape) for o in outs]
+
+
+def infer_top_shapes(module, bottom_shapes):
+    """Top shapes of a built layer: its own ``top_shapes`` when it has one, else a fake-tensor run."""
+    if hasattr(module, "top_shapes"):
+        return [tuple(s) for s in module.top_shapes(bottom_shapes)]
+    try:
+        return _fake_run(module, bottom_shapes)
+    except NetspecError:
+        raise
+    except Exception:
+        # Some ops have no fake/meta kernel: run once on zeros instead (the shapes are what matters).
+        with torch.no_grad():
+            dev = next((p.device for p in module.parameters()), torch.device("cpu"))
+            out = module(*[torch.zeros(s, device=dev) for s in bottom_shapes])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [tuple(o.shape) for o in outs]
+
+
+class CaffeNet(nn.Module):
+    """A prepared (filtered, split-inserted) NetParameter as an ``nn.Module``.
+
+    ``forward(inputs)`` takes a dict of Input-blob tensors and returns a dict with every net output blob
+    and, under the key ``"__loss__"``, Caffe's total loss: sum over tops of loss_weight * sum(top).
+    """
+
+    def __init__(self, net: "caffe_pb2.NetParameter", phase: int,
+                 where: Callable[[int], str] = lambda i: "", input_shapes: Optional[Dict] = None):
+        super().__init__()
+        self.name = net.name
+        self.phase = phase
+        self.force_backward = net.force_backward
+        self.nodes: List[Node] = []
+        self.input_blobs: List[str] = []
+        self.blob_shapes: Dict[str, Tuple[int, ...]] = {}
+        self.param_owner: Dict[str, Tuple[int, int]] = {}
+        used_keys = set()
+        shapes: Dict[str, Tuple[int, ...]] = {}
+        input_shapes = dict(input_shapes or {})
+        for i, lp in enumerate(net.layer):
+            w = where(i)
+            entry = LAYERS.get(lp.type, where=f"{w}layer '{lp.name}': ")
+            ident = f"{w}layer '{lp.name}' ({lp.type})"
+            for what, n, arity in (("bottom", len(lp.bottom), entry.bottoms), ("top", len(lp.top), entry.tops)):
+                if not accepts(arity, n):
+                    raise LayerError(f"{ident} takes {describe(arity)} {what}s, got {n}")
+            loss_w = list(lp.loss_weight)
+            if entry.loss and not loss_w:
+                loss_w = [1.0]
+            if loss_w and len(loss_w) != len(lp.top):
+                raise LayerError(f"{ident}: loss_weight must be unspecified or given once per top blob "
+                                 f"({len(lp.top)} tops, {len(loss_w)} loss weights)")
+            loss_w = loss_w or [0.0] * len(lp.top)
+            prop = list(lp.propagate_down)
+            if prop and len(prop) != len(lp.bottom):
+                raise LayerError(f"{ident}: propagate_down must be given once per bottom "
+                                 f"({len(lp.bottom)} bottoms, {len(prop)} values)")
+            prop = prop or [True] * len(lp.bottom)
+            key = module_key(lp.name)
+            k = 1
+            while key in used_keys or hasattr(self, key):
+                key = f"{module_key(lp.name)}#{k}"
+                k += 1
+            used_keys.add(key)
+            bshapes = [shapes[b] for b in lp.bottom]
+            ctx = BuildContext(phase=phase, where=w, layer_index=i, net_name=net.name)
+            try:
+                module = entry.builder(lp, bshapes, ctx)
+            except NetspecError:
+                raise
+            except Exception as e:  # a builder's own check: give it the layer's identity
+                raise LayerError(f"{ident}: cannot build with bottom shapes {bshapes}: {e}") from e
+            self.add_module(key, module)
+            node = Node(i, lp.name, lp.type, key, list(lp.bottom), list(lp.top), loss_w, prop, lp, w)
+            self._share_params(node, module)
+            if getattr(module, "is_input", False):
+                self.input_blobs.extend(lp.top)
+                tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]
+            else:
+                try:
+                    tshapes = infer_top_shapes(module, bshapes)
+                except NetspecError:
+                    raise
+                except Exception as e:
+                    raise LayerError(f"{ident}: cannot run on bottom shapes "
+                                     f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(lp.bottom, bshapes))}: {e}"
+                                     ) from e
+            if len(tshapes) != len(lp.top):
+                raise LayerError(f"{ident}: produced {len(tshapes)} tops, the prototxt names {len(lp.top)}")
+            for t, s in zip(lp.top, tshapes):
+                shapes[t] = s
+            node.top_shapes = tshapes
+            self.nodes.append(node)
+        self.blob_shapes = shapes
+        self._plan()
+
+    # -- parameter sharing by ParamSpec.name (Caffe's AppendParam) ---------------------------------------
+    def _share_params(self, node: Node, module: nn.Module):
+        named = list(module.named_parameters())
+        for j, spec in enumerate(node.param.param):
+            if j >= len(named) or not spec.name:
+                continue
+            if spec.name not in self.param_owner:
+                self.param_owner[spec.name] = (node.index, j)
+                continue
+            oi, oj = self.param_owner[spec.name]
+            owner = list(self.get_module(oi).parameters())[oj]
+            attr, mine = named[j]
+            strict = spec.share_mode != caffe_pb2.ParamSpec.PERMISSIVE
+            if (strict and owner.shape != mine.shape) or owner.numel() != mine.numel():
+                raise LayerError(
+                    f"{node.where}layer '{node.name}' ({node.type}): cannot share param '{spec.name}' of "
+                    f"shape {tuple(mine.shape)} with the owner's shape {tuple(owner.shape)}")
+            parent = module
+            *path, leaf = attr.split(".")
+            for p in path:
+                parent = getattr(parent, p)
+            if owner.shape != mine.shape:
+                raise LayerError(f"{node.where}layer '{node.name}': PERMISSIVE sharing of differently shaped "
+                                 "blobs is not supported")
+            setattr(parent, leaf, owner)
+
+    def get_module(self, index: int) -> nn.Module:
+        return getattr(self, self.nodes[index].key)
+
+    def layer_blobs(self, index: int) -> List[torch.Tensor]:
+        """The Caffe param blobs of layer ``index``, in Caffe's order."""
+        return list(self.get_module(index).parameters())
+
+    def learnable_params(self):
+        """Caffe's learnable_params_: (tensor, lr_mult, decay_mult, layer name, blob index), shared blobs once."""
+        seen = set()
+        out = []
+        for node in self.nodes:
+            for j, p in enumerate(self.layer_blobs(node.index)):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                spec = node.param.param[j] if j < len(node.param.param) else caffe_pb2.ParamSpec()
+                out.append((p, spec.lr_mult, spec.decay_mult, node.name, j))
+        return out
+
+    # -- execution plan -----------------------------------------------------------------------------------
+    def _plan(self):
+        available = []
+        for node in self.nodes:
+            for b in node.bottoms:
+                if b in available:
+                    available.remove(b)
+            for t in node.tops:
+                if t not in available:
+                    available.append(t)
+        # Caffe keeps net outputs in a std::set: sorted by name.
+        self.output_blobs = sorted(available)
+        last_read = {}
+        for node in self.nodes:
+            for b in node.bottoms:
+                last_read[b] = node.index
+        outputs = set(self.output_blobs)
+        self._free_after = [[] for _ in self.nodes]
+        for b, i in last_read.items():
+            if b not in outputs and b not in self.nodes[i].tops:
+                self._free_after[i].append(b)
+
+    def run(self, feed: Dict[str, torch.Tensor], *, keep: bool = False, start: int = 0,
+            end: Optional[int] = None, env: Optional[Dict[str, torch.Tensor]] = None,
+            on_top: Optional[Callable] = None, before: Optional[Callable] = None,
+            after: Optional[Callable] = None):
+        """Run layers ``start..end`` (inclusive). Returns (env, loss).
+
+        ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
+        their last reader. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
+        """
+        env = {} if env is None else env
+        loss = None
+        end = len(self.nodes) - 1 if end is None else end
+        for node in self.nodes[start:end + 1]:
+            if before is not None:
+                before(node.index)
+            module = getattr(self, node.key)
+            if getattr(module, "is_input", False):
+                outs = []
+                for t in node.tops:
+                    if t not in feed:
+                        raise NetspecError(f"Input blob '{t}' (layer '{node.name}') was not given a value")
+                    outs.append(feed[t])
+            else:
+                try:
+                    xs = [env[b] if pd else env[b].detach() for b, pd in zip(node.bottoms, node.propagate_down)]
+                except KeyError as e:
+                    raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
+                                       "(forward from an earlier start layer)") from None
+                out = module(*xs)
+                outs = out if isinstance(out, (tuple, list)) else (out,)
+            for j, (t, v) in enumerate(zip(node.tops, outs)):
+                env[t] = v
+                w = node.loss_weights[j]
+                if w:
+                    term = v.sum() * w if w != 1 else v.sum()
+                    loss = term if loss is None else loss + term
+                if on_top is not None:
+                    on_top(node, j, v)
+            if not keep:
+                for b in self._free_after[node.index]:
+                    env.pop(b, None)
+            if after is not None:
+                after(node.index)
+        return env, loss
+
+    def forward(self, inputs: Optional[Dict[str, torch.Tensor]] = None, **kw):
+        feed = dict(inputs or {}, **kw)
+        env, loss = self.run(feed)
+        out = {b: env[b] for b in self.output_blobs if b in env}
+        if loss is not None:
+            out["__loss__"] = loss
+        return out
+
+    def describe_shapes(self) -> str:
+        """Caffe's setup log: per layer, bottoms, tops and top shapes with counts."""
+        lines = []
+        mem = 0
+        for node in self.nodes:
+            lines.append(f"Creating Layer {node.name}")
+            for b in node.bottoms:
+                lines.append(f"{node.name} <- {b}")
+            for t in node.tops:
+                lines.append(f"{node.name} -> {t}" + (" (in-place)" if t in node.bottoms else ""))
+            lines.append(f"Setting up {node.name}")
+            for t, s in zip(node.tops, node.top_shapes):
+                n = math.prod(s)
+                lines.append(f"Top shape: {' '.join(map(str, s))} ({n})" if s else f"Top shape: ({n})")
+                mem += n
+            lines.append(f"Memory required for data: {mem * 4}")
+        return "\n".join(lines)

@@ -1,0 +1,2 @@
+"""Importing this package registers every layer builder (one module per layer family)."""
+from . import python  # noqa: F401

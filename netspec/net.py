@@ -1,0 +1,305 @@
+"""The pycaffe-compatible Net: ``netspec.Net(proto, weights, netspec.TEST)``, ``net.blobs``, ``net.params``.
+
+It keeps every blob where pycaffe exposes it (Split tops included, named as Caffe names them). Blob diffs
+follow Caffe: an in-place blob's ``.data`` is the last in-place layer's output and its ``.diff`` the gradient
+w.r.t. the first producer's output; a loss blob's ``.diff`` is its loss_weight after ``backward()``.
+The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which frees blobs after use.
+"""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .blob import Blob, ParamBlob
+from .errors import NetspecError, PrototxtError, WeightsError
+from .graph import prepare_net
+from .graph_module import CaffeNet
+from .proto import caffe_pb2
+
+log = logging.getLogger("netspec")
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+def load_net_param(source, *, upgrade_log: Optional[list] = None):
+    """A NetParameter from a path (text prototxt or binary), text, or a message; V0/V1 files upgraded.
+
+    Returns ``(net, where)`` where ``where(i)`` gives a ``file:line: `` prefix for layer ``i`` of ``net``."""
+    from . import prototxt, upgrade
+    lines: List[int] = []
+    path = None
+    if isinstance(source, caffe_pb2.NetParameter):
+        net = source
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise PrototxtError(f"{path}: net file not found (working directory {os.getcwd()})")
+        net, lines = prototxt.parse_net_with_lines(path)
+    if upgrade.needs_upgrade(net):
+        net, msgs = upgrade.upgrade_net(net)
+        lines = []  # V1 layer order is preserved but an Input layer may have been prepended
+        for m in msgs:
+            log.info(m)
+        if upgrade_log is not None:
+            upgrade_log.extend(msgs)
+
+    def where(i: int) -> str:
+        if path is None:
+            return ""
+        if i < len(lines):
+            return f"{path}:{lines[i]}: "
+        return f"{path}: "
+    return net, where
+
+
+class _Layer:
+    """What pycaffe's ``net.layers[i]`` offers: ``type`` and ``blobs``."""
+
+    def __init__(self, node, blobs):
+        self.type = node.type
+        self.name = node.name
+        self.blobs = blobs
+
+    def __repr__(self):
+        return f"<{self.type} layer '{self.name}'>"
+
+
+class Net:
+    """pycaffe's ``caffe.Net``.
+
+    Accepted forms: ``Net(proto, phase)``, ``Net(proto, weights, phase)``, ``Net(proto, phase, weights=w)``,
+    ``Net(proto, phase=TEST, weights=w)``; plus ``level=`` and ``stages=`` as pycaffe.
+    """
+
+    def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0, stages=None,
+                 device=None):
+        args = list(args)
+        if args and isinstance(args[-1], int) and phase is None:
+            phase = args.pop()
+        if args and weights is None:
+            weights = args.pop(0)
+        if args:
+            raise TypeError("Net(network_file, [weights,] phase): unexpected extra arguments")
+        if phase is None:
+            raise TypeError("Net needs a phase: netspec.TRAIN or netspec.TEST")
+        net, where = load_net_param(network_file)
+        self.source = None if isinstance(network_file, caffe_pb2.NetParameter) else os.fspath(network_file)
+        prepared, origin = prepare_net(net, phase, level, stages, where)
+        self.net_param = prepared
+        self.module = CaffeNet(prepared, phase, lambda i: where(origin[i]))
+        from . import runtime
+        self.module.to(device if device is not None else runtime.device())
+        log.info("Network initialization:\n%s", self.module.describe_shapes())
+        self.phase = phase
+        self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
+        for node in self.module.nodes:
+            for t, s in zip(node.tops, node.top_shapes):
+                if t not in self.blobs:
+                    self.blobs[t] = Blob(s)
+        self.layers = []
+        self._layer_names = []
+        self.params: "OrderedDict[str, List[ParamBlob]]" = OrderedDict()
+        for node in self.module.nodes:
+            pblobs = [ParamBlob(p) for p in self.module.layer_blobs(node.index)]
+            self.layers.append(_Layer(node, pblobs))
+            self._layer_names.append(node.name)
+            if pblobs and node.name not in self.params:
+                self.params[node.name] = pblobs
+        self.layer_dict = OrderedDict((l.name, l) for l in self.layers)
+        self.inputs = list(self.module.input_blobs)
+        self.outputs = list(self.module.output_blobs)
+        self._before: list = []
+        self._after: list = []
+        self._graph = None
+        if weights:
+            self.copy_from(weights)
+
+    # -- pycaffe attributes ---------------------------------------------------------------------------
+    @property
+    def name(self):
+        return self.module.name
+
+    @property
+    def top_names(self):
+        return OrderedDict((n.name, list(n.tops)) for n in self.module.nodes)
+
+    @property
+    def bottom_names(self):
+        return OrderedDict((n.name, list(n.bottoms)) for n in self.module.nodes)
+
+    def before_forward(self, fn):
+        self._before.append(fn)
+
+    def after_forward(self, fn):
+        self._after.append(fn)
+
+    def _index(self, layer: Optional[str], default: int) -> int:
+        if layer is None:
+            return default
+        try:
+            return self._layer_names.index(layer)
+        except ValueError:
+            raise NetspecError(f"no layer named '{layer}' in net '{self.name}'") from None
+
+    # -- running ----------------------------------------------------------------------------------------
+    def forward(self, blobs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise NetspecError(f"forward(): net '{self.name}' has no blob '{name}'")
+            value = np.asarray(value, dtype=np.float32)
+            self.blobs[name].reshape(*value.shape)
+            self.blobs[name].data[...] = value
+        i0 = self._index(start, 0)
+        i1 = self._index(end, len(self.module.nodes) - 1)
+        dev = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+        grad = self.module.force_backward
+        feed, env = {}, {}
+        for name in self.inputs:
+            t = torch.from_numpy(self.blobs[name].data.copy()).to(dev)
+            feed[name] = t.requires_grad_(grad)
+        if i0 > 0:
+            for name, b in self.blobs.items():
+                env[name] = torch.from_numpy(b.data.copy()).to(dev).requires_grad_(grad)
+        firsts: Dict[str, torch.Tensor] = dict(feed) if i0 == 0 else dict(env)
+        lasts: Dict[str, torch.Tensor] = {}
+        loss_terms = []
+
+        def on_top(node, j, v):
+            t = node.tops[j]
+            in_place = j < len(node.bottoms) and node.bottoms[j] == t
+            if not in_place or t not in firsts:
+                if v.requires_grad and not v.is_leaf:
+                    v.retain_grad()
+                firsts[t] = v
+            lasts[t] = v
+            if node.loss_weights[j]:
+                loss_terms.append((v, node.loss_weights[j]))
+
+        with torch.enable_grad():
+            env, _ = self.module.run(feed, keep=True, start=i0, end=i1, env=env, on_top=on_top,
+                                     before=self._call(self._before), after=self._call(self._after))
+        for t, v in lasts.items():
+            self.blobs[t]._set(v)
+        self._graph = (firsts, lasts, loss_terms)
+        return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
+
+    @staticmethod
+    def _call(fns):
+        if not fns:
+            return None
+
+        def run(i):
+            for f in fns:
+                f(i)
+        return run
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
+        if self._graph is None:
+            raise NetspecError("backward() needs a forward() first (the graph of the last forward is used once)")
+        firsts, lasts, loss_terms = self._graph
+        for name, value in kwargs.items():
+            self.blobs[name].diff[...] = value
+        roots, grads = [], []
+        loss_tensors = {id(v) for v, _ in loss_terms}
+        for v, w in loss_terms:
+            if v.requires_grad:
+                roots.append(v)
+                grads.append(torch.full_like(v, w))
+        for o in self.outputs:
+            v = lasts.get(o)
+            if v is None or id(v) in loss_tensors or not v.requires_grad:
+                continue
+            d = self.blobs[o].diff
+            if np.any(d):
+                roots.append(v)
+                grads.append(torch.from_numpy(d.copy()).to(v.device).reshape(v.shape))
+        if roots:
+            torch.autograd.backward(roots, grads)
+        for t, v in firsts.items():
+            g = v.grad if v.requires_grad else None
+            b = self.blobs[t]
+            b._diff = g.detach().to("cpu").clone() if g is not None else torch.zeros(b.shape)
+        self._graph = None
+        return {i: self.blobs[i].diff for i in self.inputs}
+
+    # -- fast paths (solver, test nets): blobs freed after use, only outputs kept ---------------------------
+    def loss_outputs(self):
+        """[(output blob, loss weight)] for the net outputs that carry a loss weight."""
+        weights = {}
+        for node in self.module.nodes:
+            for t, w in zip(node.tops, node.loss_weights):
+                if w:
+                    weights[t] = w
+        return [(o, weights[o]) for o in self.outputs if o in weights]
+
+    def _feed(self, grad=False):
+        dev = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+        return {n: torch.from_numpy(self.blobs[n].data.copy()).to(dev, non_blocking=True) for n in self.inputs}
+
+    def _keep_outputs(self, env):
+        for o in self.outputs:
+            if o in env:
+                self.blobs[o]._set(env[o])
+
+    def forward_backward(self) -> float:
+        """One training pass: forward, backward into the param grads (accumulating). Returns the loss."""
+        with torch.enable_grad():
+            env, loss = self.module.run(self._feed(), before=self._call(self._before),
+                                        after=self._call(self._after))
+        if loss is None:
+            raise NetspecError(f"net '{self.name}' has no loss (no top with a loss_weight) to train on")
+        if loss.requires_grad:
+            loss.backward()
+        self._keep_outputs(env)
+        return float(loss.detach())
+
+    def forward_only(self) -> Dict[str, np.ndarray]:
+        """Forward without autograd, keeping only the outputs (test nets, deploy)."""
+        with torch.no_grad():
+            env, _ = self.module.run(self._feed(), before=self._call(self._before),
+                                     after=self._call(self._after))
+        self._keep_outputs(env)
+        return {o: self.blobs[o].data for o in self.outputs}
+
+    def clear_param_diffs(self):
+        for p in self.module.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+    def reshape(self):
+        """Propagate the current input blob shapes through the net (Caffe's Net::Reshape)."""
+        from .graph_module import infer_top_shapes
+        shapes = {n: self.blobs[n].shape for n in self.inputs}
+        for node in self.module.nodes:
+            module = self.module.get_module(node.index)
+            if getattr(module, "is_input", False):
+                continue
+            tshapes = infer_top_shapes(module, [shapes[b] for b in node.bottoms])
+            for t, s in zip(node.tops, tshapes):
+                shapes[t] = s
+                self.blobs[t].reshape(*s)
+
+    # -- weights ----------------------------------------------------------------------------------------
+    def copy_from(self, weights):
+        """Copy trained layers by name, as Caffe's CopyTrainedLayersFrom (comma-separated paths allowed)."""
+        from .weights import copy_trained_layers
+        for path in str(weights).split(","):
+            copy_trained_layers(self.module, path.strip())
+
+    def save(self, path):
+        from .weights import save_caffemodel
+        save_caffemodel(self.module, self.net_param, path)
+
+    def share_with(self, other: "Net"):
+        """Use ``other``'s parameter tensors in this net (pycaffe's share_with / ShareTrainedLayersWith)."""
+        from .weights import share_trained_layers
+        share_trained_layers(self.module, other.module)
+        for layer in self.layers:
+            idx = self._layer_names.index(layer.name)
+            layer.blobs[:] = [ParamBlob(p) for p in self.module.layer_blobs(idx)]
+            if layer.name in self.params:
+                self.params[layer.name] = layer.blobs

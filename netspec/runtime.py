@@ -1,0 +1,35 @@
+"""pycaffe's global mode switches: CPU/GPU and the device id, read by Net and solvers at build time."""
+import logging
+
+import torch
+
+log = logging.getLogger("netspec")
+
+_state = {"device": torch.device("cpu"), "gpu_id": 0}
+
+
+def set_mode_cpu():
+    _state["device"] = torch.device("cpu")
+
+
+def set_mode_gpu():
+    if not torch.cuda.is_available():
+        log.warning("set_mode_gpu(): no CUDA device is available; staying on CPU")
+        _state["device"] = torch.device("cpu")
+        return
+    _state["device"] = torch.device("cuda", _state["gpu_id"])
+
+
+def set_device(gpu_id: int):
+    _state["gpu_id"] = int(gpu_id)
+    if _state["device"].type == "cuda":
+        _state["device"] = torch.device("cuda", int(gpu_id))
+
+
+def device() -> torch.device:
+    return _state["device"]
+
+
+def set_random_seed(seed: int):
+    """Seed the fillers and Dropout (Caffe's random_seed)."""
+    torch.manual_seed(int(seed))

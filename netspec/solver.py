@@ -1,0 +1,493 @@
+"""Caffe's solvers, with Caffe's maths (sgd_solver.cpp and friends), not torch.optim's.
+
+Per update, for every learnable blob i (lr_mult 0 included, shared blobs once), as Solver::Step and
+SGDSolver::ApplyUpdate do:
+
+  1. clear diffs; ``iter_size`` forward/backward passes accumulate (sum) the diffs;
+  2. rate = lr_policy(iter), iter = updates done so far;
+  3. clip_gradients >= 0: if the global L2 norm of the *summed* diffs exceeds it, scale all by clip/norm;
+  4. diff /= iter_size;
+  5. L2: diff += weight_decay*decay_mult_i*w,  L1: diff += weight_decay*decay_mult_i*sign(w);
+  6. the type's rule turns diff into the step (SGD: h = momentum*h + rate*lr_mult_i*diff; step = h: the
+     history holds the *lr-scaled* velocity, so unlike torch.optim.SGD an lr change does not rescale it);
+  7. w -= step.
+"""
+import logging
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .errors import NetspecError, SolverError
+from .proto import caffe_pb2
+
+log = logging.getLogger("netspec")
+
+# -- learning-rate policies (SGDSolver::GetLearningRate); each returns (rate, current_step) ------------------
+#   fixed:     base_lr
+#   step:      base_lr * gamma ^ floor(iter / stepsize)
+#   exp:       base_lr * gamma ^ iter
+#   inv:       base_lr * (1 + gamma * iter) ^ (-power)
+#   multistep: base_lr * gamma ^ current_step, current_step advanced (at most once per call) when
+#              iter >= stepvalue[current_step]
+#   poly:      base_lr * (1 - iter / max_iter) ^ power
+#   sigmoid:   base_lr * 1 / (1 + exp(-gamma * (iter - stepsize)))
+
+
+def _fixed(p, it, cs):
+    return p.base_lr, cs
+
+
+def _step(p, it, cs):
+    if p.stepsize <= 0:
+        raise SolverError("lr_policy 'step' needs stepsize > 0")
+    cs = it // p.stepsize
+    return p.base_lr * math.pow(p.gamma, cs), cs
+
+
+def _exp(p, it, cs):
+    return p.base_lr * math.pow(p.gamma, it), cs
+
+
+def _inv(p, it, cs):
+    return p.base_lr * math.pow(1.0 + p.gamma * it, -p.power), cs
+
+
+def _multistep(p, it, cs):
+    if cs < len(p.stepvalue) and it >= p.stepvalue[cs]:
+        cs += 1
+        log.info("MultiStep Status: Iteration %d, step = %d", it, cs)
+    return p.base_lr * math.pow(p.gamma, cs), cs
+
+
+def _poly(p, it, cs):
+    return p.base_lr * math.pow(1.0 - float(it) / float(p.max_iter), p.power), cs
+
+
+def _sigmoid(p, it, cs):
+    return p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (float(it) - float(p.stepsize))))), cs
+
+
+LR_POLICIES: Dict[str, Callable] = {
+    "fixed": _fixed, "step": _step, "exp": _exp, "inv": _inv,
+    "multistep": _multistep, "poly": _poly, "sigmoid": _sigmoid,
+}
+
+
+def learning_rate(param: "caffe_pb2.SolverParameter", it: int, current_step: int = 0):
+    """(rate as float32 value, new current_step) for update ``it``."""
+    fn = LR_POLICIES.get(param.lr_policy)
+    if fn is None:
+        raise SolverError(f"Unknown learning rate policy '{param.lr_policy}'. Known: "
+                          f"{', '.join(LR_POLICIES)}")
+    rate, cs = fn(param, it, current_step)
+    return float(torch.tensor(rate, dtype=torch.float32)), cs
+
+
+# -- update rules (ComputeUpdateValue); each turns diffs into the step, in place ------------------------------
+
+def _sgd(s, diffs, rates):
+    hist = s.history
+    torch._foreach_mul_(hist, s.param.momentum)
+    torch._foreach_add_(hist, torch._foreach_mul(diffs, rates))
+    torch._foreach_copy_(diffs, hist)
+
+
+def _nesterov(s, diffs, rates):
+    hist = s.history
+    prev = [h.clone() for h in hist]
+    m = s.param.momentum
+    torch._foreach_mul_(hist, m)
+    torch._foreach_add_(hist, torch._foreach_mul(diffs, rates))
+    # step = (1 + m) * h - m * h_prev
+    for d, h, hp in zip(diffs, hist, prev):
+        d.copy_(h * (1 + m) - hp * m)
+
+
+def _adagrad(s, diffs, rates):
+    delta = s.param.delta
+    for d, h, r in zip(diffs, s.history, rates):
+        h.add_(d * d)
+        d.div_(h.sqrt() + delta).mul_(r)
+
+
+def _rmsprop(s, diffs, rates):
+    delta, decay = s.param.delta, s.param.rms_decay
+    for d, h, r in zip(diffs, s.history, rates):
+        h.mul_(decay).add_(d * d, alpha=1 - decay)
+        d.div_(h.sqrt() + delta).mul_(r)
+
+
+def _adadelta(s, diffs, rates):
+    delta, m = s.param.delta, s.param.momentum
+    n = len(diffs)
+    for i, (d, r) in enumerate(zip(diffs, rates)):
+        hg, hu = s.history[i], s.history[n + i]
+        hg.mul_(m).add_(d * d, alpha=1 - m)
+        d.mul_(((hu + delta) / (hg + delta)).sqrt())
+        hu.mul_(m).add_(d * d, alpha=1 - m)
+        d.mul_(r)
+
+
+def _adam(s, diffs, rates):
+    b1, b2, eps = s.param.momentum, s.param.momentum2, s.param.delta
+    t = s.iter + 1
+    correction = math.sqrt(1.0 - math.pow(b2, t)) / (1.0 - math.pow(b1, t))
+    n = len(diffs)
+    for i, (d, r) in enumerate(zip(diffs, rates)):
+        mt, vt = s.history[i], s.history[n + i]
+        mt.mul_(b1).add_(d, alpha=1 - b1)
+        vt.mul_(b2).add_(d * d, alpha=1 - b2)
+        d.copy_(mt / (vt.sqrt() + eps)).mul_(r * correction)
+
+
+# type -> (rule, number of history blobs per learnable blob)
+UPDATE_RULES = {
+    "SGD": (_sgd, 1), "Nesterov": (_nesterov, 1), "AdaGrad": (_adagrad, 1),
+    "RMSProp": (_rmsprop, 1), "AdaDelta": (_adadelta, 2), "Adam": (_adam, 2),
+}
+
+
+def _resolve(path: str, base_dir: Optional[str], what: str, warned: set) -> str:
+    """Caffe resolves solver paths against the working directory; if that fails but the path exists
+    relative to the solver file, use that and say so once."""
+    if not path or os.path.isabs(path) or os.path.exists(path) or base_dir is None:
+        return path
+    alt = os.path.join(base_dir, path)
+    if os.path.exists(alt) or os.path.exists(os.path.dirname(alt) or "."):
+        if what not in warned and os.path.exists(alt):
+            log.warning("%s '%s' not found relative to the working directory %s; using %s (relative to "
+                        "the solver file)", what, path, os.getcwd(), alt)
+            warned.add(what)
+            return alt
+    return path
+
+
+class Solver:
+    """pycaffe's solver: ``step(n)``, ``solve()``, ``net``, ``test_nets``, ``iter``, ``snapshot()``,
+    ``restore(path)``. The type comes from the solver file (``type``; deprecated ``solver_type`` upgraded)."""
+
+    def __init__(self, solver, *, level: Optional[int] = None, stages=None, device=None):
+        from . import prototxt, runtime
+        from .net import Net
+        self.source = None
+        base_dir = None
+        if isinstance(solver, caffe_pb2.SolverParameter):
+            param = solver
+        else:
+            self.source = os.fspath(solver)
+            if not os.path.exists(self.source):
+                raise SolverError(f"{self.source}: solver file not found (working directory {os.getcwd()})")
+            param = prototxt.read_solver(self.source)
+            base_dir = os.path.dirname(os.path.abspath(self.source))
+        from .upgrade import upgrade_solver
+        param, msgs = upgrade_solver(param)
+        for m in msgs:
+            log.info(m)
+        self.param = param
+        rule = UPDATE_RULES.get(param.type)
+        if rule is None:
+            raise SolverError(f"Unknown solver type '{param.type}'. Known: {', '.join(UPDATE_RULES)}")
+        if param.type == "AdaGrad" and param.momentum != 0:
+            raise SolverError("Momentum cannot be used with AdaGrad.")
+        self._rule, self._nhist = rule
+        self._warned: set = set()
+        if param.random_seed >= 0:
+            runtime.set_random_seed(param.random_seed)
+        self.device = torch.device(device) if device is not None else runtime.device()
+        log.info("Initializing solver from parameters:\n%s", prototxt.to_text(param))
+        self.net = self._make_train_net(base_dir, level, stages)
+        self.test_nets: List[Net] = self._make_test_nets(base_dir, level, stages)
+        if param.snapshot_prefix:
+            param.snapshot_prefix = _resolve(param.snapshot_prefix, base_dir, "snapshot_prefix", self._warned)
+        self.iter = 0
+        self.current_step = 0
+        self._params = self.net.module.learnable_params()
+        self.history: List[torch.Tensor] = [torch.zeros_like(p) for _ in range(self._nhist)
+                                            for p, *_ in self._params]
+        self._losses: List[float] = []
+        self.smoothed_loss = 0.0
+        self._action: Optional[Callable[[], str]] = None
+        self.requested_early_exit = False
+        self._last_snapshot: Optional[str] = None
+        for w in param.weights:
+            for path in w.split(","):
+                self.net.copy_from(path.strip())
+
+    # -- nets (Solver::InitTrainNet / InitTestNets) ------------------------------------------------------
+    def _net_source(self, which: str, base_dir):
+        p = self.param
+        return _resolve(getattr(p, which), base_dir, which, self._warned)
+
+    def _make_train_net(self, base_dir, level, stages):
+        from .net import Net
+        p = self.param
+        given = [f for f in ("train_net_param", "train_net", "net_param", "net") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError(f"{self.source or 'solver'}: give exactly one of train_net_param, train_net, "
+                              f"net_param, net (found: {', '.join(given) or 'none'})")
+        f = given[0]
+        src = getattr(p, f) if f.endswith("_param") else self._net_source(f, base_dir)
+        state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
+        state.MergeFrom(p.train_state)
+        log.info("Creating training net from %s %s", f, "" if f.endswith("_param") else src)
+        return Net(src, phase=caffe_pb2.TRAIN, level=level if level is not None else state.level,
+                   stages=stages if stages is not None else list(state.stage), device=self.device)
+
+    def _make_test_nets(self, base_dir, level, stages):
+        from .net import Net
+        p = self.param
+        sources = [m for m in p.test_net_param] + [self._resolve_test(t, base_dir) for t in p.test_net]
+        n_explicit = len(sources)
+        generic = p.net_param if p.HasField("net_param") else (
+            self._net_source("net", base_dir) if p.HasField("net") else None)
+        if generic is not None:
+            if len(p.test_iter) < n_explicit:
+                raise SolverError("test_iter must be specified for each test network")
+            sources += [generic] * (len(p.test_iter) - n_explicit)
+        elif len(p.test_iter) != n_explicit:
+            raise SolverError(f"test_iter must be specified for each test network: {len(p.test_iter)} "
+                              f"test_iter for {n_explicit} test nets")
+        if p.test_state and len(p.test_state) != len(sources):
+            raise SolverError("test_state must be unspecified or specified once per test net")
+        nets = []
+        for i, src in enumerate(sources):
+            state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            log.info("Creating test net (#%d)", i)
+            net = Net(src, phase=caffe_pb2.TEST, level=state.level, stages=list(state.stage),
+                      device=self.device)
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    def _resolve_test(self, t, base_dir):
+        return _resolve(t, base_dir, "test_net", self._warned)
+
+    # -- the loop (Solver::Step / Solve) -------------------------------------------------------------------
+    def set_action_function(self, fn: Callable[[], str]):
+        """``fn()`` returns 'none', 'stop' or 'snapshot' after each iteration (Caffe's SolverAction)."""
+        self._action = fn
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int):
+        avg = max(1, self.param.average_loss)
+        if len(self._losses) < avg:
+            self._losses.append(loss)
+            n = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % avg
+            self.smoothed_loss += (loss - self._losses[idx]) / avg
+            self._losses[idx] = loss
+
+    def forward_backward(self) -> float:
+        return self.net.forward_backward()
+
+    def step(self, iters: int):
+        p = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + iters
+        self._losses = []
+        self.smoothed_loss = 0.0
+        t0 = time.time()
+        last_iter = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(max(1, p.iter_size)):
+                loss += self.forward_backward()
+            loss /= max(1, p.iter_size)
+            if not math.isfinite(loss):
+                last = self._last_snapshot or "none written yet"
+                raise SolverError(f"Iteration {self.iter}: loss is {loss}; stopping. Last good snapshot: {last}. "
+                                  "Lower base_lr, check the data and labels, or use clip_gradients")
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                lapse = time.time() - t0
+                per_s = (self.iter - last_iter) / (lapse or 1)
+                eta = ""
+                if per_s > 0 and p.max_iter > self.iter:
+                    eta = f", ETA {_hms((p.max_iter - self.iter) / per_s)}"
+                log.info("Iteration %d (%.6g iter/s, %.6gs/%d iters), loss = %.6g%s", self.iter, per_s,
+                         lapse, p.display, self.smoothed_loss, eta)
+                t0, last_iter = time.time(), self.iter
+                self._log_outputs(self.net, "Train", divisor=1)
+            self.apply_update()
+            self.iter += 1
+            action = self._action() if self._action else "none"
+            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+                self.snapshot()
+            if action == "stop":
+                self.requested_early_exit = True
+                break
+
+    def solve(self, resume_file: Optional[str] = None):
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0:
+            outs = self.net.forward()
+            loss = sum(float(self.net.blobs[o].data.sum()) * w for o, w in self.net.loss_outputs())
+            log.info("Iteration %d, loss = %.6g", self.iter, loss)
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def _log_outputs(self, net, kind: str, divisor: float, values=None):
+        idx = 0
+        weights = dict(net.loss_outputs())
+        for o in net.outputs:
+            data = values[o] if values is not None else net.blobs[o].data
+            for v in data.reshape(-1):
+                v = float(v) / divisor
+                w = weights.get(o, 0.0)
+                extra = f" (* {w:.6g} = {w * v:.6g} loss)" if w else ""
+                log.info("    %s net output #%d: %s = %.6g%s", kind, idx, o, v, extra)
+                idx += 1
+
+    # -- testing (Solver::TestAll / Test) ---------------------------------------------------------------------
+    def test_all(self):
+        results = []
+        for i in range(len(self.test_nets)):
+            results.append(self.test(i))
+        return results
+
+    def test(self, i: int):
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self.iter, i)
+        net = self.test_nets[i]
+        sums = None
+        loss = 0.0
+        n = p.test_iter[i]
+        with torch.no_grad():
+            for _ in range(n):
+                out = net.forward_only()
+                if p.test_compute_loss:
+                    loss += sum(float(out[o].sum()) * w for o, w in net.loss_outputs())
+                if sums is None:
+                    sums = {o: out[o].astype("float64").copy() for o in net.outputs}
+                else:
+                    for o in net.outputs:
+                        sums[o] += out[o]
+        if p.test_compute_loss:
+            log.info("Test loss: %.6g", loss / max(1, n))
+        means = {o: v / max(1, n) for o, v in (sums or {}).items()}
+        self._log_outputs(net, "Test", 1, means)
+        return means
+
+    # -- the update ----------------------------------------------------------------------------------------
+    def apply_update(self):
+        p = self.param
+        rate, self.current_step = learning_rate(p, self.iter, self.current_step)
+        if p.display and self.iter % p.display == 0:
+            log.info("Iteration %d, lr = %.6g", self.iter, rate)
+        params = [t for t, *_ in self._params]
+        with torch.no_grad():
+            diffs = [t.grad if t.grad is not None else torch.zeros_like(t) for t in params]
+            for t, d in zip(params, diffs):
+                t.grad = d
+            if p.clip_gradients >= 0:
+                norm = math.sqrt(sum(float((d.double() * d.double()).sum()) for d in diffs))
+                if norm > p.clip_gradients:
+                    scale = p.clip_gradients / norm
+                    log.info("Gradient clipping: scaling down gradients (L2 norm %.6g > %.6g) by scale factor "
+                             "%.6g", norm, p.clip_gradients, scale)
+                    torch._foreach_mul_(diffs, scale)
+            if p.iter_size > 1:
+                torch._foreach_mul_(diffs, 1.0 / p.iter_size)
+            reg = p.regularization_type
+            if reg not in ("L1", "L2"):
+                raise SolverError(f"Unknown regularization type: {reg} (use L2 or L1)")
+            if p.weight_decay:
+                for (t, _lr, decay, *_), d in zip(self._params, diffs):
+                    local = p.weight_decay * decay
+                    if local:
+                        d.add_(t if reg == "L2" else torch.sign(t), alpha=local)
+            rates = [rate * lr for _t, lr, *_ in self._params]
+            rates = [float(torch.tensor(r, dtype=torch.float32)) for r in rates]
+            self._rule(self, diffs, rates)
+            torch._foreach_sub_(params, diffs)
+
+    # -- snapshots (Solver::Snapshot / Restore) -------------------------------------------------------------
+    def snapshot_filename(self, ext: str) -> str:
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+
+    def snapshot(self):
+        from . import binary
+        p = self.param
+        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            raise SolverError("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
+        model = self.snapshot_filename(".caffemodel")
+        d = os.path.dirname(model)
+        if d and not os.path.isdir(d):
+            os.makedirs(d, exist_ok=True)
+        log.info("Snapshotting to binary proto file %s", model)
+        try:
+            self.net.save(model)
+            state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+            for h in self.history:
+                state.history.add().CopyFrom(binary.array_to_blob(h.detach().cpu().numpy()))
+            sfile = self.snapshot_filename(".solverstate")
+            log.info("Snapshotting solver state to binary proto file %s", sfile)
+            binary.write_solverstate(sfile, state)
+        except OSError as e:
+            raise SolverError(f"cannot write snapshot {model}: {e}. The previous snapshot "
+                              f"({self._last_snapshot or 'none'}) is intact; free disk space or change "
+                              "snapshot_prefix, then resume with --snapshot") from e
+        self._last_snapshot = sfile
+        return model, sfile
+
+    def restore(self, state_file: str):
+        from . import binary
+        state = binary.read_solverstate(state_file)
+        self.iter = state.iter
+        if state.learned_net:
+            self.net.copy_from(state.learned_net)
+        self.current_step = state.current_step
+        if len(state.history) != len(self.history):
+            raise SolverError(f"{state_file}: Incorrect length of history blobs: the file has "
+                              f"{len(state.history)}, this {self.param.type} solver needs {len(self.history)} "
+                              "(was it written for another net or solver type?)")
+        log.info("SGDSolver: restoring history")
+        with torch.no_grad():
+            for i, (h, b) in enumerate(zip(self.history, state.history)):
+                arr = binary.blob_to_array(b)
+                if arr.size != h.numel():
+                    raise SolverError(f"{state_file}: history blob {i} has {arr.size} values, the net's "
+                                      f"param has {h.numel()}")
+                h.copy_(torch.from_numpy(arr.reshape(-1).copy()).reshape(h.shape))
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class SGDSolver(Solver):
+    pass
+
+
+NesterovSolver = AdaGradSolver = RMSPropSolver = AdaDeltaSolver = AdamSolver = SGDSolver
+
+
+def get_solver(path, **kw) -> Solver:
+    """pycaffe's ``caffe.get_solver``: the solver of the type the file names."""
+    return Solver(path, **kw)

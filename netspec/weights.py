@@ -1,0 +1,115 @@
+"""Moving weights between a built net and ``.caffemodel`` files, matching layers by name as Caffe does."""
+import logging
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import WeightsError
+from .proto import caffe_pb2
+
+log = logging.getLogger("netspec")
+
+
+def _legacy4(shape) -> Tuple[int, ...]:
+    shape = tuple(shape)
+    return (1,) * (4 - len(shape)) + shape
+
+
+def blob_fits(target_shape, array: np.ndarray, legacy: bool) -> bool:
+    """Caffe's Blob::ShapeEquals: legacy (num, channels, height, width) blobs compare to the target's
+    shape left-padded with ones to 4 axes; new-style blobs compare exactly."""
+    target_shape = tuple(target_shape)
+    if legacy:
+        return len(target_shape) <= 4 and _legacy4(target_shape) == _legacy4(array.shape)
+    return target_shape == tuple(array.shape)
+
+
+def read_weight_layers(path: str):
+    """[(layer name, layer type, [(array, legacy)])] for every layer of a caffemodel, in file order."""
+    from . import binary
+    model = binary.read_caffemodel(path)
+    return [(name, ltype, blobs) for name, ltype, blobs in model.weight_layers()]
+
+
+def copy_trained_layers(module, path: str, *, strict_blob_count: bool = True) -> List[str]:
+    """Caffe's Net::CopyTrainedLayersFrom over a CaffeNet. Returns the names of the layers copied.
+
+    Source layers with no layer of the same name in the net are ignored (and logged); with duplicate names
+    the last layer of that name receives the weights, as Caffe's name index does."""
+    index = {}
+    for node in module.nodes:
+        index[node.name] = node.index
+    log.info("Finetuning from %s", path)
+    copied = []
+    for name, ltype, blobs in read_weight_layers(path):
+        if name not in index:
+            log.info("Ignoring source layer %s", name)
+            continue
+        node = module.nodes[index[name]]
+        target = module.layer_blobs(node.index)
+        if len(target) != len(blobs):
+            if not blobs:
+                continue
+            raise WeightsError(
+                f"{path}: Incompatible number of blobs for layer '{name}': the file has {len(blobs)}, "
+                f"layer '{name}' ({node.type}) in the net has {len(target)}")
+        for j, ((arr, legacy), p) in enumerate(zip(blobs, target)):
+            if not blob_fits(p.shape, arr, legacy):
+                raise WeightsError(
+                    f"{path}: Cannot copy param {j} weights from layer '{name}'; shape mismatch. Source param "
+                    f"shape is {' '.join(map(str, arr.shape))} ({arr.size}); target param shape is "
+                    f"{' '.join(map(str, p.shape))} ({p.numel()}). To learn this layer's parameters from "
+                    "scratch rather than copying from a saved net, rename the layer.")
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(p.shape))
+        copied.append(name)
+    return copied
+
+
+def net_to_proto(module, net_param: "caffe_pb2.NetParameter", *, with_diff: bool = False):
+    """Caffe's Net::ToProto: every layer (Split layers included) with its phase and blobs."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net_param)
+    del out.layer[:]
+    for node in module.nodes:
+        lp = out.layer.add()
+        lp.CopyFrom(node.param)
+        lp.phase = module.phase
+        del lp.blobs[:]
+        for p in module.layer_blobs(node.index):
+            b = lp.blobs.add()
+            b.shape.dim.extend(p.shape)
+            b.data.extend(p.detach().to("cpu", torch.float32).reshape(-1).numpy().tolist())
+            if with_diff and p.grad is not None:
+                b.diff.extend(p.grad.detach().to("cpu", torch.float32).reshape(-1).numpy().tolist())
+    return out
+
+
+def save_caffemodel(module, net_param, path: str, *, with_diff: bool = False) -> None:
+    """Write a caffemodel that real Caffe and OpenCV's dnn module read (atomically)."""
+    from . import binary
+    binary.write_net_module(path, module, net_param, with_diff=with_diff)
+
+
+def share_trained_layers(module, other) -> None:
+    """Caffe's ShareTrainedLayersWith: layers of the same name use ``other``'s parameter tensors."""
+    index = {n.name: n.index for n in other.nodes}
+    for node in module.nodes:
+        if node.name not in index:
+            continue
+        mine = list(module.get_module(node.index).named_parameters())
+        theirs = other.layer_blobs(index[node.name])
+        if len(mine) != len(theirs):
+            raise WeightsError(f"share_with: layer '{node.name}' has {len(mine)} blobs here and "
+                               f"{len(theirs)} in the other net")
+        sub = module.get_module(node.index)
+        for (attr, p), q in zip(mine, theirs):
+            if p.shape != q.shape:
+                raise WeightsError(f"share_with: layer '{node.name}' blob '{attr}' shape {tuple(p.shape)} "
+                                   f"vs {tuple(q.shape)} in the other net")
+            parent = sub
+            *path, leaf = attr.split(".")
+            for s in path:
+                parent = getattr(parent, s)
+            setattr(parent, leaf, q)

@@ -1,0 +1,24 @@
+"""netspec: Caffe's prototxt world, running on PyTorch."""
+from setuptools import find_packages, setup
+
+setup(
+    name="netspec",
+    version="0.1.0",
+    description="Run, train and convert Caffe prototxt nets and caffemodels on PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["netspec", "netspec.*"]),
+    package_data={"netspec.proto": ["caffe.proto"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "protobuf>=7.35.1,<8",
+        "numpy>=1.22",
+        "lmdb>=1.4",
+        "opencv-python-headless>=4.5,<5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "grpcio-tools>=1.62"],
+    },
+)
