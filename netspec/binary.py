@@ -25,6 +25,7 @@ Writers are byte-compatible with Caffe (fields in field-number order, ``data`` a
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import secrets
@@ -36,8 +37,9 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
+from netspec import proto
 from netspec.errors import FormatError
-from netspec.proto import caffe_pb2
+from netspec.proto import caffe_pb2  # annotations only: code uses _pb() (the schema in use)
 
 __all__ = [
     "CaffeModel",
@@ -47,16 +49,22 @@ __all__ = [
     "parse_caffemodel",
     "write_caffemodel",
     "write_net_binary",
+    "write_net_module",
     "read_solverstate",
+    "parse_solverstate",
     "write_solverstate",
     "read_blobproto",
+    "parse_blobproto",
     "write_blobproto",
     "blob_to_array",
     "array_to_blob",
     "blob_shape",
+    "is_legacy_blob",
 ]
 
 PathLike = Union[str, os.PathLike]
+
+_log = logging.getLogger("netspec")
 
 # Protobuf wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -82,6 +90,17 @@ _UNPACKED_KEYS = {
     (_BLOB_DDATA << 3) | _I64: ("d", 9),
     (_BLOB_DDIFF << 3) | _I64: (None, 9),
 }
+
+def _pb():
+    """The schema module in use: bundled caffe_pb2, or a fork's after proto.load_proto()."""
+    return proto.pb2()
+
+
+def _is_message(obj, full_name: str) -> bool:
+    """isinstance by message name, so messages of any loaded schema qualify."""
+    descriptor = getattr(obj, "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", None) == full_name
+
 
 _COPY_CHUNK = 1 << 22  # elements copied (and their mmap pages released) per step
 _PAGE = mmap.PAGESIZE
@@ -118,6 +137,23 @@ class CaffeModel:
         yield from zip(self.net.layers, self.v1_blobs)
         yield from zip(self.net.layer, self.blobs)
 
+    def weight_layers(self) -> Iterator[tuple[str, str, list[tuple[np.ndarray, bool]]]]:
+        """``(name, type, [(array, legacy), ...])`` per layer of the *upgraded* net, in
+        order, as Caffe's ``CopyTrainedLayersFrom`` sees it (V0/V1 files are upgraded
+        first, see :func:`netspec.upgrade.upgrade_caffemodel`). ``legacy`` is True for a
+        blob stored with num/channels/height/width: Caffe then compares shapes
+        right-aligned in 4-D (``Blob::ShapeEquals``)."""
+        from netspec import upgrade  # upgrade imports this module
+
+        model = self
+        if upgrade.needs_upgrade(self.net):
+            model, messages = upgrade.upgrade_caffemodel(self)
+            for message in messages:
+                _log.info(message)
+        for layer, arrays in zip(model.net.layer, model.blobs):
+            yield layer.name, layer.type, [(a, is_legacy_blob(stub))
+                                           for stub, a in zip(layer.blobs, arrays)]
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the float arrays."""
@@ -140,7 +176,7 @@ class SolverStateData:
 
     def to_proto(self) -> caffe_pb2.SolverState:
         """The equivalent ``caffe_pb2.SolverState`` (history with float data)."""
-        state = caffe_pb2.SolverState(
+        state = _pb().SolverState(
             iter=self.iter, learned_net=self.learned_net, current_step=self.current_step
         )
         for arr in self.history:
@@ -173,8 +209,9 @@ def _read_varint(buf, pos: int, end: int, src: str, where: str, what: str) -> tu
     shift = 0
     while True:
         if pos >= end:
-            raise _error(src, start, where, what, f"the end of the data after {pos - start} byte(s) "
-                         "of an unterminated varint (truncated file?)")
+            raise _error(src, start, where, what,
+                         f"the end of the data after {pos - start} byte(s) of an unterminated "
+                         "varint (truncated file?)")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -282,7 +319,8 @@ def _scan_blob(buf, start: int, end: int, src: str, where: str) -> tuple[bytes, 
             kind, size = unpacked
             n = _unpacked_run(buf, pos, end, buf[pos], size)
             if n == 0:
-                raise _error(src, pos, where, f"a {size - 1}-byte blob value after key {buf[pos]:#x}",
+                raise _error(src, pos, where,
+                             f"a {size - 1}-byte blob value after key {buf[pos]:#x}",
                              f"only {end - pos - 1} byte(s) left (truncated file?)")
             if kind == "f":
                 rec.floats.append((pos + 1, n, size))
@@ -432,11 +470,11 @@ def _parse(cls, data: bytes, src: str, what: str):
 
 def _parse_net_meta(meta: bytes, layer_spans, src: str) -> caffe_pb2.NetParameter:
     try:
-        return caffe_pb2.NetParameter.FromString(meta)
+        return _pb().NetParameter.FromString(meta)
     except DecodeError as e:
         # Localise the failure: parse each layer on its own.
         for offset, filtered in layer_spans:
-            for cls in (caffe_pb2.LayerParameter, caffe_pb2.V1LayerParameter):
+            for cls in (_pb().LayerParameter, _pb().V1LayerParameter):
                 try:
                     cls.FromString(filtered)
                     break
@@ -449,11 +487,16 @@ def _parse_net_meta(meta: bytes, layer_spans, src: str) -> caffe_pb2.NetParamete
                           f"that protobuf cannot parse ({e})") from None
 
 
+def is_legacy_blob(blob: caffe_pb2.BlobProto) -> bool:
+    """True when the blob's dims are the legacy num/channels/height/width fields."""
+    return (blob.HasField("num") or blob.HasField("channels") or blob.HasField("height")
+            or blob.HasField("width"))
+
+
 def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
     """The shape Caffe gives a BlobProto: legacy ``(num, channels, height, width)`` if
     any of those four is present (``Blob::FromProto``), else ``shape.dim``."""
-    if blob.HasField("num") or blob.HasField("channels") or blob.HasField("height") \
-            or blob.HasField("width"):
+    if is_legacy_blob(blob):
         dims = (blob.num, blob.channels, blob.height, blob.width)
     else:
         dims = tuple(blob.shape.dim)
@@ -530,7 +573,10 @@ def _mapped(path: PathLike):
     try:
         yield mm, size, release
     finally:
-        mm.close()
+        try:
+            mm.close()
+        except BufferError:  # a numpy view still held by an in-flight exception's frame
+            pass
 
 
 def _as_buffer(data) -> tuple[object, int]:
@@ -558,7 +604,8 @@ def _parse_caffemodel(buf, size: int, src: str, release) -> CaffeModel:
     _check_strings(net, src, "NetParameter")
     blobs = []
     for i, (layer, recs) in enumerate(zip(net.layer, layer_recs)):
-        blobs.append(_blob_arrays(buf, layer.blobs, recs, src, f"layer #{i} '{layer.name}'", release))
+        blobs.append(_blob_arrays(buf, layer.blobs, recs, src, f"layer #{i} '{layer.name}'",
+                                  release))
     v1_blobs = []
     for i, (layer, recs) in enumerate(zip(net.layers, v1_recs)):
         stubs = list(layer.blobs) + list(layer.layer.blobs)
@@ -570,9 +617,10 @@ def _parse_caffemodel(buf, size: int, src: str, release) -> CaffeModel:
 def read_caffemodel(path: PathLike) -> CaffeModel:
     """Read a ``.caffemodel`` (binary ``NetParameter``) fast and in bounded memory.
 
-    Layer metadata is parsed with ``caffe_pb2``; blob data goes straight from an mmap
-    of the file into float32 arrays (see :class:`CaffeModel`). Nothing is upgraded:
-    apply :func:`netspec.upgrade.upgrade_caffemodel` for V0/V1 files.
+    Layer metadata is parsed with the schema in use (``netspec.proto.pb2()``); blob
+    data goes straight from an mmap of the file into float32 arrays (see
+    :class:`CaffeModel`). Nothing is upgraded: apply
+    :func:`netspec.upgrade.upgrade_caffemodel` for V0/V1 files.
     """
     src = os.fspath(path)
     with _mapped(path) as (buf, size, release):
@@ -594,7 +642,7 @@ def read_net_binary(path: PathLike) -> caffe_pb2.NetParameter:
     if not data:
         raise FormatError(f"{src}: expected a Caffe NetParameter, found an empty file")
     try:
-        net = caffe_pb2.NetParameter.FromString(data)
+        net = _pb().NetParameter.FromString(data)
     except DecodeError as e:
         # Let the wire walker say where and what; fall back to protobuf's message.
         _parse_caffemodel(data, len(data), src, None)
@@ -608,31 +656,46 @@ def read_net_binary(path: PathLike) -> caffe_pb2.NetParameter:
     return net
 
 
+def _parse_solverstate(buf, size: int, src: str, release) -> SolverStateData:
+    pieces: list[bytes] = []
+    recs: list[_BlobRecord] = []
+    try:
+        for num, wt, fstart, vstart, vend in _iter_fields(buf, 0, size, src, "SolverState"):
+            if num == _STATE_HISTORY and wt == _LEN:
+                stub, rec = _scan_blob(buf, vstart, vend, src, f"history blob {len(recs)}")
+                recs.append(rec)
+                pieces.append(_len_field(_STATE_HISTORY, stub))
+            else:
+                pieces.append(bytes(buf[fstart:vend]))
+    except FormatError as e:
+        raise _with_hint(e, buf, size) from None
+    state = _parse(_pb().SolverState, b"".join(pieces), src, "SolverState")
+    if not state.HasField("iter"):
+        raise _with_hint(FormatError(
+            f"{src}: expected a Caffe SolverState (field 'iter' = 1 is always written), "
+            "found none (a .caffemodel?)"), buf, size)
+    _check_strings(state, src, "SolverState")
+    history = _blob_arrays(buf, state.history, recs, src, "history", release)
+    return SolverStateData(iter=state.iter, learned_net=state.learned_net,
+                           history=history, current_step=state.current_step)
+
+
 def read_solverstate(path: PathLike) -> SolverStateData:
-    """Read a ``.solverstate`` (binary ``SolverState``); history blobs become arrays."""
+    """Read a ``.solverstate`` (binary ``SolverState``); history blobs become arrays.
+
+    Like :func:`read_caffemodel` (mmap, bounded memory). The result's ``iter``,
+    ``learned_net``, ``current_step`` and ``len(history)`` read like the protobuf
+    message's; :func:`blob_to_array` passes its arrays through.
+    """
     src = os.fspath(path)
     with _mapped(path) as (buf, size, release):
-        pieces: list[bytes] = []
-        recs: list[_BlobRecord] = []
-        try:
-            for num, wt, fstart, vstart, vend in _iter_fields(buf, 0, size, src, "SolverState"):
-                if num == _STATE_HISTORY and wt == _LEN:
-                    stub, rec = _scan_blob(buf, vstart, vend, src, f"history blob {len(recs)}")
-                    recs.append(rec)
-                    pieces.append(_len_field(_STATE_HISTORY, stub))
-                else:
-                    pieces.append(bytes(buf[fstart:vend]))
-        except FormatError as e:
-            raise _with_hint(e, buf, size) from None
-        state = _parse(caffe_pb2.SolverState, b"".join(pieces), src, "SolverState")
-        if not state.HasField("iter"):
-            raise _with_hint(FormatError(
-                f"{src}: expected a Caffe SolverState (field 'iter' = 1 is always written), "
-                "found none (a .caffemodel?)"), buf, size)
-        _check_strings(state, src, "SolverState")
-        history = _blob_arrays(buf, state.history, recs, src, "history", release)
-        return SolverStateData(iter=state.iter, learned_net=state.learned_net,
-                               history=history, current_step=state.current_step)
+        return _parse_solverstate(buf, size, src, release)
+
+
+def parse_solverstate(data, source: str = "<bytes>") -> SolverStateData:
+    """:func:`read_solverstate` for a bytes-like object already in memory."""
+    buf, size = _as_buffer(data)
+    return _parse_solverstate(buf, size, source, None)
 
 
 def _parse_blob_buffer(buf, size: int, src: str, release) -> np.ndarray:
@@ -640,7 +703,7 @@ def _parse_blob_buffer(buf, size: int, src: str, release) -> np.ndarray:
         stub_bytes, rec = _scan_blob(buf, 0, size, src, "BlobProto")
     except FormatError as e:
         raise _with_hint(e, buf, size) from None
-    stub = _parse(caffe_pb2.BlobProto, stub_bytes, src, "BlobProto")
+    stub = _parse(_pb().BlobProto, stub_bytes, src, "BlobProto")
     return _blob_arrays(buf, [stub], [rec], src, "BlobProto", release)[0]
 
 
@@ -654,9 +717,20 @@ def read_blobproto(path: PathLike) -> np.ndarray:
         return _parse_blob_buffer(buf, size, src, release)
 
 
-def blob_to_array(blob: caffe_pb2.BlobProto) -> np.ndarray:
+def parse_blobproto(data, source: str = "<bytes>") -> np.ndarray:
+    """:func:`read_blobproto` for a bytes-like object already in memory."""
+    buf, size = _as_buffer(data)
+    if size == 0:
+        raise FormatError(f"{source}: expected a BlobProto, found no bytes")
+    return _parse_blob_buffer(buf, size, source, None)
+
+
+def blob_to_array(blob: caffe_pb2.BlobProto | np.ndarray) -> np.ndarray:
     """A BlobProto's values as a new float32 array of its Caffe shape (see
-    :func:`blob_shape`); ``double_data`` wins over ``data`` as in Caffe."""
+    :func:`blob_shape`); ``double_data`` wins over ``data`` as in Caffe. An array (e.g.
+    an item of :attr:`SolverStateData.history`) is returned as float32."""
+    if not _is_message(blob, "caffe.BlobProto"):
+        return _float32(blob)
     data = blob.SerializeToString()
     return _parse_blob_buffer(data, len(data), "BlobProto", None)
 
@@ -721,21 +795,23 @@ def _copy_without(msg, numbers: tuple[int, ...]):
 
 
 def _float32(arr) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(arr), dtype="<f4")
+    # np.ascontiguousarray would turn a 0-d array into 1-d; keep Caffe's scalar blobs 0-d.
+    return np.asarray(arr, dtype="<f4", order="C")
 
 
-def _blob_pieces(arr: np.ndarray, stub: caffe_pb2.BlobProto | None, legacy: bool = False):
+def _blob_pieces(arr: np.ndarray, stub: caffe_pb2.BlobProto | None, legacy: bool = False,
+                 diff: np.ndarray | None = None):
     """Serialized BlobProto of a float32 array as a list of byte pieces: legacy dims
     (fields 1-4) if the stub uses them with the same shape, then packed ``data`` (5),
-    then ``shape`` (7), as Caffe's ``Blob::ToProto`` + ``SerializeToOstream`` emit."""
+    ``diff`` (6) if given, then ``shape`` (7), as Caffe's ``Blob::ToProto`` +
+    ``SerializeToOstream`` emit."""
     head = b""
     tail = b""
     use_legacy = legacy
     if stub is not None and not legacy:
-        has_legacy = any(stub.HasField(n) for n in ("num", "channels", "height", "width"))
-        use_legacy = has_legacy and blob_shape(stub) == arr.shape
+        use_legacy = is_legacy_blob(stub) and blob_shape(stub) == arr.shape
     if use_legacy:
-        dims = caffe_pb2.BlobProto()
+        dims = _pb().BlobProto()
         if stub is not None and not legacy:
             for n in ("num", "channels", "height", "width"):
                 if stub.HasField(n):
@@ -744,15 +820,17 @@ def _blob_pieces(arr: np.ndarray, stub: caffe_pb2.BlobProto | None, legacy: bool
             full = (1,) * (4 - arr.ndim) + arr.shape
             dims.num, dims.channels, dims.height, dims.width = full
         head = dims.SerializeToString()
-    else:
-        shaped = caffe_pb2.BlobProto()
-        shaped.shape.SetInParent()
+    elif arr.ndim:
+        # Blob::ToProto only touches `shape` while adding dims: a 0-d (scalar) blob,
+        # e.g. PReLU channel_shared, is written without a shape field at all.
+        shaped = _pb().BlobProto()
         shaped.shape.dim.extend(arr.shape)
         tail = shaped.SerializeToString()
     pieces = [head]
-    if arr.size:
-        pieces += [_key_bytes(_BLOB_DATA, _LEN) + _varint_bytes(arr.nbytes),
-                   memoryview(arr).cast("B")]
+    for num, values in ((_BLOB_DATA, arr), (_BLOB_DIFF, diff)):
+        if values is not None and values.size:  # an empty packed field is not written
+            pieces += [_key_bytes(num, _LEN) + _varint_bytes(values.nbytes),
+                       memoryview(values.reshape(-1)).cast("B")]
     pieces.append(tail)
     return pieces
 
@@ -767,9 +845,9 @@ def _check_blob_has_data(blob, where: str) -> None:
                          "from read_caffemodel? pass its arrays as blobs_per_layer)")
 
 
-def _layer_pieces(layer, arrays, blob_field: int, where: str):
-    """Serialized layer as byte pieces; blobs from ``arrays`` if given (stubs in the
-    layer provide the dims form), else the layer's own BlobProtos."""
+def _layer_pieces(layer, arrays, blob_field: int, where: str, diffs=None):
+    """Serialized layer as byte pieces; blobs from ``arrays`` (and ``diffs``) if given
+    (stubs in the layer provide the dims form), else the layer's own BlobProtos."""
     nested = blob_field == _V1_BLOBS and layer.HasField("layer") and len(layer.layer.blobs) > 0
     if arrays is None:
         blobs = list(layer.blobs) + (list(layer.layer.blobs) if nested else [])
@@ -791,11 +869,18 @@ def _layer_pieces(layer, arrays, blob_field: int, where: str):
     rest = _copy_without(layer, exclude).SerializeToString()
     head, tail = _split_at_field(rest, blob_field + 1)
     pieces.append(head)
+    if diffs is not None and len(diffs) != len(arrays):
+        raise ValueError(f"{where}: {len(arrays)} blobs but {len(diffs)} diffs")
     for j, arr in enumerate(arrays):
         arr = _float32(arr)
-        blob = _blob_pieces(arr, stubs[j] if j < len(stubs) else None)
-        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in blob)
-        pieces.append(_key_bytes(blob_field, _LEN) + _varint_bytes(size))
+        diff = None
+        if diffs is not None and diffs[j] is not None:
+            diff = _float32(diffs[j])
+            if diff.shape != arr.shape:
+                raise ValueError(f"{where}, blob {j}: diff shape {diff.shape} != data shape "
+                                 f"{arr.shape}")
+        blob = _blob_pieces(arr, stubs[j] if j < len(stubs) else None, diff=diff)
+        pieces.append(_key_bytes(blob_field, _LEN) + _varint_bytes(_nbytes(blob)))
         pieces += blob
     pieces.append(tail)
     return pieces
@@ -805,7 +890,7 @@ def _nbytes(pieces) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
 
 
-def _write_net(f: BinaryIO, net, blobs, v1_blobs) -> None:
+def _write_net(f: BinaryIO, net, blobs, v1_blobs, diffs=None) -> None:
     rest = _copy_without(net, (_NET_LAYERS_V1, _NET_LAYER)).SerializeToString()
     head, rest = _split_at_field(rest, _NET_LAYERS_V1 + 1)
     middle, tail = _split_at_field(rest, _NET_LAYER + 1)
@@ -816,9 +901,14 @@ def _write_net(f: BinaryIO, net, blobs, v1_blobs) -> None:
         if arrays is not None and len(arrays) != len(layers):
             raise ValueError(f"expected arrays for {len(layers)} '{kind}' entries, "
                              f"got {len(arrays)}")
+        layer_diffs = diffs if num == _NET_LAYER else None
+        if layer_diffs is not None and (arrays is None or len(layer_diffs) != len(layers)):
+            raise ValueError(f"expected diffs for {len(layers)} 'layer' entries with arrays, "
+                             f"got {len(layer_diffs)}")
         for i, layer in enumerate(layers):
             pieces = _layer_pieces(layer, None if arrays is None else arrays[i], blob_field,
-                                   f"{kind} #{i} '{layer.name}'")
+                                   f"{kind} #{i} '{layer.name}'",
+                                   None if layer_diffs is None else layer_diffs[i])
             f.write(_key_bytes(num, _LEN) + _varint_bytes(_nbytes(pieces)))
             for p in pieces:
                 f.write(p)
@@ -832,6 +922,8 @@ def write_caffemodel(
     net_param: caffe_pb2.NetParameter | CaffeModel,
     blobs_per_layer: Sequence[Sequence[np.ndarray]] | None = None,
     v1_blobs_per_layer: Sequence[Sequence[np.ndarray]] | None = None,
+    *,
+    diffs_per_layer: Sequence[Sequence[np.ndarray | None]] | None = None,
 ) -> None:
     """Write a ``.caffemodel`` byte-compatible with Caffe's ``Net::ToProto`` +
     ``SerializeToOstream``, streaming layer by layer, atomically.
@@ -841,7 +933,9 @@ def write_caffemodel(
     shape keeps them, as ``upgrade_net_proto_binary`` does); ``v1_blobs_per_layer``
     likewise for V1 ``layers``. ``None`` writes the messages' own BlobProtos. A
     :class:`CaffeModel` may be passed instead of the three arguments.
-    Unknown protobuf fields of the net and of layers with replaced blobs are dropped.
+    ``diffs_per_layer`` (aligned with ``blobs_per_layer``) adds ``diff`` to each blob, as
+    Caffe's ``snapshot_diff`` does. Unknown protobuf fields of the net and of layers with
+    replaced blobs are dropped.
     """
     if isinstance(net_param, CaffeModel):
         if blobs_per_layer is not None or v1_blobs_per_layer is not None:
@@ -852,7 +946,37 @@ def write_caffemodel(
             and net_param.layers and len(blobs_per_layer) == len(net_param.layers):
         blobs_per_layer, v1_blobs_per_layer = None, blobs_per_layer  # V1-only net
     with _atomic_file(path) as f:
-        _write_net(f, net_param, blobs_per_layer, v1_blobs_per_layer)
+        _write_net(f, net_param, blobs_per_layer, v1_blobs_per_layer, diffs_per_layer)
+
+
+def write_net_module(path: PathLike, module, net_param: caffe_pb2.NetParameter, *,
+                     with_diff: bool = False) -> None:
+    """Write a built net's parameters as Caffe's ``Net::ToProto`` + ``WriteProtoToBinaryFile``
+    (what ``net.save()`` / solver snapshots write): the net ``name`` and, for every
+    instantiated layer (Split layers included), its LayerParameter with ``phase`` set and
+    its blobs (``BlobProto{data, [diff], shape}``).
+
+    ``module`` is duck-typed: ``module.nodes`` (each with ``.param`` and ``.index``),
+    ``module.phase`` and ``module.layer_blobs(index)`` (tensors; ``.grad`` gives the diff).
+    """
+    out = type(net_param)(name=net_param.name)  # ToProto sets only the name
+    blobs, diffs = [], []
+    for node in module.nodes:
+        layer = out.layer.add()
+        layer.CopyFrom(_copy_without(node.param, (_LAYER_BLOBS,)))
+        layer.phase = module.phase
+        tensors = list(module.layer_blobs(node.index))
+        blobs.append([_tensor_array(t) for t in tensors])
+        diffs.append([_tensor_array(t.grad) if t.grad is not None else
+                      np.zeros(tuple(t.shape), np.float32) for t in tensors])
+    write_caffemodel(path, out, blobs, diffs_per_layer=diffs if with_diff else None)
+
+
+def _tensor_array(t) -> np.ndarray:
+    """A torch tensor (or array) as a float32 numpy array on the CPU."""
+    if hasattr(t, "detach"):
+        t = t.detach().to("cpu").float().numpy()
+    return _float32(t)
 
 
 def write_net_binary(path: PathLike, net_param: caffe_pb2.NetParameter) -> None:
@@ -866,17 +990,17 @@ def write_solverstate(path: PathLike, state: SolverStateData | caffe_pb2.SolverS
     """Write a ``.solverstate`` as Caffe's ``SnapshotSolverStateToBinaryProto``: iter,
     learned_net, history blobs (shape + packed data), current_step; atomically."""
     with _atomic_file(path) as f:
-        if isinstance(state, caffe_pb2.SolverState):
+        if _is_message(state, "caffe.SolverState"):
             f.write(state.SerializeToString())
             return
-        head = caffe_pb2.SolverState(iter=state.iter, learned_net=state.learned_net)
+        head = _pb().SolverState(iter=state.iter, learned_net=state.learned_net)
         f.write(head.SerializeToString())
         for arr in state.history:
             pieces = _blob_pieces(_float32(arr), None)
             f.write(_key_bytes(_STATE_HISTORY, _LEN) + _varint_bytes(_nbytes(pieces)))
             for p in pieces:
                 f.write(p)
-        f.write(caffe_pb2.SolverState(current_step=state.current_step).SerializeToString())
+        f.write(_pb().SolverState(current_step=state.current_step).SerializeToString())
 
 
 def write_blobproto(path: PathLike, array, legacy_dims: bool = False) -> None:
@@ -896,4 +1020,4 @@ def write_blobproto(path: PathLike, array, legacy_dims: bool = False) -> None:
 def array_to_blob(arr) -> caffe_pb2.BlobProto:
     """A ``BlobProto{shape, data}`` holding ``arr`` as float32."""
     pieces = _blob_pieces(_float32(arr), None)
-    return caffe_pb2.BlobProto.FromString(b"".join(bytes(p) for p in pieces))
+    return _pb().BlobProto.FromString(b"".join(bytes(p) for p in pieces))

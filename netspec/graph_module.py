@@ -139,6 +139,11 @@ class CaffeNet(nn.Module):
             self.add_module(key, module)
             node = Node(i, lp.name, lp.type, key, list(lp.bottom), list(lp.top), loss_w, prop, lp, w)
             self._share_params(node, module)
+            if not net.force_backward:
+                # Caffe computes no diff for a param with lr_mult 0 (param_need_backward) unless forced.
+                for j, (spec, prm) in enumerate(zip(lp.param, module.parameters())):
+                    if spec.lr_mult == 0:
+                        prm.requires_grad_(False)
             if getattr(module, "is_input", False):
                 self.input_blobs.extend(lp.top)
                 tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]

@@ -5,6 +5,7 @@ follow Caffe: an in-place blob's ``.data`` is the last in-place layer's output a
 w.r.t. the first producer's output; a loss blob's ``.diff`` is its loss_weight after ``backward()``.
 The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which frees blobs after use.
 """
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -54,6 +55,30 @@ def load_net_param(source, *, upgrade_log: Optional[list] = None):
             return f"{path}:{lines[i]}: "
         return f"{path}: "
     return net, where
+
+
+class _LazyFeed(dict):
+    """The Input blobs, read from ``net.blobs`` when the Input layer runs (after before_forward hooks)."""
+
+    def __init__(self, net, device, grad):
+        super().__init__()
+        self.net, self.device, self.grad = net, device, grad
+        self.taken = {}
+        self.channels_last = False
+
+    def __contains__(self, name):
+        return name in self.net.blobs
+
+    def __getitem__(self, name):
+        t = torch.from_numpy(self.net.blobs[name].data.copy()).to(self.device, non_blocking=True)
+        if self.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        t.requires_grad_(self.grad)
+        self.taken[name] = t
+        return t
+
+    def items(self):
+        return ((n, self[n]) for n in self.net.inputs)
 
 
 class _Layer:
@@ -155,16 +180,14 @@ class Net:
             self.blobs[name].data[...] = value
         i0 = self._index(start, 0)
         i1 = self._index(end, len(self.module.nodes) - 1)
-        dev = next((p.device for p in self.module.parameters()), torch.device("cpu"))
+        dev = self._device()
         grad = self.module.force_backward
-        feed, env = {}, {}
-        for name in self.inputs:
-            t = torch.from_numpy(self.blobs[name].data.copy()).to(dev)
-            feed[name] = t.requires_grad_(grad)
+        env = {}
+        feed = _LazyFeed(self, dev, grad)
         if i0 > 0:
             for name, b in self.blobs.items():
                 env[name] = torch.from_numpy(b.data.copy()).to(dev).requires_grad_(grad)
-        firsts: Dict[str, torch.Tensor] = dict(feed) if i0 == 0 else dict(env)
+        firsts: Dict[str, torch.Tensor] = feed.taken if i0 == 0 else dict(env)
         lasts: Dict[str, torch.Tensor] = {}
         loss_terms = []
 
@@ -222,7 +245,11 @@ class Net:
         for t, v in firsts.items():
             g = v.grad if v.requires_grad else None
             b = self.blobs[t]
-            b._diff = g.detach().to("cpu").clone() if g is not None else torch.zeros(b.shape)
+            if g is not None:
+                b._diff = g.detach().to("cpu", torch.float32).clone()
+            elif t not in self.outputs:
+                b._diff = torch.zeros(b.shape)
+            # else: an output nothing back-propagates through keeps the diff the user wrote (as Caffe)
         self._graph = None
         return {i: self.blobs[i].diff for i in self.inputs}
 
@@ -236,32 +263,63 @@ class Net:
                     weights[t] = w
         return [(o, weights[o]) for o in self.outputs if o in weights]
 
+    def _device(self):
+        return next((p.device for p in self.module.parameters()), torch.device("cpu"))
+
     def _feed(self, grad=False):
-        dev = next((p.device for p in self.module.parameters()), torch.device("cpu"))
-        return {n: torch.from_numpy(self.blobs[n].data.copy()).to(dev, non_blocking=True) for n in self.inputs}
+        return _LazyFeed(self, self._device(), grad)
 
     def _keep_outputs(self, env):
         for o in self.outputs:
             if o in env:
-                self.blobs[o]._set(env[o])
+                self.blobs[o]._set(env[o].float())
 
-    def forward_backward(self) -> float:
+    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+        """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile."""
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise NetspecError(f"precision {precision!r}: use fp32, bf16 or fp16")
+        self._amp = dtypes[precision]
+        self._channels_last = channels_last
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self._compiled = torch.compile(self.module) if compile else None
+
+    def _autocast(self):
+        amp = getattr(self, "_amp", None)
+        if amp is None:
+            return contextlib.nullcontext()
+        dev = next((p.device.type for p in self.module.parameters()), "cpu")
+        return torch.autocast(dev, dtype=amp)
+
+    def _run_fast(self):
+        feed = self._feed()
+        feed.channels_last = getattr(self, "_channels_last", False)
+        with self._autocast():
+            compiled = getattr(self, "_compiled", None)
+            if compiled is not None and not self._before and not self._after:
+                env = dict(compiled({n: feed[n] for n in self.inputs}))
+                loss = env.pop("__loss__", None)
+            else:
+                env, loss = self.module.run(feed, before=self._call(self._before),
+                                            after=self._call(self._after))
+        return env, loss
+
+    def forward_backward(self, loss_scale: float = 1.0) -> float:
         """One training pass: forward, backward into the param grads (accumulating). Returns the loss."""
         with torch.enable_grad():
-            env, loss = self.module.run(self._feed(), before=self._call(self._before),
-                                        after=self._call(self._after))
+            env, loss = self._run_fast()
         if loss is None:
             raise NetspecError(f"net '{self.name}' has no loss (no top with a loss_weight) to train on")
         if loss.requires_grad:
-            loss.backward()
+            (loss.float() * loss_scale if loss_scale != 1.0 else loss).backward()
         self._keep_outputs(env)
         return float(loss.detach())
 
     def forward_only(self) -> Dict[str, np.ndarray]:
         """Forward without autograd, keeping only the outputs (test nets, deploy)."""
         with torch.no_grad():
-            env, _ = self.module.run(self._feed(), before=self._call(self._before),
-                                     after=self._call(self._after))
+            env, _ = self._run_fast()
         self._keep_outputs(env)
         return {o: self.blobs[o].data for o in self.outputs}
 

@@ -283,8 +283,50 @@ class Solver:
             self.smoothed_loss += (loss - self._losses[idx]) / avg
             self._losses[idx] = loss
 
+    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+        """Speed settings (see Net.configure). fp16 uses a dynamic loss scale; bf16 and fp32 need none."""
+        self.net.configure(precision, channels_last, compile)
+        for t in self.test_nets:
+            t.configure(precision, channels_last, False)
+        self._loss_scale = 2.0 ** 16 if precision == "fp16" else 1.0
+
     def forward_backward(self) -> float:
-        return self.net.forward_backward()
+        return self.net.forward_backward(getattr(self, "_loss_scale", 1.0))
+
+    def _reduce_gradients(self) -> bool:
+        """Average the gradients over processes (Caffe's multi-GPU meaning) and undo the fp16 loss scale.
+        Returns False when the step must be skipped (fp16 overflow)."""
+        import torch.distributed as dist
+        grads = [t.grad for t, *_ in self._params if t.grad is not None]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            n = dist.get_world_size()
+            for g in grads:
+                dist.all_reduce(g)
+            torch._foreach_mul_(grads, 1.0 / n)
+        scale = getattr(self, "_loss_scale", 1.0)
+        if scale != 1.0:
+            torch._foreach_mul_(grads, 1.0 / scale)
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                self._loss_scale = scale / 2
+                log.warning("Iteration %d: fp16 gradient overflow; skipping the update, loss scale now %g",
+                            self.iter, self._loss_scale)
+                return False
+        return True
+
+    def warn_zero_layers(self):
+        """Warn by name about learnable layers whose every blob is still zero (loss stuck at ln(C))."""
+        for layer, blobs in self.net.params.items():
+            node = self.net.layer_dict[layer]
+            lrs = [s.lr_mult for s in self.net.module.nodes[self.net._layer_names.index(layer)].param.param]
+            if lrs and all(lr == 0 for lr in lrs):
+                continue
+            if all(not b._param.detach().any() for b in blobs):
+                log.warning("Layer '%s' (%s) has all-zero weights and will learn nothing useful if its "
+                            "inputs are all zero too; initialise it (--weights, a weight_filler, or surgery)",
+                            layer, node.type)
+
+    def finish(self):
+        """Called by tools/train.py after solve(); subclasses may score the result."""
 
     def step(self, iters: int):
         p = self.param
@@ -305,6 +347,7 @@ class Solver:
             for _ in range(max(1, p.iter_size)):
                 loss += self.forward_backward()
             loss /= max(1, p.iter_size)
+            ok = self._reduce_gradients()
             if not math.isfinite(loss):
                 last = self._last_snapshot or "none written yet"
                 raise SolverError(f"Iteration {self.iter}: loss is {loss}; stopping. Last good snapshot: {last}. "
@@ -320,10 +363,11 @@ class Solver:
                          lapse, p.display, self.smoothed_loss, eta)
                 t0, last_iter = time.time(), self.iter
                 self._log_outputs(self.net, "Train", divisor=1)
-            self.apply_update()
+            if ok:
+                self.apply_update()
             self.iter += 1
             action = self._action() if self._action else "none"
-            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+            if ((p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot") and _is_root():
                 self.snapshot()
             if action == "stop":
                 self.requested_early_exit = True
@@ -338,7 +382,7 @@ class Solver:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and _is_root():
             self.snapshot()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
@@ -474,6 +518,11 @@ class Solver:
                     raise SolverError(f"{state_file}: history blob {i} has {arr.size} values, the net's "
                                       f"param has {h.numel()}")
                 h.copy_(torch.from_numpy(arr.reshape(-1).copy()).reshape(h.shape))
+
+
+def _is_root() -> bool:
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _hms(seconds: float) -> str:

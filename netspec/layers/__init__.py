@@ -1,2 +1,5 @@
 """Importing this package registers every layer builder (one module per layer family)."""
 from . import python  # noqa: F401
+from . import shape, eltwise, loss, accuracy, recurrent  # noqa: F401
+from . import conv, pooling, inner_product, neuron, normalization, interp  # noqa: F401
+from . import data  # noqa: F401

@@ -1,0 +1,186 @@
+"""Caffe's ``DataTransformer`` (TransformationParameter), element for element.
+
+For every output pixel, in float32 as Caffe's ``Dtype``::
+
+    top[c, h, w'] = (x[c, h_off + h, w_off + w] - mean[c, h_off + h, w_off + w]) * scale   # mean_file
+    top[c, h, w'] = (x[c, h_off + h, w_off + w] - mean_value[c]) * scale                   # mean_value
+    top[c, h, w'] =  x[c, h_off + h, w_off + w] * scale                                     # neither
+
+with ``w' = W_out - 1 - w`` when mirrored. The mean is subtracted BEFORE scaling; a mean file has the
+uncropped image size and is cropped with the image; one ``mean_value`` applies to every channel.
+
+* ``crop_size``: TRAIN phase draws ``h_off, w_off`` uniformly in ``[0, H - crop]``; TEST takes the centre
+  ``((H - crop) / 2, (W - crop) / 2)`` (integer division).
+* ``mirror``: a random horizontal flip with probability 1/2 in **both** phases: Caffe's
+  ``param_.mirror() && Rand(2)`` does not look at the phase (prototxts usually set ``mirror`` in the TRAIN
+  layer only).
+* Random draws come from a generator seeded once from torch's global RNG (``netspec.set_random_seed``), and
+  only when the transformer needs randomness, as Caffe's ``InitRand``; the order of draws per image is
+  Caffe's (mirror, then h_off, then w_off).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import DataError
+from ..proto import caffe_pb2
+from .datum import decode_datum, key_str, parse_datum
+
+log = logging.getLogger("netspec")
+
+__all__ = ["DataTransformer", "read_mean_file"]
+
+
+def read_mean_file(path) -> np.ndarray:
+    """A mean ``.binaryproto`` (Caffe's ``compute_image_mean`` output) as a C x H x W float32 array."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"mean_file '{path}' not found (working directory {os.getcwd()}); Caffe resolves "
+                        "relative paths against the working directory")
+    try:
+        from ..binary import read_blobproto
+    except ImportError:
+        read_blobproto = _read_blobproto
+    try:
+        arr = read_blobproto(path)
+    except DataError:
+        raise
+    except Exception as e:  # FormatError and friends: say it is the mean file
+        raise DataError(f"mean_file '{path}': {e}") from None
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            log.warning("mean_file '%s' has num=%d; using the first item as Caffe does", path, arr.shape[0])
+        arr = arr[0]
+    elif arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise DataError(f"mean_file '{path}' holds a blob of shape {arr.shape}; expected 1 x C x H x W")
+    return np.ascontiguousarray(arr)
+
+
+def _read_blobproto(path) -> np.ndarray:
+    b = caffe_pb2.BlobProto()
+    with open(path, "rb") as f:
+        b.ParseFromString(f.read())
+    if any(b.HasField(n) for n in ("num", "channels", "height", "width")):
+        shape = (b.num, b.channels, b.height, b.width)
+    else:
+        shape = tuple(b.shape.dim)
+    data = b.double_data if len(b.double_data) else b.data
+    return np.asarray(data, dtype=np.float32).reshape(shape)
+
+
+class DataTransformer:
+    """Caffe's DataTransformer for one layer.
+
+    ``mean_path`` overrides where ``param.mean_file`` is read from (the layer resolves relative paths).
+    ``seed`` fixes the random crop/mirror stream (default: drawn from torch's global RNG when needed).
+    """
+
+    def __init__(self, param: Optional["caffe_pb2.TransformationParameter"] = None, phase: int = caffe_pb2.TEST,
+                 *, mean_path=None, seed: Optional[int] = None):
+        param = param if param is not None else caffe_pb2.TransformationParameter()
+        self.param = param
+        self.phase = phase
+        self.scale = np.float32(param.scale)
+        self.mirror = bool(param.mirror)
+        self.crop_size = int(param.crop_size)
+        self.force_color = bool(param.force_color)
+        self.force_gray = bool(param.force_gray)
+        if self.force_color and self.force_gray:
+            raise DataError("transform_param: cannot set both force_color and force_gray")
+        if param.HasField("mean_file") and len(param.mean_value):
+            raise DataError("transform_param: cannot specify mean_file and mean_value at the same time")
+        self.mean: Optional[np.ndarray] = None
+        if param.HasField("mean_file"):
+            self.mean = read_mean_file(mean_path if mean_path is not None else param.mean_file)
+        self.mean_values = np.asarray(list(param.mean_value), dtype=np.float32)
+        self.needs_rand = self.mirror or (phase == caffe_pb2.TRAIN and self.crop_size > 0)
+        self._rng = None
+        if self.needs_rand:
+            if seed is None:
+                import torch
+                seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+            self._rng = np.random.default_rng(seed)
+        self._warned_force = False
+
+    # -- random state (picklable) ---------------------------------------------------------------------------
+    def get_state(self):
+        return None if self._rng is None else self._rng.bit_generator.state
+
+    def set_state(self, state):
+        if state is not None and self._rng is not None:
+            self._rng.bit_generator.state = state
+
+    def _rand(self, n: int) -> int:
+        return int(self._rng.integers(n))
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    def datum_array(self, value, key=None) -> np.ndarray:
+        """The C x H x W array of a serialized Datum, decoded with this transformer's force_color/force_gray."""
+        d = parse_datum(value, key)
+        if not d.encoded and (self.force_color or self.force_gray) and not self._warned_force:
+            log.error("force_color and force_gray only for encoded datum")
+            self._warned_force = True
+        return decode_datum(d, key, self.force_color, self.force_gray)
+
+    # -- shapes --------------------------------------------------------------------------------------------
+    def infer_shape(self, shape: Sequence[int]) -> Tuple[int, int, int]:
+        """Output C x H x W for an input C x H x W (Caffe's InferBlobShape, without the leading 1)."""
+        c, h, w = shape
+        if self.crop_size:
+            return c, self.crop_size, self.crop_size
+        return c, h, w
+
+    # -- the transform -------------------------------------------------------------------------------------
+    def __call__(self, x: np.ndarray, key=None, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Transform one C x H x W array (uint8 pixels or float32 float_data) into float32 C x h x w."""
+        if x.ndim != 3:
+            raise DataError(f"{self._where(key)}expected a C x H x W array, got shape {x.shape}")
+        c, height, width = x.shape
+        crop = self.crop_size
+        do_mirror = self.mirror and self._rand(2) == 1
+        if c <= 0:
+            raise DataError(f"{self._where(key)}image has no channels")
+        if height < crop or width < crop:
+            raise DataError(f"{self._where(key)}image is {height}x{width}, smaller than crop_size {crop}")
+        h_off = w_off = 0
+        oh, ow = height, width
+        if crop:
+            oh = ow = crop
+            if self.phase == caffe_pb2.TRAIN:
+                h_off = self._rand(height - crop + 1)
+                w_off = self._rand(width - crop + 1)
+            else:
+                h_off = (height - crop) // 2
+                w_off = (width - crop) // 2
+        y = x[:, h_off:h_off + oh, w_off:w_off + ow].astype(np.float32)
+        if self.mean is not None:
+            if self.mean.shape != x.shape:
+                raise DataError(
+                    f"{self._where(key)}image is {c}x{height}x{width} (C x H x W) but mean_file is "
+                    f"{'x'.join(map(str, self.mean.shape))}; the mean must have the uncropped image size "
+                    "(compute it with tools/compute_image_mean.py on the same database)")
+            y -= self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
+        elif self.mean_values.size:
+            mv = self.mean_values
+            if mv.size != 1 and mv.size != c:
+                raise DataError(f"{self._where(key)}specify either 1 mean_value or as many as channels: "
+                                f"{c} (got {mv.size})")
+            y -= mv[:, None, None] if mv.size == c else mv[0]
+        y *= self.scale
+        if do_mirror:
+            y = y[:, :, ::-1]
+        if out is not None:
+            out[...] = y
+            return out
+        return np.ascontiguousarray(y)
+
+    @staticmethod
+    def _where(key) -> str:
+        return f"record '{key_str(key)}': " if key is not None else ""

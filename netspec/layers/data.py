@@ -1,0 +1,747 @@
+"""Caffe's data layers: Data (LMDB), ImageData, MemoryData, DummyData, HDF5Data and HDF5Output.
+
+A data layer has no bottoms; calling its module returns the next batch: ``data`` as float32 N x C x H x W
+(on the device the module was moved to) and, with a second top, ``label`` as float32 of shape (N,).
+``top_shapes([])`` reads the first record, as Caffe's ``DataLayerSetUp``.
+
+Data and ImageData decode and transform batches in a background thread with a bounded queue of
+``data_param.prefetch`` batches (default 4, as Caffe's prefetch queue); records are read strictly in order,
+so the batches are the same as without the thread. Set ``NETSPEC_DATA_PREFETCH=0`` to load in the calling
+thread. Errors raised while loading surface at the ``forward`` that needs the batch.
+
+Relative paths (``source``, ``mean_file``) are resolved against the working directory, as Caffe does. When
+a path does not exist there but does relative to the prototxt's directory, that one is used with a warning.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import weakref
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.datum import key_str, parse_datum, read_image, read_image_list
+from ..data.lmdb_io import WrapCursor, LMDBReader, check_lmdb, is_leveldb
+from ..data.transform import DataTransformer
+from ..errors import DataError, LayerError, NetspecError
+from ..fillers import fill_
+from ..proto import caffe_pb2
+from ..registry import register
+
+log = logging.getLogger("netspec")
+
+_warned_paths = set()
+
+
+def _prefetch_enabled() -> bool:
+    return os.environ.get("NETSPEC_DATA_PREFETCH", "1") not in ("0", "", "false", "False")
+
+
+def _ident(lp, ctx) -> str:
+    return f"{ctx.where}layer '{lp.name}' ({lp.type})"
+
+
+def _net_dir(ctx) -> Optional[str]:
+    """The prototxt's directory, from ``ctx.where`` (``"file:line: "``), if the net came from a file."""
+    d = getattr(ctx, "net_dir", None)
+    if d:
+        return d
+    m = re.match(r"^(.*?)(?::\d+)?: $", getattr(ctx, "where", "") or "")
+    if not m or not m.group(1):
+        return None
+    return os.path.dirname(os.path.abspath(m.group(1)))
+
+
+def resolve_path(path: str, ctx, what: str, ident: str) -> str:
+    """``path`` as Caffe resolves it (against the working directory); falls back, with a warning, to the
+    prototxt's directory when only that one exists."""
+    if not path:
+        raise LayerError(f"{ident}: {what} is empty")
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    base = _net_dir(ctx)
+    if base is not None:
+        alt = os.path.join(base, path)
+        if os.path.exists(alt):
+            if (path, base) not in _warned_paths:
+                _warned_paths.add((path, base))
+                log.warning("%s: %s '%s' does not exist relative to the working directory %s (where Caffe looks)"
+                            "; using '%s' relative to the prototxt", ident, what, path, os.getcwd(), alt)
+            return alt
+    return path  # the reader's own check reports it, naming the working directory
+
+
+# ----------------------------------------------------------------------------------------------------------
+# background prefetch
+# ----------------------------------------------------------------------------------------------------------
+class _Prefetcher:
+    """A daemon thread that calls ``produce()`` ahead of time and keeps up to ``depth`` results in a queue."""
+
+    def __init__(self, produce, depth: int, name: str):
+        self._produce = produce
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                item = (True, self._produce())
+            except BaseException as e:  # delivered to the consumer
+                item = (False, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item[0]:
+                return
+
+    def get(self):
+        while True:
+            try:
+                ok, value = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise DataError("the data prefetch thread stopped unexpectedly") from None
+                continue
+            if not ok:
+                raise value
+            return value
+
+    def close(self):
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+class _DataModule(nn.Module):
+    """Base of the data-layer modules: batches from ``self.source`` (optionally prefetched), as tensors."""
+
+    def __init__(self, source, ident: str, prefetch: int = 0):
+        super().__init__()
+        # Follows .to(device)/.cuda() so batches land where the net runs; not part of state_dict.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+        self.source = source
+        self.ident = ident
+        self.prefetch = int(prefetch)
+        self._prefetcher: Optional[_Prefetcher] = None
+        self._consumed = None      # source state after the last batch handed out (prefetching reads ahead)
+        self._finalizer = None
+
+    def top_shapes(self, bottom_shapes):
+        try:
+            return self.source.top_shapes()
+        except NetspecError as e:
+            raise type(e)(f"{self.ident}: {e}") from e
+
+    def _next_batch(self):
+        if self.prefetch <= 0 or not _prefetch_enabled():
+            return self.source.load_batch()
+        if self._prefetcher is None:
+            src = self.source  # the thread must not hold the module, or it could never be collected
+
+            def produce():
+                arrays = src.load_batch()
+                return arrays, src.get_state()
+            self._prefetcher = _Prefetcher(produce, self.prefetch, f"netspec-prefetch-{self.ident}")
+            self._finalizer = weakref.finalize(self, self._prefetcher.close)
+        try:
+            arrays, state = self._prefetcher.get()
+        except BaseException:
+            self._stop_prefetch()
+            raise
+        self._consumed = state
+        return arrays
+
+    def _stop_prefetch(self):
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+
+    def rewind_prefetch(self):
+        """Stop the prefetch thread and put the source back where the consumer is (drops read-ahead)."""
+        had = self._prefetcher is not None
+        self._stop_prefetch()
+        if had and self._consumed is not None:
+            self.source.set_state(self._consumed)
+
+    def forward(self):
+        try:
+            arrays = self._next_batch()
+        except NetspecError as e:
+            raise type(e)(f"{self.ident}: {e}") from e
+        dev = self._anchor.device
+        outs = tuple(torch.from_numpy(a).to(dev) for a in arrays)
+        return outs if len(outs) > 1 else outs[0]
+
+    def __getstate__(self):
+        self.rewind_prefetch()
+        state = self.__dict__.copy()
+        state["_prefetcher"] = None
+        state["_finalizer"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return getattr(self.source, "describe", lambda: "")()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data (LMDB)
+# ----------------------------------------------------------------------------------------------------------
+class _LMDBSource:
+    def __init__(self, path: str, batch_size: int, transformer: DataTransformer, labels: bool):
+        self.path = check_lmdb(path)
+        self.batch_size = batch_size
+        self.transformer = transformer
+        self.labels = labels
+        self.cursor = WrapCursor(self.path)
+
+    def describe(self):
+        return f"source={self.path!r}, batch_size={self.batch_size}"
+
+    def _where(self) -> str:
+        return f"LMDB '{self.path}': "
+
+    def top_shapes(self):
+        with LMDBReader(self.path) as r:
+            key, value = r.first()
+        try:
+            arr = self.transformer.datum_array(value, key)
+            shape = self.transformer.infer_shape(arr.shape)
+            if self.transformer.crop_size and (arr.shape[1] < shape[1] or arr.shape[2] < shape[2]):
+                raise DataError(f"record '{key_str(key)}': image is {arr.shape[1]}x{arr.shape[2]}, smaller than "
+                                f"crop_size {self.transformer.crop_size}")
+        except DataError as e:
+            raise DataError(self._where() + str(e)) from None
+        shapes = [(self.batch_size,) + tuple(shape)]
+        if self.labels:
+            shapes.append((self.batch_size,))
+        return shapes
+
+    def load_batch(self):
+        n = self.batch_size
+        data = None
+        label = np.empty(n, dtype=np.float32) if self.labels else None
+        t = self.transformer
+        try:
+            for i in range(n):
+                key, value = self.cursor.next()
+                d = parse_datum(value, key)
+                arr = t.datum_array(d, key)
+                shape = t.infer_shape(arr.shape)
+                if data is None:  # Caffe reshapes the batch after its first datum
+                    data = np.empty((n,) + tuple(shape), dtype=np.float32)
+                elif tuple(shape) != data.shape[1:]:
+                    raise DataError(
+                        f"record '{key_str(key)}' gives a {'x'.join(map(str, shape))} item but this batch's first "
+                        f"item is {'x'.join(map(str, data.shape[1:]))}; one batch needs one size (resize the "
+                        "images when building the database, use crop_size, or batch_size 1)")
+                t(arr, key, out=data[i])
+                if label is not None:
+                    label[i] = d.label
+        except DataError as e:
+            raise DataError(self._where() + str(e)) from None
+        return (data, label) if label is not None else (data,)
+
+    def get_state(self):
+        return self.cursor.position, self.cursor.wraps, self.transformer.get_state()
+
+    def set_state(self, state):
+        self.cursor.close()
+        self.cursor.position, self.cursor.wraps, ts = state
+        self.transformer.set_state(ts)
+
+
+def _transformer(lp, ctx, ident) -> DataTransformer:
+    tp = lp.transform_param
+    mean_path = None
+    if tp.HasField("mean_file"):
+        mean_path = resolve_path(tp.mean_file, ctx, "mean_file", ident)
+    try:
+        return DataTransformer(tp, ctx.phase, mean_path=mean_path)
+    except DataError as e:
+        raise DataError(f"{ident}: {e}") from None
+
+
+def _deprecated_fields(lp, sub, ident):
+    for f in ("scale", "mean_file", "crop_size", "mirror"):
+        if sub.HasField(f):
+            log.warning("%s: %s.%s is deprecated and ignored by Caffe in this (V2) format; move it to "
+                        "transform_param", ident, type(sub).__name__, f)
+
+
+@register("Data", bottoms=0, tops=(1, 2))
+def data_layer(lp, bottom_shapes, ctx):
+    """Data layer over an LMDB of Datums, read in key order with wrap-around (TEST and TRAIN alike)."""
+    ident = _ident(lp, ctx)
+    p = lp.data_param
+    if p.batch_size <= 0:
+        raise LayerError(f"{ident}: data_param.batch_size must be positive (got {p.batch_size})")
+    _deprecated_fields(lp, p, ident)
+    if p.rand_skip:
+        log.info("%s: rand_skip is ignored, as in BVLC Caffe's DataLayer", ident)
+    source = resolve_path(p.source, ctx, "data_param.source", ident)
+    if p.backend == caffe_pb2.DataParameter.LEVELDB:
+        if os.path.isdir(source) and os.path.isfile(os.path.join(source, "data.mdb")):
+            log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB (set backend: LMDB)",
+                        ident, source)
+        elif not os.path.exists(source) or is_leveldb(source):
+            try:
+                check_lmdb(source, "LevelDB source")
+            except DataError as e:
+                raise DataError(f"{ident}: backend: LEVELDB is not supported. {e}") from None
+            raise DataError(f"{ident}: backend: LEVELDB is not supported")
+    try:
+        src = _LMDBSource(source, p.batch_size, _transformer(lp, ctx, ident), len(lp.top) > 1)
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if msg.startswith(ident) else f"{ident}: {msg}") from None
+    return _DataModule(src, ident, prefetch=p.prefetch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ImageData
+# ----------------------------------------------------------------------------------------------------------
+class _ImageListSource:
+    def __init__(self, list_path, root_folder, batch_size, shuffle, new_height, new_width, is_color,
+                 rand_skip, transformer: DataTransformer, labels: bool):
+        self.list_path = list_path
+        self.lines = read_image_list(list_path)
+        self.root = root_folder
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.new_height, self.new_width = new_height, new_width
+        self.is_color = is_color
+        self.transformer = transformer
+        self.labels = labels
+        self._rng = None
+        if shuffle or rand_skip:
+            self._rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+        self.order = np.arange(len(self.lines))
+        if shuffle:
+            log.info("Shuffling data")
+            self._rng.shuffle(self.order)
+        self.pos = 0
+        if rand_skip:
+            skip = int(self._rng.integers(rand_skip))
+            if skip >= len(self.lines):
+                raise DataError(f"image list '{list_path}': not enough points ({len(self.lines)}) to skip {skip}")
+            log.info("Skipping first %d data points.", skip)
+            self.pos = skip
+
+    def describe(self):
+        return f"source={self.list_path!r}, {len(self.lines)} images, batch_size={self.batch_size}"
+
+    def _read(self, idx):
+        name, label, lineno = self.lines[self.order[idx]]
+        full = self.root + name
+        where = f"{self.list_path}:{lineno}: "
+        try:
+            img = read_image(full, self.new_height, self.new_width, self.is_color, where)
+        except DataError as e:
+            hint = ""
+            if self.root and not self.root.endswith(("/", os.sep)) and os.path.exists(os.path.join(self.root, name)):
+                hint = (f"; root_folder '{self.root}' is prepended verbatim (as Caffe): end it with '/' "
+                        f"(found '{os.path.join(self.root, name)}')")
+            raise DataError(f"{e}{hint}") from None
+        return np.ascontiguousarray(img.transpose(2, 0, 1)), label, f"{self.list_path}:{lineno}"
+
+    def top_shapes(self):
+        arr, _, _ = self._read(self.pos)
+        shape = self.transformer.infer_shape(arr.shape)
+        if arr.shape[1] < shape[1] or arr.shape[2] < shape[2]:
+            raise DataError(f"image is {arr.shape[1]}x{arr.shape[2]}, smaller than crop_size "
+                            f"{self.transformer.crop_size}")
+        shapes = [(self.batch_size,) + tuple(shape)]
+        if self.labels:
+            shapes.append((self.batch_size,))
+        return shapes
+
+    def load_batch(self):
+        n = self.batch_size
+        data = None
+        label = np.empty(n, dtype=np.float32)
+        for i in range(n):
+            arr, lab, where = self._read(self.pos)
+            shape = self.transformer.infer_shape(arr.shape)
+            if data is None:
+                data = np.empty((n,) + tuple(shape), dtype=np.float32)
+            elif tuple(shape) != data.shape[1:]:
+                raise DataError(f"{where}: image gives a {'x'.join(map(str, shape))} item but this batch's first "
+                                f"item is {'x'.join(map(str, data.shape[1:]))}; set new_height/new_width or "
+                                "crop_size, or use batch_size 1")
+            self.transformer(arr, where, out=data[i])
+            label[i] = lab
+            self.pos += 1
+            if self.pos >= len(self.lines):
+                self.pos = 0
+                if self.shuffle:
+                    self._rng.shuffle(self.order)
+        return (data, label) if self.labels else (data,)
+
+    def get_state(self):
+        return (self.pos, self.order.copy(), None if self._rng is None else self._rng.bit_generator.state,
+                self.transformer.get_state())
+
+    def set_state(self, state):
+        self.pos, order, rs, ts = state
+        self.order = order.copy()
+        if rs is not None:
+            self._rng.bit_generator.state = rs
+        self.transformer.set_state(ts)
+
+
+@register("ImageData", bottoms=0, tops=(1, 2))
+def image_data_layer(lp, bottom_shapes, ctx):
+    """ImageData: a list file of ``<path> <label>`` lines; images read with OpenCV (BGR) from
+    ``root_folder + path``, optionally resized to new_height x new_width, then transformed."""
+    ident = _ident(lp, ctx)
+    p = lp.image_data_param
+    if p.batch_size <= 0:
+        raise LayerError(f"{ident}: image_data_param.batch_size must be positive (got {p.batch_size})")
+    if (p.new_height == 0) != (p.new_width == 0) or p.new_height < 0 or p.new_width < 0:
+        raise LayerError(f"{ident}: new_height and new_width must be set together (got {p.new_height} x "
+                         f"{p.new_width})")
+    _deprecated_fields(lp, p, ident)
+    source = resolve_path(p.source, ctx, "image_data_param.source", ident)
+    root = p.root_folder
+    if root:
+        root = resolve_path(root, ctx, "image_data_param.root_folder", ident)
+    try:
+        src = _ImageListSource(source, root, p.batch_size, p.shuffle, p.new_height, p.new_width, p.is_color,
+                               p.rand_skip, _transformer(lp, ctx, ident), len(lp.top) > 1)
+    except DataError as e:
+        msg = str(e)
+        raise DataError(msg if msg.startswith(ident) else f"{ident}: {msg}") from None
+    return _DataModule(src, ident, prefetch=lp.data_param.prefetch if lp.HasField("data_param") else 4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MemoryData
+# ----------------------------------------------------------------------------------------------------------
+class _MemorySource:
+    def __init__(self, batch_size, channels, height, width, labels: bool):
+        self.batch_size = batch_size
+        self.shape = (channels, height, width)
+        self.labels = labels
+        self.data: Optional[np.ndarray] = None
+        self.label: Optional[np.ndarray] = None
+        self.pos = 0
+
+    def describe(self):
+        return f"batch_size={self.batch_size}, shape={self.shape}"
+
+    def top_shapes(self):
+        shapes = [(self.batch_size,) + self.shape]
+        if self.labels:
+            shapes.append((self.batch_size,))
+        return shapes
+
+    def set_input_arrays(self, data, labels):
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        labels = np.ascontiguousarray(labels, dtype=np.float32)
+        if data.ndim != 4:
+            raise DataError(f"set_input_arrays: data must be 4-D N x C x H x W, got shape {data.shape}")
+        if data.shape[1:] != self.shape:
+            raise DataError(f"set_input_arrays: data items are {'x'.join(map(str, data.shape[1:]))}, the layer "
+                            f"expects channels x height x width = {'x'.join(map(str, self.shape))}")
+        n = data.shape[0]
+        if labels.size != n or (labels.ndim > 1 and labels.shape[0] != n):
+            raise DataError(f"set_input_arrays: {n} data items but labels of shape {labels.shape} "
+                            "(need one label per item)")
+        if n == 0 or n % self.batch_size:
+            raise DataError(f"set_input_arrays: the number of items ({n}) must be a positive multiple of "
+                            f"batch_size {self.batch_size}")
+        self.data, self.label, self.pos = data, labels.reshape(n), 0
+
+    def load_batch(self):
+        if self.data is None:
+            raise DataError("MemoryData needs its arrays first: call set_input_arrays(data, labels) "
+                            "(pycaffe: net.set_input_arrays)")
+        b, p = self.batch_size, self.pos
+        out = (self.data[p:p + b].copy(),)
+        if self.labels:
+            out += (self.label[p:p + b].copy(),)
+        self.pos = (p + b) % self.data.shape[0]
+        return out
+
+    def get_state(self):
+        return self.pos
+
+    def set_state(self, state):
+        self.pos = state
+
+
+class MemoryDataModule(_DataModule):
+    """MemoryData: batches from arrays given with :meth:`set_input_arrays` (no transformation, as Caffe's
+    ``MemoryDataLayer::Reset``); consecutive forwards step through them and wrap around."""
+
+    def set_input_arrays(self, data, labels):
+        try:
+            self.source.set_input_arrays(data, labels)
+        except DataError as e:
+            raise DataError(f"{self.ident}: {e}") from None
+
+
+@register("MemoryData", bottoms=0, tops=(1, 2))
+def memory_data_layer(lp, bottom_shapes, ctx):
+    ident = _ident(lp, ctx)
+    p = lp.memory_data_param
+    dims = (p.batch_size, p.channels, p.height, p.width)
+    if any(d <= 0 for d in dims):
+        raise LayerError(f"{ident}: memory_data_param needs positive batch_size, channels, height and width "
+                         f"(got {' x '.join(map(str, dims))})")
+    if lp.HasField("transform_param") and lp.transform_param.ListFields():
+        log.warning("%s: transform_param is not applied to arrays given with set_input_arrays (as in Caffe)",
+                    ident)
+    return MemoryDataModule(_MemorySource(*dims, labels=len(lp.top) > 1), ident)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DummyData
+# ----------------------------------------------------------------------------------------------------------
+class DummyDataModule(nn.Module):
+    """DummyData: tops filled by fillers. Constant fillers are filled once; the others refill every forward
+    (Caffe's ``refill_``)."""
+
+    def __init__(self, shapes, fillers, ident):
+        super().__init__()
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+        self.shapes = [tuple(s) for s in shapes]
+        self.fillers = fillers
+        self.ident = ident
+        self._const = {}
+        for i, s in enumerate(self.shapes):
+            f = fillers[i if len(fillers) > 1 else 0]
+            if f.type == "constant":
+                self._const[i] = fill_(torch.empty(s), f)
+
+    def top_shapes(self, bottom_shapes):
+        return list(self.shapes)
+
+    def forward(self):
+        dev = self._anchor.device
+        outs = []
+        for i, s in enumerate(self.shapes):
+            if i in self._const:
+                outs.append(self._const[i].to(dev, copy=True))
+            else:
+                outs.append(fill_(torch.empty(s, device=dev), self.fillers[i if len(self.fillers) > 1 else 0]))
+        return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+@register("DummyData", bottoms=0, tops=(1, None))
+def dummy_data_layer(lp, bottom_shapes, ctx):
+    ident = _ident(lp, ctx)
+    p = lp.dummy_data_param
+    n = len(lp.top)
+    nf = len(p.data_filler)
+    if nf not in (0, 1, n):
+        raise LayerError(f"{ident}: give 0, 1 or {n} (one per top) data_filler, got {nf}")
+    fillers = list(p.data_filler) if nf else [caffe_pb2.FillerParameter(type="constant", value=0)]
+    legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+    nlegacy = sum(len(x) for x in legacy)
+    if p.shape and nlegacy:
+        raise LayerError(f"{ident}: both shape and legacy num/channels/height/width were specified")
+    shapes = []
+    if nlegacy:
+        for name, vals in zip(("num", "channels", "height", "width"), legacy):
+            if len(vals) not in (1, n):
+                raise LayerError(f"{ident}: legacy '{name}' must be given once or once per top ({n}), "
+                                 f"got {len(vals)}")
+        for i in range(n):
+            shapes.append(tuple(v[0] if len(v) == 1 else v[i] for v in legacy))
+    else:
+        if len(p.shape) not in (1, n):
+            raise LayerError(f"{ident}: give 1 or {n} (one per top) shape, got {len(p.shape)}")
+        for i in range(n):
+            shapes.append(tuple(p.shape[0 if len(p.shape) == 1 else i].dim))
+    for s in shapes:
+        if any(d < 0 for d in s):
+            raise LayerError(f"{ident}: negative dimension in shape {s}")
+    return DummyDataModule(shapes, fillers, ident)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HDF5Data / HDF5Output
+# ----------------------------------------------------------------------------------------------------------
+def _h5py(ident):
+    try:
+        import h5py
+    except ImportError:
+        raise LayerError(f"{ident}: HDF5 layers need the 'h5py' package: pip install h5py") from None
+    return h5py
+
+
+class _HDF5Source:
+    def __init__(self, list_path, files, tops, batch_size, shuffle, h5py):
+        self.list_path = list_path
+        self.files = files
+        self.tops = tops
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.h5py = h5py
+        self._rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item())) if shuffle else None
+        self.file_perm = np.arange(len(files))
+        if shuffle:
+            self._rng.shuffle(self.file_perm)
+        self.current_file = 0
+        self._load(self.files[self.file_perm[0]])
+        self.row = 0
+
+    def describe(self):
+        return f"source={self.list_path!r}, {len(self.files)} files, batch_size={self.batch_size}"
+
+    def _load(self, fname):
+        if not os.path.isfile(fname):
+            raise DataError(f"HDF5 file '{fname}' listed in '{self.list_path}' not found (working directory "
+                            f"{os.getcwd()})")
+        try:
+            with self.h5py.File(fname, "r") as f:
+                blobs = []
+                for t in self.tops:
+                    if t not in f:
+                        raise DataError(f"HDF5 file '{fname}' has no dataset '{t}' (the layer's tops name the "
+                                        f"datasets; it has: {', '.join(sorted(f.keys()))})")
+                    a = np.asarray(f[t][()], dtype=np.float32)
+                    if a.ndim < 1:
+                        raise DataError(f"HDF5 file '{fname}' dataset '{t}' must have at least 1 axis")
+                    blobs.append(np.ascontiguousarray(a))
+        except OSError as e:
+            raise DataError(f"cannot read HDF5 file '{fname}': {e}") from None
+        num = blobs[0].shape[0]
+        for t, b in zip(self.tops, blobs):
+            if b.shape[0] != num:
+                raise DataError(f"HDF5 file '{fname}': dataset '{t}' has {b.shape[0]} rows, "
+                                f"'{self.tops[0]}' has {num}")
+        if num == 0:
+            raise DataError(f"HDF5 file '{fname}' holds no rows")
+        self.blobs = blobs
+        self.data_perm = np.arange(num)
+        if self.shuffle:
+            self._rng.shuffle(self.data_perm)
+
+    def top_shapes(self):
+        return [(self.batch_size,) + b.shape[1:] for b in self.blobs]
+
+    def _next(self):
+        self.row += 1
+        if self.row == self.blobs[0].shape[0]:
+            if len(self.files) > 1:
+                self.current_file += 1
+                if self.current_file == len(self.files):
+                    self.current_file = 0
+                    if self.shuffle:
+                        self._rng.shuffle(self.file_perm)
+                self._load(self.files[self.file_perm[self.current_file]])
+            self.row = 0
+            if self.shuffle:
+                self._rng.shuffle(self.data_perm)
+
+    def load_batch(self):
+        outs = [np.empty((self.batch_size,) + b.shape[1:], dtype=np.float32) for b in self.blobs]
+        for i in range(self.batch_size):
+            for o, b in zip(outs, self.blobs):
+                if b.shape[1:] != o.shape[1:]:
+                    raise DataError(f"HDF5 item shapes changed between files: {b.shape[1:]} vs {o.shape[1:]}")
+                o[i] = b[self.data_perm[self.row]]
+            self._next()
+        return tuple(outs)
+
+    def get_state(self):
+        return None
+
+    def set_state(self, state):
+        pass
+
+
+@register("HDF5Data", bottoms=0, tops=(1, None))
+def hdf5_data_layer(lp, bottom_shapes, ctx):
+    """HDF5Data: ``source`` lists HDF5 files (one path per line); each holds one dataset per top, named as
+    the top. Rows are read in order (files too), wrapping around; ``shuffle`` permutes both. No transform."""
+    ident = _ident(lp, ctx)
+    h5py = _h5py(ident)
+    p = lp.hdf5_data_param
+    if lp.HasField("transform_param"):
+        raise LayerError(f"{ident}: HDF5Data does not transform data; remove transform_param")
+    if p.batch_size <= 0:
+        raise LayerError(f"{ident}: hdf5_data_param.batch_size must be positive (got {p.batch_size})")
+    source = resolve_path(p.source, ctx, "hdf5_data_param.source", ident)
+    if not os.path.isfile(source):
+        raise DataError(f"{ident}: HDF5 file list '{source}' not found (working directory {os.getcwd()})")
+    with open(source, "r", encoding="utf-8") as f:
+        files = f.read().split()  # Caffe reads whitespace-separated tokens
+    if not files:
+        raise DataError(f"{ident}: must have at least 1 HDF5 filename listed in '{source}'")
+    try:
+        src = _HDF5Source(source, files, list(lp.top), p.batch_size, p.shuffle, h5py)
+    except DataError as e:
+        raise DataError(f"{ident}: {e}") from None
+    return _DataModule(src, ident, prefetch=0)
+
+
+class HDF5OutputModule(nn.Module):
+    """HDF5Output: writes its two bottoms as datasets ``data`` and ``label`` of ``file_name`` at every
+    forward (the file holds the last batch; Caffe truncates the file at setup)."""
+
+    def __init__(self, file_name, ident, h5py):
+        super().__init__()
+        self.file_name = file_name
+        self.ident = ident
+        self.h5py = h5py
+
+    def top_shapes(self, bottom_shapes):
+        return []
+
+    def forward(self, data, label):
+        if data.shape[0] != label.shape[0]:
+            raise LayerError(f"{self.ident}: data and label must have the same number of items "
+                             f"({data.shape[0]} vs {label.shape[0]})")
+        with self.h5py.File(self.file_name, "w") as f:
+            f.create_dataset("data", data=data.detach().to("cpu", torch.float32).numpy())
+            f.create_dataset("label", data=label.detach().to("cpu", torch.float32).numpy())
+        return ()
+
+
+@register("HDF5Output", bottoms=2, tops=0)
+def hdf5_output_layer(lp, bottom_shapes, ctx):
+    ident = _ident(lp, ctx)
+    h5py = _h5py(ident)
+    fname = lp.hdf5_output_param.file_name
+    if not fname:
+        raise LayerError(f"{ident}: hdf5_output_param.file_name is empty")
+    return HDF5OutputModule(fname, ident, h5py)
+
+
+def set_input_arrays(module_or_net, data, labels, layer: Optional[str] = None):
+    """pycaffe's ``net.set_input_arrays(data, labels)``: feed the (first, or named) MemoryData layer."""
+    mods = []
+    if isinstance(module_or_net, MemoryDataModule):
+        mods = [module_or_net]
+    else:
+        root = getattr(module_or_net, "module", module_or_net)
+        for node in getattr(root, "nodes", []):
+            m = root.get_module(node.index)
+            if isinstance(m, MemoryDataModule) and (layer is None or node.name == layer):
+                mods.append(m)
+    if not mods:
+        raise LayerError("set_input_arrays needs a MemoryData layer" + (f" named '{layer}'" if layer else "")
+                         + " in the net")
+    mods[0].set_input_arrays(data, labels)

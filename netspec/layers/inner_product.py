@@ -1,0 +1,79 @@
+"""InnerProduct and Embed (Caffe ``InnerProductParameter``, ``EmbedParameter``)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..fillers import fill_
+from ..registry import register
+from .conv import canonical_axis, fail
+
+
+class InnerProduct(nn.Module):
+    """y = x' W^T + b with x' = x flattened from ``axis`` on; W is (num_output, K), or (K, num_output) if transposed."""
+
+    def __init__(self, k, num_output, bias, axis, transpose):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty((k, num_output) if transpose else (num_output, k)))
+        self.bias = nn.Parameter(torch.empty(num_output)) if bias else None
+        self.axis, self.transpose = axis, transpose
+
+    def forward(self, x):
+        x = x.flatten(self.axis)  # (*x.shape[:axis], K)
+        return F.linear(x, self.weight.t() if self.transpose else self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}, axis={self.axis}, " \
+               f"transpose={self.transpose}"
+
+
+@register("InnerProduct", bottoms=1, tops=1)
+def inner_product(lp, bottom_shapes, ctx):
+    """InnerProduct: inner_product_param num_output, bias_term, axis, transpose, weight_filler, bias_filler
+    (absent = constant 0). K = product of the bottom axes from ``axis`` on; top = bottom.shape[:axis] + (num_output,).
+    """
+    p = lp.inner_product_param
+    shape = tuple(bottom_shapes[0])
+    axis = canonical_axis(p.axis, len(shape), lp, ctx)
+    if p.num_output <= 0:
+        raise fail(lp, ctx, f"num_output must be positive, got {p.num_output}")
+    k = 1
+    for d in shape[axis:]:
+        k *= d
+    m = InnerProduct(k, p.num_output, p.bias_term, axis, p.transpose)
+    fill_(m.weight, p.weight_filler)
+    if m.bias is not None:
+        fill_(m.bias, p.bias_filler)
+    return m
+
+
+class Embed(nn.Module):
+    """y = W[int(x)] + b: a lookup of rows of W (input_dim, num_output); x holds indices as floats."""
+
+    def __init__(self, input_dim, num_output, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(input_dim, num_output))
+        self.bias = nn.Parameter(torch.empty(num_output)) if bias else None
+
+    def forward(self, x):
+        # Caffe casts with static_cast<int> (toward zero), as .long(); the index input gets no gradient.
+        y = F.embedding(x.detach().long(), self.weight)  # (*x.shape, num_output)
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self):
+        return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
+
+
+@register("Embed", bottoms=1, tops=1)
+def embed(lp, bottom_shapes, ctx):
+    """Embed: embed_param input_dim, num_output, bias_term, weight_filler, bias_filler (absent = constant 0).
+
+    top = bottom.shape + (num_output,). Caffe cannot back-propagate to the index bottom; neither does this.
+    """
+    p = lp.embed_param
+    if p.input_dim <= 0 or p.num_output <= 0:
+        raise fail(lp, ctx, f"input_dim and num_output must be positive, got {p.input_dim} and {p.num_output}")
+    m = Embed(p.input_dim, p.num_output, p.bias_term)
+    fill_(m.weight, p.weight_filler)
+    if m.bias is not None:
+        fill_(m.bias, p.bias_filler)
+    return m

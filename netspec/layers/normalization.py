@@ -1,0 +1,162 @@
+"""LRN, BatchNorm and MVN (Caffe ``LRNParameter``, ``BatchNormParameter``, ``MVNParameter``)."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..proto import caffe_pb2
+from ..registry import register
+from .conv import fail
+
+
+class LRN(nn.Module):
+    """ACROSS_CHANNELS: y = x * (k + alpha/n * sum_{n channels} x^2)^-beta (window centred on the channel).
+    WITHIN_CHANNEL: y = x * (1 + alpha * avg_{n x n} x^2)^-beta, the average always dividing by n^2 (Caffe
+    builds it from AVE pooling with pad (n-1)/2, which counts the zero padding); k is not used."""
+
+    def __init__(self, size, alpha, beta, k, within):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.within = size, alpha, beta, k, within
+
+    def forward(self, x):
+        if not self.within:
+            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        s = F.avg_pool2d(x * x, self.size, 1, (self.size - 1) // 2, count_include_pad=True)
+        return x * (s * self.alpha + 1).pow(-self.beta)
+
+    def extra_repr(self):
+        region = "WITHIN_CHANNEL" if self.within else "ACROSS_CHANNELS"
+        return f"{region}, local_size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+@register("LRN")
+def lrn(lp, bottom_shapes, ctx):
+    """LRN: lrn_param local_size (5, odd), alpha (1), beta (0.75), k (1), norm_region (ACROSS_CHANNELS).
+    Formulas in ``LRN``; bottom N x C x H x W."""
+    p = lp.lrn_param
+    if len(bottom_shapes[0]) != 4:
+        raise fail(lp, ctx, f"input must have 4 axes (N, C, H, W), got shape {tuple(bottom_shapes[0])}")
+    if p.local_size % 2 == 0:
+        raise fail(lp, ctx, f"LRN only supports odd values for local_size, got {p.local_size}")
+    return LRN(p.local_size, p.alpha, p.beta, p.k, p.norm_region == p.WITHIN_CHANNEL)
+
+
+class BatchNorm(nn.Module):
+    """Caffe BatchNorm (no affine part; Caffe nets follow it with a Scale layer).
+
+    Blobs: mean_acc (C), var_acc (C), scale_factor (1), never trained. Global statistics are
+    acc / scale_factor (0 when scale_factor is 0). With batch statistics (mean and biased variance over every
+    axis but 1) the forward also updates, in place:
+        scale_factor = maf * scale_factor + 1
+        mean_acc     = maf * mean_acc + mean
+        var_acc      = maf * var_acc + m/(m-1) * var       (m = count / C, factor 1 if m == 1)
+    y = (x - mean) / sqrt(var + eps).
+    """
+
+    def __init__(self, channels, use_global_stats, maf, eps):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(channels), requires_grad=False)
+        self.variance = nn.Parameter(torch.zeros(channels), requires_grad=False)
+        self.scale_factor = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.use_global_stats, self.maf, self.eps = use_global_stats, maf, eps
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, x):
+        shape = [1] * x.dim()
+        shape[min(1, x.dim() - 1)] = -1
+        if x.dim() == 1:  # Caffe: a 1-axis bottom has one channel
+            shape[0] = 1
+        if self.use_global_stats:
+            sf = self.scale_factor
+            inv = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
+            mean, var = self.mean * inv, self.variance * inv
+        else:
+            dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
+            mean = x.mean(dims)
+            xc = x - mean.reshape(shape)
+            var = (xc * xc).mean(dims)
+            m = x.numel() // mean.numel()
+            with torch.no_grad():
+                self.scale_factor.mul_(self.maf).add_(1)
+                self.mean.mul_(self.maf).add_(mean)
+                self.variance.mul_(self.maf).add_(var, alpha=m / (m - 1) if m > 1 else 1.0)
+            return xc / torch.sqrt(var + self.eps).reshape(shape)
+        return (x - mean.reshape(shape)) / torch.sqrt(var + self.eps).reshape(shape)
+
+    def extra_repr(self):
+        stats = "global" if self.use_global_stats else "batch"
+        return f"{self.mean.numel()}, stats={stats}, moving_average_fraction={self.maf}, eps={self.eps}"
+
+
+@register("BatchNorm")
+def batch_norm(lp, bottom_shapes, ctx):
+    """BatchNorm: batch_norm_param use_global_stats (default: phase == TEST), moving_average_fraction (.999),
+    eps (1e-5). Channels = bottom axis 1. Rules in ``BatchNorm``; unlike torch's momentum, the accumulators
+    are un-normalised sums corrected by the scale-factor blob.
+    """
+    p = lp.batch_norm_param
+    for i, spec in enumerate(lp.param[:3]):
+        if spec.lr_mult != 0:
+            raise fail(lp, ctx, f"param {i} has lr_mult {spec.lr_mult}: cannot configure batch normalization "
+                                "statistics as layer parameters (lr_mult must be 0)")
+    shape = bottom_shapes[0]
+    use_global = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == caffe_pb2.TEST
+    return BatchNorm(shape[1] if len(shape) > 1 else 1, use_global, p.moving_average_fraction, p.eps)
+
+
+class _MVNFunction(torch.autograd.Function):
+    """(x - mean) / (std + eps) with Caffe's backward (g - mean(g) - y * mean(g * y)) / (std + eps)."""
+
+    @staticmethod
+    def forward(ctx, x, dims, eps):
+        xc = x - x.mean(dims, keepdim=True)
+        std = torch.sqrt((xc * xc).mean(dims, keepdim=True)) + eps
+        y = xc / std
+        ctx.dims = dims
+        ctx.save_for_backward(y, std)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, std = ctx.saved_tensors
+        dims = ctx.dims
+        gx = g - g.mean(dims, keepdim=True) - y * (g * y).mean(dims, keepdim=True)
+        return gx / std, None, None
+
+
+class MVN(nn.Module):
+    """Per item (across_channels) or per item and channel: y = x - mean, then / (sqrt(var) + eps) when
+    normalize_variance. Note eps is added to the standard deviation, not to the variance."""
+
+    def __init__(self, normalize_variance, across_channels, eps):
+        super().__init__()
+        self.normalize_variance, self.across_channels, self.eps = normalize_variance, across_channels, eps
+
+    def forward(self, x):
+        dims = tuple(range(1 if self.across_channels else 2, x.dim()))
+        if not dims:  # one value per mean: Caffe's dim == 1
+            dims = (x.dim(),)
+            x = x.unsqueeze(-1)
+            return self._run(x, dims).squeeze(-1)
+        return self._run(x, dims)
+
+    def _run(self, x, dims):
+        if self.normalize_variance:
+            return _MVNFunction.apply(x, dims, self.eps)
+        return x - x.mean(dims, keepdim=True)
+
+    def extra_repr(self):
+        return f"normalize_variance={self.normalize_variance}, across_channels={self.across_channels}, eps={self.eps}"
+
+
+@register("MVN")
+def mvn(lp, bottom_shapes, ctx):
+    """MVN: mvn_param normalize_variance (true), across_channels (false), eps (1e-9).
+
+    Means over H, W (and C when across_channels); y = (x - mean) / (sqrt(E[(x - mean)^2]) + eps).
+    """
+    p = lp.mvn_param
+    if len(bottom_shapes[0]) < 1 + (not p.across_channels):
+        raise fail(lp, ctx, f"bottom shape {tuple(bottom_shapes[0])} has no channel axis")
+    return MVN(p.normalize_variance, p.across_channels, p.eps)

@@ -1,0 +1,221 @@
+"""Pooling and SPP (Caffe ``PoolingParameter``, ``SPPParameter``) with Caffe's output-size rule and windows.
+
+torch's pooling kernels are used whenever they produce Caffe's windows; other geometries pad explicitly.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LayerError
+from ..proto import caffe_pb2
+from ..registry import register
+from .conv import fail
+
+MAX, AVE, STOCHASTIC = 0, 1, 2  # PoolingParameter.PoolMethod == SPPParameter.PoolMethod
+_NAMES = {MAX: "MAX", AVE: "AVE", STOCHASTIC: "STOCHASTIC"}
+
+
+def pooled_size(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
+    """Caffe: ceil((size + 2p - k) / s) + 1 (FLOOR: floor), then, only when the layer has any padding,
+    one window less if the last one would start in the bottom/right padding ((pooled-1)*s >= size + p)."""
+    n = size + 2 * p - k
+    out = (-(-n // s) if ceil else n // s) + 1
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _torch_size(size, k, s, p, ceil):
+    # torch's pooling_output_shape: the same rule, but the clip applies even without padding.
+    out = (size + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _window_sum(x, k, s, p, out):
+    """Sums over Caffe's windows, zero padding; the input padded and cropped to exactly cover ``out`` windows."""
+    need = [(o - 1) * st + kk for o, st, kk in zip(out, s, k)]
+    size = x.shape[-2:]
+    x = F.pad(x, (p[1], max(0, need[1] - size[1] - p[1]), p[0], max(0, need[0] - size[0] - p[0])))
+    return F.avg_pool2d(x[..., :need[0], :need[1]], k, s, divisor_override=1)
+
+
+def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
+    """Caffe pooling of the last two axes of ``x``: (top, mask or None).
+
+    MAX windows are clipped to the input (padding never wins); the first maximum in row-major order wins ties
+    (strict ``>``), and the mask holds its flat index h*W + w. AVE divides by the window clipped to H+pad,
+    padding counted, the ceil overhang not. STOCHASTIC is Caffe's TEST-phase rule: sum(x^2)/sum(x) over the
+    window, 0 where sum(x) <= 0.
+    """
+    H, W = x.shape[-2:]
+    any_pad = p[0] > 0 or p[1] > 0
+    out = (pooled_size(H, k[0], s[0], p[0], ceil, any_pad), pooled_size(W, k[1], s[1], p[1], ceil, any_pad))
+    if out[0] <= 0 or out[1] <= 0:
+        raise LayerError(f"pooling a {H}x{W} input with kernel {k}, stride {s}, pad {p} gives an empty "
+                         f"{out[0]}x{out[1]} output")
+    native = (all(2 * pp <= kk for pp, kk in zip(p, k))
+              and out == (_torch_size(H, k[0], s[0], p[0], ceil), _torch_size(W, k[1], s[1], p[1], ceil)))
+    if method == MAX:
+        if native:
+            if want_mask:
+                y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
+                return y, idx.to(x.dtype)
+            return F.max_pool2d(x, k, s, p, ceil_mode=ceil), None
+        need = [(o - 1) * st + kk for o, st, kk in zip(out, s, k)]
+        xp = F.pad(x, (p[1], max(0, need[1] - W - p[1]), p[0], max(0, need[0] - H - p[0])), value=-math.inf)
+        xp = xp[..., :need[0], :need[1]]
+        y, idx = F.max_pool2d(xp, k, s, return_indices=True)
+        if not want_mask:
+            return y, None
+        wp = xp.shape[-1]
+        idx = (idx // wp - p[0]) * W + idx % wp - p[1]  # padded-plane index -> bottom-plane h*W + w
+        return y, idx.to(x.dtype)
+    if method == AVE:
+        if native:
+            return F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True), None
+        hs = torch.arange(out[0], device=x.device) * s[0] - p[0]
+        ws = torch.arange(out[1], device=x.device) * s[1] - p[1]
+        dh = torch.clamp(hs + k[0], max=H + p[0]) - hs
+        dw = torch.clamp(ws + k[1], max=W + p[1]) - ws
+        return _window_sum(x, k, s, p, out) / (dh[:, None] * dw[None, :]).to(x.dtype), None
+    cumsum = _window_sum(x, k, s, p, out)
+    cumvalues = _window_sum(x * x, k, s, p, out)
+    return torch.where(cumsum > 0, cumvalues / cumsum, torch.zeros_like(cumsum)), None
+
+
+class Pooling(nn.Module):
+    """Caffe pooling over (H, W) of an N x C x H x W bottom; global pooling takes the kernel from the input."""
+
+    def __init__(self, method, kernel, stride, pad, global_pooling, ceil, mask):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, kernel, stride, pad
+        self.global_pooling, self.ceil, self.mask = global_pooling, ceil, mask
+
+    def forward(self, x):
+        k = tuple(x.shape[-2:]) if self.global_pooling else self.kernel
+        y, mask = pool2d(x, self.method, k, self.stride, self.pad, self.ceil, self.mask)
+        return (y, mask) if self.mask else y
+
+    def extra_repr(self):
+        k = "global" if self.global_pooling else self.kernel
+        return (f"{_NAMES[self.method]}, kernel={k}, stride={self.stride}, pad={self.pad}, "
+                f"round={'CEIL' if self.ceil else 'FLOOR'}")
+
+
+def _pair(p, name, scalar=None):
+    """Caffe's ``name`` OR ``name_h`` and ``name_w`` (both required together)."""
+    h, w = f"{name}_h", f"{name}_w"
+    return (getattr(p, h), getattr(p, w)) if p.HasField(h) else (getattr(p, scalar or name),) * 2
+
+
+@register("Pooling", bottoms=1, tops=(1, 2))
+def pooling(lp, bottom_shapes, ctx):
+    """Pooling: pooling_param pool (MAX), kernel_size|kernel_h/w, stride|stride_h/w (1), pad|pad_h/w (0),
+    global_pooling, round_mode (CEIL; netspec extension). A 2nd top (MAX only) is the argmax mask.
+
+    pooled = ceil((H + 2*pad - k) / stride) + 1, minus 1 when pad > 0 and (pooled-1)*stride >= H + pad
+    (torch's ceil_mode clips even without padding). AVE divisor = window clipped to H + pad.
+    STOCHASTIC: TEST phase only, sum(x^2)/sum(x) per window (Caffe's GPU test rule; no CPU version).
+    """
+    p = lp.pooling_param
+    if len(bottom_shapes[0]) != 4:
+        raise fail(lp, ctx, f"input must have 4 axes (N, C, H, W), got shape {tuple(bottom_shapes[0])}")
+    if len(lp.top) == 2 and p.pool != MAX:
+        raise fail(lp, ctx, f"only MAX pooling has a 2nd (mask) top, this is {_NAMES.get(p.pool, p.pool)}")
+    if p.global_pooling:
+        if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
+            raise fail(lp, ctx, "with global_pooling: true the filter size cannot be specified")
+        kernel = tuple(bottom_shapes[0][2:])
+    else:
+        if p.HasField("kernel_size") == (p.HasField("kernel_h") and p.HasField("kernel_w")):
+            raise fail(lp, ctx, "filter size is kernel_size OR kernel_h and kernel_w (both required), not both")
+        kernel = _pair(p, "kernel", "kernel_size")
+    for name in ("pad", "stride"):
+        if (p.HasField(f"{name}_h") or p.HasField(f"{name}_w")) and not (
+                not p.HasField(name) and p.HasField(f"{name}_h") and p.HasField(f"{name}_w")):
+            raise fail(lp, ctx, f"{name} is {name} OR {name}_h and {name}_w (both required)")
+    pad, stride = _pair(p, "pad"), _pair(p, "stride")
+    if min(kernel) <= 0 or min(stride) <= 0:
+        raise fail(lp, ctx, f"kernel {kernel} and stride {stride} must be positive")
+    if p.global_pooling and (pad != (0, 0) or stride != (1, 1)):
+        raise fail(lp, ctx, f"with global_pooling: true only pad = 0 and stride = 1, got pad {pad} stride {stride}")
+    if pad != (0, 0):
+        if p.pool not in (MAX, AVE):
+            raise fail(lp, ctx, "padding is implemented only for MAX and AVE pooling")
+        if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+            raise fail(lp, ctx, f"pad {pad} must be smaller than the kernel {kernel}")
+    if p.pool == STOCHASTIC and ctx.phase == caffe_pb2.TRAIN:
+        raise fail(lp, ctx, "STOCHASTIC pooling samples with Caffe's GPU RNG in TRAIN phase and is not "
+                            "implemented (Caffe's CPU path is NOT_IMPLEMENTED too); use it in TEST phase")
+    if p.pool not in _NAMES:
+        raise fail(lp, ctx, f"unknown pooling method {p.pool}")
+    floor = "round_mode" in p.DESCRIPTOR.fields_by_name and p.round_mode == p.FLOOR
+    any_pad = pad != (0, 0)
+    out = [pooled_size(n, kk, ss, pp, not floor, any_pad)
+           for n, kk, ss, pp in zip(bottom_shapes[0][2:], kernel, stride, pad)]
+    if min(out) <= 0:
+        raise fail(lp, ctx, f"kernel {kernel}, stride {stride}, pad {pad} on a "
+                            f"{bottom_shapes[0][2]}x{bottom_shapes[0][3]} input give an empty {out[0]}x{out[1]} output")
+    return Pooling(p.pool, kernel, stride, pad, p.global_pooling, not floor, len(lp.top) == 2)
+
+
+def spp_level(size, bins):
+    """SPPLayer::GetPoolingParam along one axis: (kernel, pad, stride) that cover ``size`` with ``bins`` windows."""
+    k = -(-size // bins)
+    pad = (k * bins - size + 1) // 2
+    return k, pad, k
+
+
+class SPP(nn.Module):
+    """Spatial pyramid pooling: level i pools into 2^i x 2^i bins; levels flattened and concatenated on axis 1.
+
+    A pyramid of height 1 returns the single N x C x 1 x 1 pooling output, as Caffe.
+    """
+
+    def __init__(self, method, height):
+        super().__init__()
+        self.method, self.height = method, height
+
+    def forward(self, x):
+        H, W = x.shape[-2:]
+        outs = []
+        for i in range(self.height):
+            (kh, ph, sh), (kw, pw, sw) = spp_level(H, 2 ** i), spp_level(W, 2 ** i)
+            if ph >= kh or pw >= kw or ((ph or pw) and self.method == STOCHASTIC):
+                raise LayerError(f"SPP level {i} of a {H}x{W} input needs pad {(ph, pw)} with kernel {(kh, kw)}, "
+                                 "which Caffe's pooling rejects (pad must be smaller than the kernel, and "
+                                 "STOCHASTIC takes no padding)")
+            outs.append(pool2d(x, self.method, (kh, kw), (sh, sw), (ph, pw), True)[0])
+        if self.height == 1:
+            return outs[0]
+        return torch.cat([o.flatten(1) for o in outs], dim=1)  # (N, C * sum(bins^2))
+
+    def extra_repr(self):
+        return f"{_NAMES[self.method]}, pyramid_height={self.height}"
+
+
+@register("SPP", bottoms=1, tops=1)
+def spp(lp, bottom_shapes, ctx):
+    """SPP: spp_param pyramid_height, pool (MAX). Level i: bins = 2^i, kernel = stride = ceil(H / bins),
+    pad = (kernel*bins - H + 1) // 2, Caffe's pooling rule (CEIL); each level flattened, concatenated."""
+    p = lp.spp_param
+    if len(bottom_shapes[0]) != 4:
+        raise fail(lp, ctx, f"input must have 4 axes (N, C, H, W), got shape {tuple(bottom_shapes[0])}")
+    if p.pyramid_height <= 0:
+        raise fail(lp, ctx, f"pyramid_height must be positive, got {p.pyramid_height}")
+    if p.pool not in _NAMES:
+        raise fail(lp, ctx, f"unknown pooling method {p.pool}")
+    if p.pool == STOCHASTIC and ctx.phase == caffe_pb2.TRAIN:
+        raise fail(lp, ctx, "STOCHASTIC pooling is not implemented in TRAIN phase")
+    H, W = bottom_shapes[0][2:]
+    for i in range(p.pyramid_height):
+        (kh, ph, _), (kw, pw, _) = spp_level(H, 2 ** i), spp_level(W, 2 ** i)
+        if ph >= kh or pw >= kw or ((ph or pw) and p.pool == STOCHASTIC):
+            raise fail(lp, ctx, f"pyramid level {i} ({2 ** i} bins) of a {H}x{W} input needs pad {(ph, pw)} "
+                                f"with kernel {(kh, kw)}, which Caffe's pooling rejects (pad must be smaller than the "
+                                "kernel; STOCHASTIC takes no pad); lower pyramid_height")
+    return SPP(p.pool, p.pyramid_height)

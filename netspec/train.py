@@ -1,0 +1,160 @@
+"""`caffe train` on PyTorch: flags, device choice, signals, precision and distributed training.
+
+The library side of ``tools/train.py``. Logs in glog's format (``I1121 13:45:00.123456 pid file] msg``) with
+Caffe's messages, so existing Caffe log parsers keep working.
+"""
+import argparse
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import sys
+from typing import List, Optional
+
+import torch
+
+from .errors import NetspecError
+
+log = logging.getLogger("netspec")
+
+
+class GlogFormatter(logging.Formatter):
+    """``I1121 13:45:00.123456 12345 solver.py] message``, as glog prints Caffe's lines."""
+
+    def format(self, record):
+        t = datetime.datetime.fromtimestamp(record.created)
+        lvl = record.levelname[0] if record.levelname[0] in "IWEF" else "I"
+        head = f"{lvl}{t:%m%d %H:%M:%S.%f} {os.getpid()} {record.filename}:{record.lineno}] "
+        return "\n".join(head + line for line in record.getMessage().splitlines() or [""])
+
+
+def setup_logging(level=logging.INFO, stream=None):
+    root = logging.getLogger("netspec")
+    root.setLevel(level)
+    if not any(getattr(h, "_netspec", False) for h in root.handlers):
+        h = logging.StreamHandler(stream or sys.stderr)
+        h.setFormatter(GlogFormatter())
+        h._netspec = True
+        root.addHandler(h)
+    root.propagate = False
+
+
+def parse_gpus(spec: Optional[str]) -> List[int]:
+    if spec is None or spec == "":
+        return []
+    n = torch.cuda.device_count()
+    if spec == "all":
+        return list(range(n))
+    try:
+        return [int(g) for g in spec.split(",")]
+    except ValueError:
+        raise NetspecError(f"--gpu {spec!r}: give a device id, a comma-separated list (0,1) or 'all'") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="train.py", description="Train a Caffe net defined by a solver prototxt "
+                                "(the equivalent of `caffe train`).")
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--weights", help="caffemodel(s) to finetune from, comma-separated")
+    g.add_argument("--snapshot", help=".solverstate to resume from")
+    p.add_argument("--gpu", help="GPU id(s): 0, 0,1 or all (default: CPU unless the solver says solver_mode: GPU)")
+    p.add_argument("--level", type=int, default=0, help="net state level")
+    p.add_argument("--stage", default="", help="net state stages, comma-separated")
+    p.add_argument("--sigint_effect", choices=["stop", "snapshot", "none"], default="stop")
+    p.add_argument("--sighup_effect", choices=["stop", "snapshot", "none"], default="snapshot")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision of forward/backward (the solver update stays fp32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D activations")
+    p.add_argument("--compile", action="store_true", help="torch.compile the built net")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="cudnn autotune (fixed input sizes)")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries)")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    return p
+
+
+class _Signals:
+    """Caffe's SignalHandler: SIGINT and SIGHUP become solver actions checked after each iteration."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in self.effects:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.pending = self.effects[signum]
+
+    def action(self):
+        a, self.pending = self.pending or "none", None
+        return a
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def choose_device(args, solver_param) -> torch.device:
+    from .proto import caffe_pb2
+    gpus = parse_gpus(args.gpu)
+    if not gpus and args.gpu is None and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        gpus = [solver_param.device_id]
+    if not gpus:
+        log.info("Use CPU.")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpus)
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    dev = gpus[local % len(gpus)]
+    log.info("Using GPUs %s", ", ".join(map(str, gpus)))
+    return torch.device("cuda", dev)
+
+
+def main(argv=None) -> int:
+    from . import prototxt
+    from .solver import Solver
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        sparam = prototxt.read_solver(args.solver)
+        device = choose_device(args, sparam)
+        if distributed:
+            import torch.distributed as dist
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if dist.get_rank() != 0:
+                logging.getLogger("netspec").setLevel(logging.WARNING)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        stages = [s for s in args.stage.split(",") if s] or None
+        solver = Solver(args.solver, level=args.level, stages=stages, device=device)
+        if args.max_iter is not None:
+            solver.param.max_iter = args.max_iter
+        solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+        if args.weights:
+            for w in args.weights.split(","):
+                solver.net.copy_from(w.strip())
+        solver.warn_zero_layers()
+        with _Signals(args.sigint_effect, args.sighup_effect) as sig:
+            solver.set_action_function(sig.action)
+            solver.solve(args.snapshot)
+        solver.finish()
+    except NetspecError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        if distributed:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0

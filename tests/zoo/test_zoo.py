@@ -1,0 +1,229 @@
+"""The model zoo: generated files are current, nets equal upstream's, deploy nets build with the
+published shapes (shape inference only: no forward pass of a VGG net here)."""
+import re
+from pathlib import Path
+
+import pytest
+
+import netspec
+from netspec import prototxt, zoo
+from netspec.coord_map import check_crops
+
+ROOT = Path(__file__).resolve().parents[2]
+UP_FCN = "upstream_prototxt/fcn.berkeleyvision.org/"
+UP_DIL = "upstream_prototxt/DilatedFCNSegmentation/"
+
+# (zoo model, split) -> upstream file with the same net (the data layer's param_str aside)
+UPSTREAM = {
+    ("fcn32s_voc", "train"): UP_FCN + "voc-fcn32s/train.prototxt",
+    ("fcn32s_voc", "val"): UP_FCN + "voc-fcn32s/val.prototxt",
+    ("fcn16s_voc", "train"): UP_FCN + "voc-fcn16s/train.prototxt",
+    ("fcn16s_voc", "val"): UP_FCN + "voc-fcn16s/val.prototxt",
+    ("fcn8s_voc", "train"): UP_FCN + "voc-fcn8s/train.prototxt",
+    ("fcn8s_voc", "val"): UP_FCN + "voc-fcn8s/val.prototxt",
+    ("fcn8s_voc", "deploy"): UP_FCN + "voc-fcn8s/deploy.prototxt",
+    ("fcn8s_atonce_voc", "train"): UP_FCN + "voc-fcn8s-atonce/train.prototxt",
+    ("fcn8s_atonce_voc", "val"): UP_FCN + "voc-fcn8s-atonce/val.prototxt",
+    ("fcn32s_pascalcontext", "train"): UP_FCN + "pascalcontext-fcn32s/train.prototxt",
+    ("fcn16s_pascalcontext", "train"): UP_FCN + "pascalcontext-fcn16s/train.prototxt",
+    ("fcn8s_pascalcontext", "val"): UP_FCN + "pascalcontext-fcn8s/val.prototxt",
+    ("fcn32s_nyud_color", "train"): UP_FCN + "nyud-fcn32s-color/trainval.prototxt",
+    ("fcn32s_nyud_hha", "val"): UP_FCN + "nyud-fcn32s-hha/test.prototxt",
+    ("fcn32s_siftflow", "train"): UP_FCN + "siftflow-fcn32s/trainval.prototxt",
+    ("fcn16s_siftflow", "val"): UP_FCN + "siftflow-fcn16s/test.prototxt",
+    ("fcn8s_siftflow", "train"): UP_FCN + "siftflow-fcn8s/trainval.prototxt",
+    ("fcn2s_vgg16_voc", "train"): UP_DIL + "Dilated_FCN-2s_VGG16/train.prototxt",
+    ("fcn2s_vgg16_voc", "val"): UP_DIL + "Dilated_FCN-2s_VGG16/val.prototxt",
+    ("fcn2s_vgg16_voc", "deploy"): UP_DIL + "Dilated_FCN-2s_VGG16/deploy.prototxt",
+    ("fcn2s_vgg19_voc", "train"): UP_DIL + "_history/dbe78b0_vgg19/train.prototxt",
+    ("fcn2s_vgg19_voc", "val"): UP_DIL + "_history/dbe78b0_vgg19/val.prototxt",
+    ("fcn2s_vgg19_voc", "deploy"): UP_DIL + "Dilated_FCN-2s_VGG19/deploy.prototxt",
+}
+
+
+def test_committed_files_are_what_the_code_generates(tmp_path):
+    written = zoo.write(str(tmp_path))
+    assert len(written) == 4 * len(zoo.names())
+    stale = []
+    for path in written:
+        rel = Path(path).relative_to(tmp_path)
+        committed = ROOT / rel
+        if not committed.is_file() or committed.read_bytes() != Path(path).read_bytes():
+            stale.append(str(rel))
+    assert not stale, f"regenerate with `python tools/make_zoo.py`: {stale}"
+
+
+def test_make_zoo_check_mode(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_zoo", ROOT / "tools" / "make_zoo.py")
+    make_zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_zoo)
+    assert make_zoo.main(["--check", "--out", str(tmp_path), "demo"]) == 1
+    assert make_zoo.main(["--out", str(tmp_path), "demo"]) == 0
+    assert make_zoo.main(["--check", "--out", str(tmp_path), "demo"]) == 0
+    assert sorted(p.name for p in (tmp_path / "prototxt" / "demo").iterdir()) == [
+        "deploy.prototxt", "train.prototxt", "val.prototxt"]
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_nets_parse_and_their_crops_are_consistent(name):
+    nets = {s: prototxt.parse_net((ROOT / f"prototxt/{name}/{s}.prototxt").read_text()) for s in
+            zoo.SPLITS}
+    for split, net in nets.items():
+        assert net == zoo.net(name, split)
+        checks = check_crops(net)
+        assert checks and all(c.ok for c in checks), (split, checks)
+    # train and val differ only in the data layer's param_str
+    train, val = nets["train"], nets["val"]
+    assert train.layer[0].type == val.layer[0].type == "Python"
+    assert train.layer[0].python_param.param_str != val.layer[0].python_param.param_str
+    val.layer[0].python_param.param_str = train.layer[0].python_param.param_str
+    assert train == val
+    # deploy = train without the data layer, losses (and, for FCN, Dropout); Input named input
+    deploy = nets["deploy"]
+    assert deploy.layer[0].name == "input" and deploy.layer[0].type == "Input"
+    strip = {"SoftmaxWithLoss"} | ({"Dropout"} if not name.startswith(("fcn2s", "demo")) else set())
+    assert [l.name for l in train.layer[1:] if l.type not in strip] == \
+        [l.name for l in deploy.layer[1:]]
+    # data paths are repository-relative
+    assert "../" not in train.layer[0].python_param.param_str
+
+
+@pytest.mark.parametrize("key", sorted(UPSTREAM), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_nets_equal_upstream(shared_dir, key):
+    mine = zoo.net(*key)
+    upstream = prototxt.parse_net(shared_dir / UPSTREAM[key])
+    for net in (mine, upstream):
+        if net.layer[0].type == "Python":  # paths differ: ours are repository-relative
+            net.layer[0].python_param.param_str = ""
+    assert mine == upstream
+
+
+def test_voc_data_layers_keep_upstream_param_str_keys():
+    train = zoo.net("fcn8s_voc", "train").layer[0].python_param
+    val = zoo.net("fcn8s_voc", "val").layer[0].python_param
+    assert (train.module, train.layer) == ("voc_layers", "SBDDSegDataLayer")
+    assert train.param_str == ("{'sbdd_dir': 'data/sbdd/dataset', 'seed': 1337, 'split': 'train', "
+                               "'mean': (104.00699, 116.66877, 122.67892)}")
+    assert (val.module, val.layer) == ("voc_layers", "VOCSegDataLayer")
+    assert val.param_str == ("{'voc_dir': 'data/pascal/VOC2011', 'seed': 1337, "
+                             "'split': 'seg11valid', 'mean': (104.00699, 116.66877, 122.67892)}")
+    demo = zoo.net("demo", "train").layer[0].python_param
+    assert (demo.module, demo.layer, demo.param_str) == (
+        "netspec.data.seg", "SegDataLayer", "{'source': 'data/demo/train', 'seed': 1}")
+
+
+# -- solvers -------------------------------------------------------------------------------------
+
+FCN_COMMON = dict(momentum=0.99, weight_decay=0.0005, iter_size=1, display=20, average_loss=20,
+                  test_interval=999999999, test_initialization=False, lr_policy="fixed", type="SGD")
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("fcn32s_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=100000, snapshot=4000)),
+    ("fcn16s_voc", dict(FCN_COMMON, base_lr=1e-12, max_iter=100000, snapshot=4000)),
+    ("fcn8s_voc", dict(FCN_COMMON, base_lr=1e-14, max_iter=100000, snapshot=4000)),
+    ("fcn8s_atonce_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=300000, snapshot=4000)),
+    ("fcn2s_vgg16_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=100000, snapshot=5000)),
+    ("fcn2s_vgg19_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=100000, snapshot=5000)),
+    ("fcn8s_vgg19_ade20k", dict(lr_policy="multistep", base_lr=1e-4, gamma=0.1,
+                                stepvalue=[100000])),
+    ("fcn8s_kitti_road", dict(type="Adam", base_lr=1e-4, lr_policy="fixed")),
+    ("demo", dict(display=20)),
+])
+def test_solver_settings(name, expect):
+    sp = prototxt.parse_solver((ROOT / f"solvers/{name}.prototxt").read_text())
+    for key, value in expect.items():
+        got = getattr(sp, key)
+        got = list(got) if key == "stepvalue" else got
+        assert got == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert sp.train_net == f"prototxt/{name}/train.prototxt"
+    assert list(sp.test_net) == [f"prototxt/{name}/val.prototxt"]
+    assert sp.snapshot_prefix.startswith(f"snapshots/{name}/")
+    for path in (sp.train_net, *sp.test_net):
+        assert (ROOT / path).is_file()
+
+
+def test_voc_test_iters():
+    assert [zoo.solver(n).test_iter[0] for n in ("fcn32s_voc", "fcn16s_voc", "fcn8s_voc",
+                                                 "fcn8s_atonce_voc", "fcn2s_vgg16_voc")] == \
+        [736, 736, 736, 736, 346]
+
+
+def test_demo_solver_trains_a_normalised_loss():
+    sp = zoo.solver("demo")
+    assert sp.type == "Adam" and sp.base_lr == pytest.approx(1e-3)
+    assert sp.snapshot_prefix.startswith("snapshots/demo/")
+    loss = [l for l in zoo.net("demo", "train").layer if l.type == "SoftmaxWithLoss"][0]
+    assert loss.loss_param.normalization == loss.loss_param.VALID
+
+
+# -- building the deploy nets ----------------------------------------------------------------------
+
+
+def _with_input(net, shape):
+    dims = net.layer[0].input_param.shape[0].dim
+    del dims[:]
+    dims.extend(shape)
+    return net
+
+
+def test_demo_deploy_builds_and_runs():
+    import numpy as np
+    net = netspec.Net(zoo.net("demo", "deploy"), netspec.TEST)
+    assert net.blobs["score"].shape == (1, 4, 64, 64)
+    assert net.blobs["upscore2"].shape == (1, 4, 34, 34)
+    assert net.blobs["upscore_pool1"].shape == (1, 4, 66, 66)
+    out = net.forward(data=np.random.RandomState(0).rand(1, 3, 64, 64).astype(np.float32))
+    assert out["score"].shape == (1, 4, 64, 64)
+
+
+def _table(shared_dir, title):
+    """{layer index: (name, tops, shapes)} of one table of FCN_LAYER_TABLES.md."""
+    text = (shared_dir / "design" / "FCN_LAYER_TABLES.md").read_text()
+    section = text.split(f"### {title}\n", 1)[1].split("\n### ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].isdigit():
+            tops = cells[3].split("→")[1].strip().split(",")
+            shapes = [tuple(int(d) for d in s.split("x")) for s in cells[5].split()
+                      if re.fullmatch(r"\d+(x\d+)*", s)]
+            rows.append((cells[1], cells[2], [t.strip() for t in tops], shapes))
+    assert rows, title
+    return rows
+
+
+@pytest.mark.parametrize("name, title", [
+    ("fcn8s_voc", "voc-fcn8s (deploy)"),
+    ("fcn32s_voc", "voc-fcn32s (train; val identical except data layer)"),
+    ("fcn2s_vgg19_voc", "Dilated FCN-2s VGG19 (deploy, HEAD)"),
+])
+def test_deploy_shapes_at_375x500_equal_the_published_tables(shared_dir, name, title):
+    net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
+    rows = _table(shared_dir, title)
+    skip = {"Python", "SoftmaxWithLoss", "Dropout"}  # train-only rows of the train tables
+    expected_layers = [n if t != "Python" else "input" for n, t, _, _ in rows
+                       if t not in skip or t == "Python"]
+    if name != "fcn2s_vgg19_voc":
+        expected_layers = [n for n, t, _, _ in rows if t not in skip] if rows[0][1] == "Python" \
+            else expected_layers
+    got_layers = [l.name for l in net.layers if l.type != "Split"]
+    assert [n for n in got_layers if n != "input"] == [n for n in expected_layers if n != "input"]
+    checked = 0
+    for lname, ltype, tops, shapes in rows:
+        if ltype in skip:
+            continue
+        for top, shape in zip(tops, shapes):
+            assert net.blobs[top].shape == shape, (lname, top)
+            checked += 1
+    assert checked >= 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in zoo.names()
+                                  if n not in ("demo", "fcn8s_voc", "fcn32s_voc", "fcn2s_vgg19_voc")])
+def test_every_deploy_net_builds(name):
+    net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
+    for out in net.outputs:
+        assert net.blobs[out].shape[2:] == (375, 500)
