@@ -12,6 +12,8 @@ TEST = caffe_pb2.TEST
 from .layers.python import Layer  # noqa: E402,F401
 from .net import Net  # noqa: E402,F401
 from .registry import LAYERS, register  # noqa: E402,F401
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: E402,F401
+                     RMSPropSolver, SGDSolver, Solver, get_solver)
 from .runtime import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: E402,F401
 
 __version__ = "0.1.0"

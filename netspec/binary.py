@@ -392,8 +392,9 @@ def _scan_layer(buf, start: int, end: int, src: str, index: int, v1: bool):
     return b"".join(kept), own + nested
 
 
-def _looks_like(buf, size: int) -> str:
-    """A hint about what a file that is not the expected protobuf might be."""
+def _looks_like(buf, size: int, expected: str) -> str:
+    """A hint about what a file that is not the ``expected`` protobuf ("net", "state",
+    "blob") might be."""
     head = bytes(buf[: min(size, 512)])
     if head.startswith(b"\x89HDF"):
         return " (this is an HDF5 file: .caffemodel.h5 / .solverstate.h5 are not supported)"
@@ -402,14 +403,20 @@ def _looks_like(buf, size: int) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        return ""
+        text = ""
     if text and all(c.isprintable() or c in "\r\n\t" for c in text):
         return " (the file looks like text: use netspec.prototxt for .prototxt files)"
+    # Caffe-written files start with field 1: NetParameter.name is a string (key 0x0a);
+    # SolverState.iter and BlobProto.num are varints (key 0x08).
+    if head[:1] == b"\x08" and expected == "net":
+        return " (it starts like a .solverstate or .binaryproto, not a .caffemodel)"
+    if head[:1] == b"\x0a" and expected != "net":
+        return " (it starts like a .caffemodel)"
     return ""
 
 
-def _with_hint(err: FormatError, buf, size: int) -> FormatError:
-    hint = _looks_like(buf, size)
+def _with_hint(err: FormatError, buf, size: int, expected: str) -> FormatError:
+    hint = _looks_like(buf, size, expected)
     return FormatError(str(err) + hint) if hint else err
 
 
@@ -592,11 +599,11 @@ def _parse_caffemodel(buf, size: int, src: str, release) -> CaffeModel:
     try:
         meta, layer_recs, v1_recs, spans = _scan_net(buf, size, src)
     except FormatError as e:
-        raise _with_hint(e, buf, size) from None
+        raise _with_hint(e, buf, size, "net") from None
     if not layer_recs and not v1_recs:
         raise _with_hint(FormatError(
             f"{src}: expected a Caffe NetParameter with 'layer' (field 100) or V1 'layers' "
-            "(field 2) entries, found none (a .solverstate or .binaryproto?)"), buf, size)
+            "(field 2) entries, found none"), buf, size, "net")
     net = _parse_net_meta(meta, spans, src)
     if len(net.layer) != len(layer_recs) or len(net.layers) != len(v1_recs):
         raise FormatError(f"{src}: expected {len(layer_recs)} layer / {len(v1_recs)} layers "
@@ -651,7 +658,7 @@ def read_net_binary(path: PathLike) -> caffe_pb2.NetParameter:
     if not net.layer and not net.layers:
         raise _with_hint(FormatError(
             f"{src}: expected a Caffe NetParameter with 'layer' (field 100) or V1 'layers' "
-            "(field 2) entries, found none (a .solverstate or .binaryproto?)"), data, len(data))
+            "(field 2) entries, found none"), data, len(data), "net")
     _check_strings(net, src, "NetParameter")
     return net
 
@@ -668,12 +675,12 @@ def _parse_solverstate(buf, size: int, src: str, release) -> SolverStateData:
             else:
                 pieces.append(bytes(buf[fstart:vend]))
     except FormatError as e:
-        raise _with_hint(e, buf, size) from None
+        raise _with_hint(e, buf, size, "state") from None
     state = _parse(_pb().SolverState, b"".join(pieces), src, "SolverState")
     if not state.HasField("iter"):
         raise _with_hint(FormatError(
             f"{src}: expected a Caffe SolverState (field 'iter' = 1 is always written), "
-            "found none (a .caffemodel?)"), buf, size)
+            "found none"), buf, size, "state")
     _check_strings(state, src, "SolverState")
     history = _blob_arrays(buf, state.history, recs, src, "history", release)
     return SolverStateData(iter=state.iter, learned_net=state.learned_net,
@@ -701,10 +708,10 @@ def parse_solverstate(data, source: str = "<bytes>") -> SolverStateData:
 def _parse_blob_buffer(buf, size: int, src: str, release) -> np.ndarray:
     try:
         stub_bytes, rec = _scan_blob(buf, 0, size, src, "BlobProto")
+        stub = _parse(_pb().BlobProto, stub_bytes, src, "BlobProto")
+        return _blob_arrays(buf, [stub], [rec], src, "BlobProto", release)[0]
     except FormatError as e:
-        raise _with_hint(e, buf, size) from None
-    stub = _parse(_pb().BlobProto, stub_bytes, src, "BlobProto")
-    return _blob_arrays(buf, [stub], [rec], src, "BlobProto", release)[0]
+        raise _with_hint(e, buf, size, "blob") from None
 
 
 def read_blobproto(path: PathLike) -> np.ndarray:

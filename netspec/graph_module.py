@@ -236,11 +236,11 @@ class CaffeNet(nn.Module):
     def run(self, feed: Dict[str, torch.Tensor], *, keep: bool = False, start: int = 0,
             end: Optional[int] = None, env: Optional[Dict[str, torch.Tensor]] = None,
             on_top: Optional[Callable] = None, before: Optional[Callable] = None,
-            after: Optional[Callable] = None):
+            after: Optional[Callable] = None, retain=()):
         """Run layers ``start..end`` (inclusive). Returns (env, loss).
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
-        their last reader. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
+        their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
         """
         env = {} if env is None else env
         loss = None
@@ -273,7 +273,8 @@ class CaffeNet(nn.Module):
                     on_top(node, j, v)
             if not keep:
                 for b in self._free_after[node.index]:
-                    env.pop(b, None)
+                    if b not in retain:
+                        env.pop(b, None)
             if after is not None:
                 after(node.index)
         return env, loss

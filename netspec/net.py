@@ -269,8 +269,8 @@ class Net:
     def _feed(self, grad=False):
         return _LazyFeed(self, self._device(), grad)
 
-    def _keep_outputs(self, env):
-        for o in self.outputs:
+    def _keep_outputs(self, env, retain=()):
+        for o in list(self.outputs) + list(retain):
             if o in env:
                 self.blobs[o]._set(env[o].float())
 
@@ -292,7 +292,7 @@ class Net:
         dev = next((p.device.type for p in self.module.parameters()), "cpu")
         return torch.autocast(dev, dtype=amp)
 
-    def _run_fast(self):
+    def _run_fast(self, retain=()):
         feed = self._feed()
         feed.channels_last = getattr(self, "_channels_last", False)
         with self._autocast():
@@ -302,7 +302,7 @@ class Net:
                 loss = env.pop("__loss__", None)
             else:
                 env, loss = self.module.run(feed, before=self._call(self._before),
-                                            after=self._call(self._after))
+                                            after=self._call(self._after), retain=retain)
         return env, loss
 
     def forward_backward(self, loss_scale: float = 1.0) -> float:
@@ -316,11 +316,11 @@ class Net:
         self._keep_outputs(env)
         return float(loss.detach())
 
-    def forward_only(self) -> Dict[str, np.ndarray]:
-        """Forward without autograd, keeping only the outputs (test nets, deploy)."""
+    def forward_only(self, retain=()) -> Dict[str, np.ndarray]:
+        """Forward without autograd, keeping only the outputs and the blobs named in ``retain``."""
         with torch.no_grad():
-            env, _ = self._run_fast()
-        self._keep_outputs(env)
+            env, _ = self._run_fast(retain)
+        self._keep_outputs(env, retain)
         return {o: self.blobs[o].data for o in self.outputs}
 
     def clear_param_diffs(self):

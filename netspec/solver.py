@@ -325,8 +325,25 @@ class Solver:
                             "inputs are all zero too; initialise it (--weights, a weight_filler, or surgery)",
                             layer, node.type)
 
-    def finish(self):
-        """Called by tools/train.py after solve(); subclasses may score the result."""
+    def finish(self, out=None):
+        """After solve(): score every segmentation test net (blobs 'score' and 'label') over its test_iter
+        batches and print FCN score.py's lines (``mean IU 0.9312``). Returns the scores per test net."""
+        import sys
+        from .metrics import format_scores, scores, seg_tests
+        results = []
+        if not _is_root():
+            return results
+        for i, net in enumerate(self.test_nets):
+            if "score" not in net.blobs or "label" not in net.blobs or len(net.blobs["score"].shape) != 4:
+                continue
+            with torch.no_grad():
+                hist, loss = seg_tests(net, self.param.test_iter[i])
+            s = scores(hist)
+            log.info("Test net #%d segmentation scores after %d iterations", i, self.iter)
+            print(f">>> Iteration {self.iter} test net #{i}", file=out or sys.stdout)
+            print(format_scores(s, loss=loss), file=out or sys.stdout, flush=True)
+            results.append(s)
+        return results
 
     def step(self, iters: int):
         p = self.param

@@ -611,8 +611,8 @@ def upgrade_caffemodel(model: CaffeModel, source: str | None = None
                                 f"{len(net.layer[i].blobs)} blobs after the upgrade but "
                                 f"{len(arrays)} arrays")
         blobs.append(arrays)
-    v1_blobs = model.v1_blobs if len(net.layers) else []
-    return CaffeModel(net=net, blobs=blobs, v1_blobs=list(v1_blobs), source=model.source), log
+    # Every upgrade path ends with `layers` converted into `layer`.
+    return CaffeModel(net=net, blobs=blobs, v1_blobs=[], source=model.source), log
 
 
 def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str = "<solver>", *,

@@ -473,13 +473,17 @@ def test_wrong_file_kinds_are_named(shared_dir, tmp_path):
     text.write_text('name: "x"\nlayer { name: "a" type: "ReLU" }\n')
     with pytest.raises(FormatError, match="looks like text"):
         binary.read_caffemodel(text)
-    state = next(shared_dir.glob("golden/solvers/sgd_fixed/snapshot/*.solverstate"))
-    with pytest.raises(FormatError, match="solverstate"):
-        binary.read_caffemodel(state)
-    with pytest.raises(FormatError, match="solverstate|caffemodel"):
-        binary.read_net_binary(state)
-    with pytest.raises(FormatError, match="caffemodel"):
+    for state in sorted(shared_dir.glob("golden/solvers/*/snapshot/*_6.solverstate")):
+        with pytest.raises(FormatError, match="starts like a .solverstate"):
+            binary.read_caffemodel(state)
+        with pytest.raises(FormatError, match="starts like a .solverstate"):
+            binary.read_net_binary(state)
+    with pytest.raises(FormatError, match="starts like a .solverstate or .binaryproto"):
+        binary.read_caffemodel(shared_dir / "golden/data/dbs/mean.binaryproto")
+    with pytest.raises(FormatError, match="starts like a .caffemodel"):
         binary.read_solverstate(shared_dir / SMALL_MODEL)
+    with pytest.raises(FormatError, match="starts like a .caffemodel"):
+        binary.read_blobproto(shared_dir / SMALL_MODEL)
     h5 = tmp_path / "w.caffemodel.h5"
     h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     with pytest.raises(FormatError, match="HDF5"):

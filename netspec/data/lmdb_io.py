@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import threading
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 

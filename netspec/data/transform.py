@@ -85,8 +85,7 @@ class DataTransformer:
     def __init__(self, param: Optional["caffe_pb2.TransformationParameter"] = None, phase: int = caffe_pb2.TEST,
                  *, mean_path=None, seed: Optional[int] = None):
         param = param if param is not None else caffe_pb2.TransformationParameter()
-        self.param = param
-        self.phase = phase
+        self.phase = phase  # (the message itself is not kept: it must stay picklable)
         self.scale = np.float32(param.scale)
         self.mirror = bool(param.mirror)
         self.crop_size = int(param.crop_size)

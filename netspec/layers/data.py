@@ -20,14 +20,14 @@ import queue
 import re
 import threading
 import weakref
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..data.datum import key_str, parse_datum, read_image, read_image_list
-from ..data.lmdb_io import WrapCursor, LMDBReader, check_lmdb, is_leveldb
+from ..data.lmdb_io import LMDBReader, WrapCursor, check_lmdb
 from ..data.transform import DataTransformer
 from ..errors import DataError, LayerError, NetspecError
 from ..fillers import fill_
@@ -298,16 +298,12 @@ def data_layer(lp, bottom_shapes, ctx):
     if p.rand_skip:
         log.info("%s: rand_skip is ignored, as in BVLC Caffe's DataLayer", ident)
     source = resolve_path(p.source, ctx, "data_param.source", ident)
-    if p.backend == caffe_pb2.DataParameter.LEVELDB:
-        if os.path.isdir(source) and os.path.isfile(os.path.join(source, "data.mdb")):
-            log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB (set backend: LMDB)",
-                        ident, source)
-        elif not os.path.exists(source) or is_leveldb(source):
-            try:
-                check_lmdb(source, "LevelDB source")
-            except DataError as e:
-                raise DataError(f"{ident}: backend: LEVELDB is not supported. {e}") from None
-            raise DataError(f"{ident}: backend: LEVELDB is not supported")
+    # Caffe's default backend is LEVELDB; netspec reads LMDB whatever the field says (a LevelDB directory is
+    # refused by check_lmdb with the way to convert it).
+    if (p.HasField("backend") and p.backend == caffe_pb2.DataParameter.LEVELDB
+            and os.path.isfile(os.path.join(source, "data.mdb"))):
+        log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB (set backend: LMDB)",
+                    ident, source)
     try:
         src = _LMDBSource(source, p.batch_size, _transformer(lp, ctx, ident), len(lp.top) > 1)
     except DataError as e:
@@ -535,6 +531,15 @@ class DummyDataModule(nn.Module):
 
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)
+
+    def __getstate__(self):  # FillerParameter messages do not pickle: keep their bytes
+        state = self.__dict__.copy()
+        state["fillers"] = [f.SerializeToString() for f in self.fillers]
+        return state
+
+    def __setstate__(self, state):
+        state["fillers"] = [caffe_pb2.FillerParameter.FromString(b) for b in state["fillers"]]
+        super().__setstate__(state)
 
     def forward(self):
         dev = self._anchor.device
