@@ -137,6 +137,7 @@ class CaffeNet(nn.Module):
             except Exception as e:  # a builder's own check: give it the layer's identity
                 raise LayerError(f"{ident}: cannot build with bottom shapes {bshapes}: {e}") from e
             self.add_module(key, module)
+            lp = self._as_set_up(lp, entry, module)
             node = Node(i, lp.name, lp.type, key, list(lp.bottom), list(lp.top), loss_w, prop, lp, w)
             self._share_params(node, module)
             if not net.force_backward:
@@ -164,6 +165,23 @@ class CaffeNet(nn.Module):
             self.nodes.append(node)
         self.blob_shapes = shapes
         self._plan()
+
+    @staticmethod
+    def _as_set_up(lp, entry, module):
+        """The LayerParameter as Caffe's layer setup leaves it (what Net::ToProto writes): a LossLayer's
+        implicit loss_weight 1, and lr_mult 0 specs for blobs that are statistics, not learned (BatchNorm)."""
+        blobs = list(module.parameters())
+        fixed = blobs and not lp.param and all(not p.requires_grad for p in blobs)
+        if not (entry.loss and not lp.loss_weight) and not fixed:
+            return lp
+        out = type(lp)()
+        out.CopyFrom(lp)
+        if entry.loss and not lp.loss_weight:
+            out.loss_weight.append(1.0)
+        if fixed:
+            for _ in blobs:
+                out.param.add().lr_mult = 0.0
+        return out
 
     # -- parameter sharing by ParamSpec.name (Caffe's AppendParam) ---------------------------------------
     def _share_params(self, node: Node, module: nn.Module):

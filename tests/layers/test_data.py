@@ -331,3 +331,28 @@ def test_hdf5_without_h5py_says_how_to_install(tmp_path, monkeypatch):
     with pytest.raises(LayerError, match="pip install h5py"):
         Net(write_net(tmp_path, 'layer { name: "h" type: "HDF5Data" top: "data" '
                                 'hdf5_data_param { source: "files.txt" batch_size: 1 } }'), netspec.TEST)
+
+
+def test_batches_follow_module_device_and_threads_end(shared_dir, tmp_path):
+    import gc
+    import threading
+    import time
+    src = shared_dir / "golden/data/dbs/raw_lmdb"
+    net = Net(write_net(tmp_path, f'layer {{ name: "d" type: "Data" top: "data" top: "label" '
+                                  f'data_param {{ source: "{src}" batch_size: 2 }} }}'), netspec.TEST)
+    net.forward()
+
+    def ours():
+        return [t for t in threading.enumerate() if t.name.startswith("netspec-prefetch") and str(tmp_path) in t.name]
+    assert ours()
+    mod = net.module.get_module(0)
+    mod.to("meta")
+    data, label = mod()
+    assert data.device.type == "meta" and label.shape == (2,)
+    del net, mod, data, label
+    gc.collect()
+    for _ in range(50):
+        if not ours():
+            break
+        time.sleep(0.1)
+    assert not ours()
