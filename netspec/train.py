@@ -104,7 +104,10 @@ class _Signals:
 def choose_device(args, solver_param) -> torch.device:
     from .proto import caffe_pb2
     gpus = parse_gpus(args.gpu)
-    if not gpus and args.gpu is None and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
+    # Like `caffe train`: without --gpu, use a GPU only when the solver *explicitly* says solver_mode: GPU
+    # (the field's default is GPU, so an absent field means CPU).
+    if (not gpus and args.gpu is None and solver_param.HasField("solver_mode")
+            and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU):
         gpus = [solver_param.device_id]
     if not gpus:
         log.info("Use CPU.")

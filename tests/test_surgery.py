@@ -63,11 +63,22 @@ def test_upsample_filt_k4_and_k16():
     np.testing.assert_allclose(surgery.bilinear_kernel(3)[1], [0.5, 1, 0.5])
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 16, 32, 63, 64])
+@pytest.mark.parametrize("k", [1, 4, 5, 8, 9, 16, 32, 64])
 def test_profile_equals_caffes_bilinear_filler(k):
-    """§C.4: same 1-D profile as Caffe's BilinearFiller; only the channel layout differs."""
+    """§C.4: the 1-D profile of Caffe's BilinearFiller for the kernel sizes it is made for
+    (k = 2f - f%2 for an upsampling factor f: 4, 8, 16, 32, 64; 5, 9 ...); only the channel
+    layout differs."""
     np.testing.assert_allclose(surgery.bilinear_kernel(k), _bilinear((1, 1, k, k))[0, 0].numpy(),
                                atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [2, 3, 63])
+def test_profile_is_symmetric_where_caffes_filler_is_not(k):
+    """FCN's filter stays centred for other sizes (e.g. FCN-AlexNet's k63); Caffe's filler
+    assumes k = 2f - f%2 and is lopsided there."""
+    filt = surgery.bilinear_kernel(k)
+    np.testing.assert_allclose(filt, filt[::-1, ::-1])
+    assert not np.allclose(filt, _bilinear((1, 1, k, k))[0, 0].numpy())
 
 
 def test_bilinear_weights_are_diagonal():
@@ -124,7 +135,8 @@ def test_transplant_v1_caffemodel_coerces_fc_layers(tmp_path):
     np.testing.assert_array_equal(p["fc6"][0].data, src["fc6"][0].reshape(8, 4, 5, 5))
     np.testing.assert_array_equal(p["fc7"][0].data, src["fc7"][0].reshape(8, 8, 1, 1))
     actions = {(t.source, t.index): t.action for t in report.transfers}
-    assert actions[("conv1", 0)] == "coerce"  # legacy 4-D dims (4,3,3,3) vs (4,3,3,3): same count
+    assert actions[("conv1", 0)] == "copy"  # legacy (num, channels, h, w) = the conv shape
+    assert actions[("conv1", 1)] == "coerce"  # legacy (1, 1, 1, 4) -> (4,)
     assert actions[("fc6", 0)] == "coerce" and actions[("fc7", 1)] == "coerce"
     assert [t.source for t in report.by_action("drop")] == ["fc8"]
     assert report.copied == ["conv1", "fc6", "fc7"]

@@ -31,13 +31,15 @@ def gflag_bool(v):
 
 
 def gflags_argv(argv):
-    """Caffe/gflags spellings to argparse: -flag -> --flag, --noflag -> --flag=false."""
+    """Caffe/gflags spellings to argparse: -flag -> --flag, --flag -> --flag=true, --noflag -> --flag=false."""
     out = []
     for a in argv:
         if a.startswith("-") and not a.startswith("--") and len(a) > 2 and a[1].isalpha():
             a = "-" + a
         if a.startswith("--no") and a[4:].split("=")[0] in BOOL_FLAGS:
             a = f"--{a[4:]}=false"
+        elif a[2:] in BOOL_FLAGS:  # a bare bool flag never takes the next word as its value (gflags)
+            a += "=true"
         out.append(a)
     return out
 

@@ -122,7 +122,7 @@ def _release_env(path: str, env) -> None:
 class LMDBReader:
     """Random and sequential read access to one LMDB, safe to pass to other processes.
 
-    ``reader[i]`` and ``len(reader)`` give records in key order (the order Caffe's DataLayer reads);
+    ``reader[i]`` (the serialized value) and ``len(reader)`` follow key order (the order Caffe's DataLayer reads);
     ``reader.get(key)`` one record's value; ``reader.datum(i)`` / ``reader.array(i)`` decode it.
     """
 
@@ -182,9 +182,9 @@ class LMDBReader:
             raise DataError(f"LMDB '{self.path}' has no record '{key_str(key)}'")
         return value
 
-    def __getitem__(self, i: int) -> Tuple[bytes, bytes]:
-        key = self.keys()[i]
-        return key, self.get(key)
+    def __getitem__(self, i: int) -> bytes:
+        """The serialized value of the ``i``-th record in key order (its key is ``keys()[i]``)."""
+        return self.get(self.keys()[i])
 
     def items(self) -> Iterator[Tuple[bytes, bytes]]:
         with self.env.begin(buffers=False) as txn:
@@ -198,12 +198,12 @@ class LMDBReader:
             return cur.key(), cur.value()
 
     def datum(self, i: int):
-        key, value = self[i]
-        return parse_datum(value, key)
+        key = self.keys()[i]
+        return parse_datum(self.get(key), key)
 
     def array(self, i: int, **kw) -> np.ndarray:
-        key, value = self[i]
-        return decode_datum(value, key, **kw)
+        key = self.keys()[i]
+        return decode_datum(self.get(key), key, **kw)
 
     def cursor(self, start=None) -> "WrapCursor":
         return WrapCursor(self.path, start)

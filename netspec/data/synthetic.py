@@ -1,6 +1,6 @@
 """A deterministic synthetic segmentation dataset: textured shapes on a noisy background.
 
-Classes: 0 background, 1 disc, 2 square, 3 triangle, 4 ring. Every image draws 1-3 shapes with their own colour
+Classes: 0 background, 1 disc, 2 square, 3 triangle. Every image draws 1-3 shapes with their own colour
 family, a per-class stripe texture and Gaussian noise, so a small FCN must use colour, texture and shape
 together. ``pack(root)`` writes ``root/{train,val}/{images,labels}`` LMDBs of PNG-encoded Datums (image BGR,
 label single-channel), the layout ``netspec.data.seg.SegDataLayer`` reads.
@@ -17,8 +17,8 @@ from .lmdb_io import LMDBWriter
 
 log = logging.getLogger("netspec")
 
-CLASSES = ("background", "disc", "square", "triangle", "ring")
-_BASE = np.array([[90, 90, 90], [40, 60, 200], [200, 80, 40], [60, 190, 70], [180, 170, 40]], np.float32)
+CLASSES = ("background", "disc", "square", "triangle")
+_BASE = np.array([[90, 90, 90], [40, 60, 200], [200, 80, 40], [60, 190, 70]], np.float32)
 
 
 def make_sample(rng: np.random.Generator, size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
@@ -33,14 +33,11 @@ def make_sample(rng: np.random.Generator, size: int = 64) -> Tuple[np.ndarray, n
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         elif cls == 2:
             mask = (np.abs(yy - cy) <= r * 0.85) & (np.abs(xx - cx) <= r * 0.85)
-        elif cls == 3:
+        else:
             pts = np.array([[cx, cy - r], [cx - r, cy + r * 0.8], [cx + r, cy + r * 0.8]], np.int32)
             m = np.zeros((size, size), np.uint8)
             cv2.fillPoly(m, [pts], 1)
             mask = m.astype(bool)
-        else:
-            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-            mask = (d2 <= r * r) & (d2 >= (r * 0.55) ** 2)
         label[mask] = cls
     img = _BASE[label] + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
     stripes = np.sin((xx * (1 + label) + yy * 0.5 * label) * 0.6)[..., None] * 18

@@ -117,7 +117,9 @@ class _Prefetcher:
                 raise value
             return value
 
-    def close(self):
+    def close(self, wait: bool = False):
+        """Stop the thread. ``wait`` joins it for sure (it finishes the batch it is loading), so the source
+        may be touched afterwards; otherwise wait at most a few seconds (garbage collection)."""
         self._stop.set()
         while True:
             try:
@@ -125,7 +127,7 @@ class _Prefetcher:
             except queue.Empty:
                 break
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=None if wait else 5)
 
 
 class _DataModule(nn.Module):
@@ -150,6 +152,8 @@ class _DataModule(nn.Module):
 
     def _next_batch(self):
         if self.prefetch <= 0 or not _prefetch_enabled():
+            if self._prefetcher is not None:
+                self.rewind_prefetch()
             return self.source.load_batch()
         if self._prefetcher is None:
             src = self.source  # the thread must not hold the module, or it could never be collected
@@ -169,7 +173,7 @@ class _DataModule(nn.Module):
 
     def _stop_prefetch(self):
         if self._prefetcher is not None:
-            self._prefetcher.close()
+            self._prefetcher.close(wait=True)
             self._prefetcher = None
             if self._finalizer is not None:
                 self._finalizer.detach()

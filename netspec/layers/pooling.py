@@ -35,12 +35,16 @@ def _torch_size(size, k, s, p, ceil):
     return out
 
 
-def _window_sum(x, k, s, p, out):
-    """Sums over Caffe's windows, zero padding; the input padded and cropped to exactly cover ``out`` windows."""
+def _cover(x, k, s, p, out, value=0.0):
+    """``x`` padded by ``p`` top/left, by what the last window needs bottom/right, cropped to the windows' extent."""
     need = [(o - 1) * st + kk for o, st, kk in zip(out, s, k)]
-    size = x.shape[-2:]
-    x = F.pad(x, (p[1], max(0, need[1] - size[1] - p[1]), p[0], max(0, need[0] - size[0] - p[0])))
-    return F.avg_pool2d(x[..., :need[0], :need[1]], k, s, divisor_override=1)
+    H, W = x.shape[-2:]
+    x = F.pad(x, (p[1], max(0, need[1] - W - p[1]), p[0], max(0, need[0] - H - p[0])), value=value)
+    return x[..., :need[0], :need[1]]
+
+
+def _window_sum(x, k, s, p, out):
+    return F.avg_pool2d(_cover(x, k, s, p, out), k, s, divisor_override=1)
 
 
 def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
@@ -65,9 +69,7 @@ def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
                 y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
                 return y, idx.to(x.dtype)
             return F.max_pool2d(x, k, s, p, ceil_mode=ceil), None
-        need = [(o - 1) * st + kk for o, st, kk in zip(out, s, k)]
-        xp = F.pad(x, (p[1], max(0, need[1] - W - p[1]), p[0], max(0, need[0] - H - p[0])), value=-math.inf)
-        xp = xp[..., :need[0], :need[1]]
+        xp = _cover(x, k, s, p, out, -math.inf)  # -inf never wins: windows clipped to the input
         y, idx = F.max_pool2d(xp, k, s, return_indices=True)
         if not want_mask:
             return y, None
@@ -106,10 +108,10 @@ class Pooling(nn.Module):
                 f"round={'CEIL' if self.ceil else 'FLOOR'}")
 
 
-def _pair(p, name, scalar=None):
-    """Caffe's ``name`` OR ``name_h`` and ``name_w`` (both required together)."""
+def _pair(p, name):
+    """Caffe's ``name`` OR ``name_h`` and ``name_w``."""
     h, w = f"{name}_h", f"{name}_w"
-    return (getattr(p, h), getattr(p, w)) if p.HasField(h) else (getattr(p, scalar or name),) * 2
+    return (getattr(p, h), getattr(p, w)) if p.HasField(h) else (getattr(p, name),) * 2
 
 
 @register("Pooling", bottoms=1, tops=(1, 2))
@@ -133,10 +135,10 @@ def pooling(lp, bottom_shapes, ctx):
     else:
         if p.HasField("kernel_size") == (p.HasField("kernel_h") and p.HasField("kernel_w")):
             raise fail(lp, ctx, "filter size is kernel_size OR kernel_h and kernel_w (both required), not both")
-        kernel = _pair(p, "kernel", "kernel_size")
+        kernel = (p.kernel_size,) * 2 if p.HasField("kernel_size") else (p.kernel_h, p.kernel_w)
     for name in ("pad", "stride"):
-        if (p.HasField(f"{name}_h") or p.HasField(f"{name}_w")) and not (
-                not p.HasField(name) and p.HasField(f"{name}_h") and p.HasField(f"{name}_w")):
+        h, w = p.HasField(f"{name}_h"), p.HasField(f"{name}_w")
+        if (h or w) and (p.HasField(name) or not (h and w)):
             raise fail(lp, ctx, f"{name} is {name} OR {name}_h and {name}_w (both required)")
     pad, stride = _pair(p, "pad"), _pair(p, "stride")
     if min(kernel) <= 0 or min(stride) <= 0:

@@ -254,9 +254,20 @@ def test_tools_scripts(tmp_path):
     assert "wrote 3 records" in p.stdout
     r = LMDBReader(tmp_path / "out_lmdb")
     assert len(r) == 3 and r.array(0).shape == (3, 4, 5)
+    p = run(ROOT / "tools/convert_imageset.py", "--quiet", "--gray", "imgs/", "list.txt", "gray_lmdb")
+    assert p.returncode == 0, p.stderr
+    assert LMDBReader(tmp_path / "gray_lmdb").array(0).shape == (1, 6, 7)
     p = run(ROOT / "tools/compute_image_mean.py", "-backend=lmdb", "out_lmdb", "mean.binaryproto")
     assert p.returncode == 0, p.stderr
     assert "mean_value channel [2]:" in p.stdout
     assert (tmp_path / "mean.binaryproto").exists()
     p = run(ROOT / "tools/compute_image_mean.py", "missing_lmdb")
     assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_reader_indexing(dbs):
+    r = LMDBReader(dbs / "raw_lmdb")
+    assert D.parse_datum(r[3]).label == r.datum(3).label
+    assert r.get(r.keys()[3]) == r[3] and r.get("00000003") == r[3]
+    with pytest.raises(DataError, match="no record 'zz'"):
+        r.get("zz")
