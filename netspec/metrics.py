@@ -4,7 +4,8 @@ overall accuracy = trace / sum; mean accuracy = nanmean(diag / rowsum); IU = dia
 mean IU = nanmean(IU) (a class absent from both truth and prediction is NaN and left out; absent from truth
 but predicted gives 0); fwavacc = sum over classes with freq > 0 of freq * IU.
 """
-from typing import Dict, Optional, Sequence
+import warnings
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,12 +50,16 @@ def format_scores(s: Dict[str, object], class_names: Optional[Sequence[str]] = N
     return "\n".join(lines)
 
 
-def seg_tests(net, iterations: int, layer: str = "score", gt: str = "label", num_classes: Optional[int] = None):
-    """Run ``net`` forward ``iterations`` times and accumulate the confusion of argmax(layer) vs gt."""
+def seg_tests(net, iterations: int, layer: str = "score", gt: str = "label", num_classes: Optional[int] = None,
+              progress=None):
+    """Run ``net`` forward ``iterations`` times and accumulate the confusion of argmax(layer) vs gt.
+
+    ``progress``, when given, wraps the iteration range (e.g. ``functools.partial(tqdm, desc=...)``)."""
     hist = None
     loss = 0.0
     loss_blobs = net.loss_outputs() if hasattr(net, "loss_outputs") else []
-    for _ in range(iterations):
+    steps = range(iterations) if progress is None else progress(range(iterations))
+    for _ in steps:
         if hasattr(net, "forward_only"):
             net.forward_only(retain=(layer, gt))
         else:
@@ -67,3 +72,24 @@ def seg_tests(net, iterations: int, layer: str = "score", gt: str = "label", num
         hist += fast_hist(net.blobs[gt].data.reshape(pred.shape), pred, n)
         loss += sum(float(net.blobs[o].data.sum()) * w for o, w in loss_blobs)
     return hist, loss / max(1, iterations)
+
+
+def group_scores(s: Dict[str, object], groups: Mapping[str, Sequence[int]]) -> List[Tuple[str, float, float]]:
+    """Per group of classes: (name, mean IU, mean accuracy) -- nanmean over the group's classes, so the
+    NaN rules of ``scores`` carry over (a class absent from truth and prediction is left out)."""
+    iu = np.asarray(s["per_class_iu"], np.float64)
+    acc = np.asarray(s["per_class_acc"], np.float64)
+    out = []
+    for name, members in groups.items():
+        idx = [int(i) for i in members if 0 <= int(i) < len(iu)]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN group: nanmean says so with a warning
+            m_iu = float(np.nanmean(iu[idx])) if idx else float("nan")
+            m_acc = float(np.nanmean(acc[idx])) if idx else float("nan")
+        out.append((name, m_iu, m_acc))
+    return out
+
+
+def format_group_scores(rows) -> str:
+    """``group <name> mean IU 0.6551 mean accuracy 0.7012`` lines."""
+    return "\n".join(f"group {name} mean IU {iu:.4f} mean accuracy {acc:.4f}" for name, iu, acc in rows)

@@ -323,6 +323,11 @@ class Net:
         self._keep_outputs(env, retain)
         return {o: self.blobs[o].data for o in self.outputs}
 
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: feed the net's MemoryData layer."""
+        from .layers.data import set_input_arrays
+        set_input_arrays(self, data, labels)
+
     def clear_param_diffs(self):
         for p in self.module.parameters():
             if p.grad is not None:

@@ -28,8 +28,11 @@ def load_case(case_dir):
     return net, meta
 
 
-def run_case(case_dir, fwd_tol: float = 1e-5, bwd_tol: float = 1e-4):
-    """Run one golden case; raise AssertionError listing every blob out of tolerance."""
+def run_case(case_dir, fwd_tol: float = 1e-5, bwd_tol: float = 1e-4, bwd_overrides=None):
+    """Run one golden case; raise AssertionError listing every blob out of tolerance.
+
+    ``bwd_overrides`` maps backward keys to a looser tolerance, for documented exceptions only."""
+    bwd_overrides = bwd_overrides or {}
     case_dir = Path(case_dir)
     net, meta = load_case(case_dir)
     inputs = np.load(case_dir / "inputs.npz")
@@ -76,7 +79,7 @@ def run_case(case_dir, fwd_tol: float = 1e-5, bwd_tol: float = 1e-4):
                     continue
                 ours = net.blobs[blob].diff
             e = rel_err(ours, ref)
-            if e > bwd_tol:
+            if e > bwd_overrides.get(k, bwd_tol):
                 bad.append(f"backward {k}: rel err {e:.3g}")
     assert not bad, f"{case_dir.name}: " + "; ".join(bad)
     return net

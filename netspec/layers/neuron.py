@@ -22,9 +22,9 @@ def relu(lp, bottom_shapes, ctx):
 class PReLU(nn.Module):
     """y = max(0, x) + a * min(0, x); ``weight`` is (C,) for axis 1, or a 0-d blob when channel_shared."""
 
-    def __init__(self, channels):
+    def __init__(self, channels=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(channels) if channels else torch.empty(()))
+        self.weight = nn.Parameter(torch.empty(()) if channels is None else torch.empty(channels))
 
     def forward(self, x):
         return F.prelu(x, self.weight.reshape(1) if self.weight.dim() == 0 else self.weight)
@@ -43,7 +43,7 @@ def prelu(lp, bottom_shapes, ctx):
     shape = bottom_shapes[0]
     if len(shape) < 2:
         raise fail(lp, ctx, f"needs a bottom with at least 2 axes, got shape {tuple(shape)}")
-    m = PReLU(0 if p.channel_shared else shape[1])
+    m = PReLU(None if p.channel_shared else shape[1])
     if p.HasField("filler"):
         fill_(m.weight, p.filler)
     else:
