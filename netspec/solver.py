@@ -519,6 +519,7 @@ class Solver:
     def restore(self, state_file: str):
         from . import binary
         state = binary.read_solverstate(state_file)
+        self._last_snapshot = state_file
         self.iter = state.iter
         if state.learned_net:
             self.net.copy_from(state.learned_net)

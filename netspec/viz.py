@@ -1,0 +1,452 @@
+"""Pictures: training-log curves, confusion heat maps and net graphs (library side of tools/plot_log.py,
+tools/draw_net.py and the ``--save-dir`` of tools/score.py).
+
+The log parser reads our logs and real Caffe glog logs alike: ``Iteration N (x iter/s, ...), loss = L`` (and
+the older ``Iteration N, loss = L``), ``Iteration N, lr = R``, ``Iteration N, Testing net (#k)`` followed by
+``Test net output #j: name = v``, ``Train net output #j: name = v``, and FCN score lines (``>>> ... Iteration N
+mean IU v`` as score.py prints them, or a ``>>> Iteration N test net #k`` header followed by ``mean IU v``
+lines as ``Solver.finish`` prints them). matplotlib (Agg backend) draws; Graphviz ``dot`` renders net graphs.
+"""
+import argparse
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import NetspecError
+
+log = logging.getLogger("netspec")
+
+_NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|-?inf))"
+_RE_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUM)
+_RE_LR = re.compile(r"Iteration (\d+), lr = " + _NUM)
+_RE_TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
+_RE_OUTPUT = re.compile(r"(Train|Test) net output #(\d+): (\S+) = " + _NUM)
+_RE_TEST_LOSS = re.compile(r"\bTest loss: " + _NUM)
+_METRICS = ("loss", "overall accuracy", "mean accuracy", "mean IU", "fwavacc")
+_RE_FCN = re.compile(r">>> .*?Iteration (\d+) (" + "|".join(_METRICS) + r") " + _NUM)
+_RE_FINISH = re.compile(r">>> Iteration (\d+) test net #(\d+)")
+_RE_METRIC_LINE = re.compile(r"^(" + "|".join(_METRICS) + r") " + _NUM + r"\s*$")
+
+
+class TrainLog:
+    """Parsed series: ``train_loss`` [(iter, loss)], ``lr`` [(iter, lr)], ``train_outputs`` and
+    ``test_outputs`` {name: [(iter, value)]} (names of test net k > 0 get a ``#k/`` prefix)."""
+
+    def __init__(self):
+        self.train_loss: List[Tuple[int, float]] = []
+        self.lr: List[Tuple[int, float]] = []
+        self.train_outputs: "OrderedDict[str, List[Tuple[int, float]]]" = OrderedDict()
+        self.test_outputs: "OrderedDict[str, List[Tuple[int, float]]]" = OrderedDict()
+
+    def empty(self) -> bool:
+        return not (self.train_loss or self.lr or self.train_outputs or self.test_outputs)
+
+    def rows(self):
+        """(iteration, kind, name, value) rows, kind in train / lr / train_output / test."""
+        for it, v in self.train_loss:
+            yield it, "train", "loss", v
+        for it, v in self.lr:
+            yield it, "lr", "lr", v
+        for name, pts in self.train_outputs.items():
+            for it, v in pts:
+                yield it, "train_output", name, v
+        for name, pts in self.test_outputs.items():
+            for it, v in pts:
+                yield it, "test", name, v
+
+
+def _f(s: str) -> float:
+    return float(s)
+
+
+def parse_log(lines) -> TrainLog:
+    """Parse a training log (an iterable of lines, or a path)."""
+    if isinstance(lines, (str, os.PathLike)):
+        with open(lines, encoding="utf-8", errors="replace") as f:
+            return parse_log(f.read().splitlines())
+    res = TrainLog()
+    last_iter = 0
+    test_iter, test_net = 0, 0
+    finish = None  # (iter, net) after a ">>> Iteration N test net #k" header
+
+    def add(series, name, it, v):
+        series.setdefault(name, []).append((it, v))
+
+    for line in lines:
+        m = _RE_LOSS.search(line)
+        if m:
+            last_iter = int(m.group(1))
+            res.train_loss.append((last_iter, _f(m.group(2))))
+            finish = None
+            continue
+        m = _RE_LR.search(line)
+        if m:
+            res.lr.append((int(m.group(1)), _f(m.group(2))))
+            continue
+        m = _RE_TESTING.search(line)
+        if m:
+            test_iter, test_net = int(m.group(1)), int(m.group(2))
+            finish = None
+            continue
+        m = _RE_OUTPUT.search(line)
+        if m:
+            kind, name, v = m.group(1), m.group(3), _f(m.group(4))
+            if kind == "Train":
+                add(res.train_outputs, name, last_iter, v)
+            else:
+                add(res.test_outputs, name if test_net == 0 else f"#{test_net}/{name}", test_iter, v)
+            continue
+        m = _RE_TEST_LOSS.search(line)
+        if m:
+            add(res.test_outputs, "Test loss" if test_net == 0 else f"#{test_net}/Test loss", test_iter,
+                _f(m.group(1)))
+            continue
+        m = _RE_FCN.search(line)
+        if m:
+            add(res.test_outputs, m.group(2), int(m.group(1)), _f(m.group(3)))
+            continue
+        m = _RE_FINISH.search(line)
+        if m:
+            finish = (int(m.group(1)), int(m.group(2)))
+            continue
+        if finish is not None:
+            m = _RE_METRIC_LINE.match(line.strip())
+            if m:
+                name = m.group(1) if finish[1] == 0 else f"#{finish[1]}/{m.group(1)}"
+                add(res.test_outputs, name, finish[0], _f(m.group(2)))
+                continue
+            if line.strip() and not line.strip().startswith("IU "):
+                finish = None
+    return res
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise NetspecError("plotting needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_log(tl: TrainLog, path: str, title: Optional[str] = None) -> str:
+    """Loss (train and test losses), learning rate and the other test outputs, one panel each."""
+    plt = _pyplot()
+    losses = OrderedDict((n, p) for n, p in tl.test_outputs.items() if "loss" in n.lower())
+    others = OrderedDict((n, p) for n, p in tl.test_outputs.items() if n not in losses)
+    panels = ["loss"] + (["lr"] if tl.lr else []) + (["test"] if others else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.8 * len(panels) + 0.6), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for ax, panel in zip(axes, panels):
+        if panel == "loss":
+            if tl.train_loss:
+                it, v = zip(*tl.train_loss)
+                ax.plot(it, v, label="train loss", lw=1)
+            for n, pts in losses.items():
+                it, v = zip(*pts)
+                ax.plot(it, v, "o-", label=f"test {n}" if not n.startswith("Test") else n, ms=3)
+            ax.set_ylabel("loss")
+            if not tl.train_loss and not losses:
+                ax.text(0.5, 0.5, "no loss lines found", ha="center", va="center", transform=ax.transAxes)
+        elif panel == "lr":
+            it, v = zip(*tl.lr)
+            ax.plot(it, v, color="tab:green", lw=1, label="lr", drawstyle="steps-post")
+            if all(x > 0 for x in v) and max(v) / min(v) > 20:
+                ax.set_yscale("log")
+            ax.set_ylabel("learning rate")
+        else:
+            for n, pts in others.items():
+                it, v = zip(*pts)
+                ax.plot(it, v, "o-", ms=3, label=n)
+            ax.set_ylabel("test outputs")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    axes[-1].set_xlabel("iteration")
+    if title:
+        axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_csv(tl: TrainLog, path: str) -> str:
+    """Long-format CSV: iteration,kind,name,value."""
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration", "kind", "name", "value"])
+        for row in tl.rows():
+            w.writerow([row[0], row[1], row[2], repr(row[3])])
+    return path
+
+
+def plot_confusion(hist: np.ndarray, names: Sequence[str], path: str, title: Optional[str] = None) -> str:
+    """Row-normalised confusion matrix (rows = ground truth) as a heat map; counts-free, values in [0, 1]."""
+    plt = _pyplot()
+    hist = np.asarray(hist, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = hist / hist.sum(1, keepdims=True)
+    norm = np.nan_to_num(norm)
+    n = len(names)
+    size = min(20.0, max(4.0, 0.35 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of ground-truth pixels")
+    if n <= 60:
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        fs = 9 if n <= 25 else 6
+        ax.set_xticklabels(names, rotation=90, fontsize=fs)
+        ax.set_yticklabels(names, fontsize=fs)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if norm[i, j] >= 0.005:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- draw_net ----------------------------------------------------------------------------------------------
+def _dot_quote(s: str) -> str:
+    """A double-quoted dot ID; newlines become dot's centred line breaks."""
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+_LAYER_COLOURS = {"Convolution": "#FF5050", "Deconvolution": "#FF9050", "Pooling": "#FF9900",
+                  "InnerProduct": "#CC33FF", "ReLU": "#90EE90", "Crop": "#B0C4DE", "Eltwise": "#B0C4DE",
+                  "Python": "#DDDDDD", "Input": "#DDDDDD", "Data": "#DDDDDD", "SoftmaxWithLoss": "#FFD700",
+                  "Split": "#EEEEEE"}
+
+
+def _layer_detail(lp) -> str:
+    """Key hyper-parameters of a layer, as Caffe's draw_net shows them."""
+    t = lp.type
+    if t in ("Convolution", "Deconvolution"):
+        p = lp.convolution_param
+        k = "x".join(map(str, p.kernel_size)) or f"{p.kernel_h}x{p.kernel_w}"
+        s = "x".join(map(str, p.stride)) or "1"
+        pad = "x".join(map(str, p.pad)) or "0"
+        extra = f" dil {'x'.join(map(str, p.dilation))}" if len(p.dilation) else ""
+        return f"{p.num_output} k{k} s{s} p{pad}{extra}"
+    if t == "Pooling":
+        p = lp.pooling_param
+        kind = lp.pooling_param.PoolMethod.Name(p.pool)
+        if p.global_pooling:
+            return f"{kind} global"
+        k = p.kernel_size or p.kernel_h
+        return f"{kind} k{k} s{p.stride or p.stride_h or 1} p{p.pad or p.pad_h}"
+    if t == "InnerProduct":
+        return f"{lp.inner_product_param.num_output}"
+    if t == "Crop":
+        return f"axis {lp.crop_param.axis} offset {list(lp.crop_param.offset)}"
+    if t == "Eltwise":
+        return lp.eltwise_param.EltwiseOp.Name(lp.eltwise_param.operation)
+    if t == "Python":
+        return f"{lp.python_param.module}.{lp.python_param.layer}"
+    return ""
+
+
+def net_graph(model: str, phase=None, level: int = 0, stages=None, shapes: bool = True):
+    """(filtered NetParameter, {(layer index, top): shape} or None, why-no-shapes)."""
+    from .graph import filter_net, net_state
+    from .net import load_net_param
+    from .proto import caffe_pb2
+    phase = caffe_pb2.TEST if phase is None else phase
+    net, where = load_net_param(model)
+    filtered = filter_net(net, net_state(net, phase, level, stages), where)
+    if not shapes:
+        return filtered, None, "shapes not requested"
+    try:
+        from .net import Net
+        n = Net(model, phase, level=level, stages=stages)
+    except Exception as e:  # e.g. a data layer whose source is absent
+        return filtered, None, f"cannot build the net to infer shapes: {e}"
+    by_layer = {}
+    for node in n.module.nodes:
+        for t, s in zip(node.tops, node.top_shapes):
+            by_layer[(node.name, t)] = tuple(s)
+    return filtered, by_layer, ""
+
+
+def to_dot(net, shapes=None, rankdir: str = "LR", name: Optional[str] = None) -> str:
+    """Graphviz text: layers as boxes (name, type, parameters), blobs as octagons (name, shape); an in-place
+    layer makes a new version of its blob, so the graph stays acyclic."""
+    lines = [f"digraph {_dot_quote(name or net.name or 'net')} {{", f"  rankdir={rankdir};",
+             '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
+    version: Dict[str, int] = {}
+    declared = set()
+
+    def blob_id(name):
+        return f"blob:{name}:{version.get(name, 0)}"
+
+    def declare_blob(name, shape):
+        bid = blob_id(name)
+        if bid in declared:
+            return bid
+        declared.add(bid)
+        label = name if shape is None else f"{name}\n{' x '.join(map(str, shape))}"
+        lines.append(f"  {_dot_quote(bid)} [label={_dot_quote(label)}, "
+                     'shape=octagon, style=filled, fillcolor="#E0E0E0"];')
+        return bid
+
+    for i, lp in enumerate(net.layer):
+        lid = f"layer:{i}:{lp.name}"
+        detail = _layer_detail(lp)
+        label = f"{lp.name}\n{lp.type}" + (f"\n{detail}" if detail else "")
+        colour = _LAYER_COLOURS.get(lp.type, "#6495ED")
+        lines.append(f"  {_dot_quote(lid)} [label={_dot_quote(label)}, "
+                     f'shape=box, style="filled,rounded", fillcolor="{colour}"];')
+        for b in lp.bottom:
+            bid = declare_blob(b, None)
+            lines.append(f"  {_dot_quote(bid)} -> {_dot_quote(lid)};")
+        for t in lp.top:
+            if t in lp.bottom:  # in place: a new version of the blob
+                version[t] = version.get(t, 0) + 1
+            elif t not in version:  # (a second producer -- another phase's data layer -- shares the node)
+                version[t] = 0
+            shape = shapes.get((lp.name, t)) if shapes else None
+            tid = declare_blob(t, shape)
+            lines.append(f"  {_dot_quote(lid)} -> {_dot_quote(tid)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def summary(net, shapes=None, note: str = "", name: Optional[str] = None) -> str:
+    """A text table: index, layer, type, bottoms, tops (with shapes)."""
+    rows = [("#", "layer", "type", "bottoms", "tops")]
+    for i, lp in enumerate(net.layer):
+        tops = []
+        for t in lp.top:
+            s = shapes.get((lp.name, t)) if shapes else None
+            tops.append(t if s is None else f"{t} {list(s)}")
+        rows.append((str(i), lp.name, lp.type, ", ".join(lp.bottom) or "-", ", ".join(tops) or "-"))
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    out = [f"net '{name or net.name}': {len(net.layer)} layers" + (f" ({note})" if note else "")]
+    for r in rows:
+        out.append("  ".join(r[k].ljust(widths[k]) for k in range(4)) + "  " + r[4])
+    return "\n".join(out) + "\n"
+
+
+def render_dot(dot_path: str, out_path: str, fmt: str) -> Optional[str]:
+    """Run Graphviz; returns None on success, else the reason."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return ("Graphviz 'dot' is not installed, so no picture was made; install graphviz (e.g. `apt-get install "
+                "graphviz`, `brew install graphviz` or `conda install graphviz`) and run "
+                f"`dot -T{fmt} {dot_path} -o {out_path}`")
+    r = subprocess.run([exe, f"-T{fmt}", dot_path, "-o", out_path], capture_output=True, text=True)
+    if r.returncode != 0 or not os.path.exists(out_path):
+        return f"dot failed (exit {r.returncode}): {r.stderr.strip()}"
+    return None
+
+
+def draw_net_parser():
+    p = argparse.ArgumentParser(prog="draw_net.py", description="Draw a net prototxt as a Graphviz graph: writes "
+                                "<out>.dot, <out>.txt (layers, bottoms, tops, shapes) and the picture when "
+                                "Graphviz is installed.")
+    p.add_argument("model", help="net prototxt")
+    p.add_argument("out", help="output picture (net.png, net.svg, net.pdf); the .dot and .txt go beside it")
+    p.add_argument("--rankdir", choices=["LR", "TB", "BT", "RL"], default="LR", help="graph direction")
+    p.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL",
+                   help="draw the layers of one phase (default ALL: every layer; shapes from the TEST net)")
+    p.add_argument("--level", type=int, default=0)
+    p.add_argument("--stage", default="")
+    p.add_argument("--no-shapes", action="store_true", help="do not build the net to infer blob shapes")
+    return p
+
+
+def draw_net_main(argv=None, out=None) -> int:
+    import sys
+    from .proto import caffe_pb2
+    from .train import setup_logging
+    args = draw_net_parser().parse_args(argv)
+    setup_logging(logging.WARNING)
+    out = out or sys.stdout
+    stages = [s for s in args.stage.split(",") if s] or None
+    base, ext = os.path.splitext(args.out)
+    fmt = ext.lstrip(".").lower() or "png"
+    try:
+        phase = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}[args.phase]
+        if phase is None:
+            from .net import load_net_param
+            net, _ = load_net_param(args.model)
+            _, shapes, why = net_graph(args.model, caffe_pb2.TEST, args.level, stages, not args.no_shapes)
+            # layers of both phases are drawn; shapes come from the TEST net (where a layer exists in it)
+        else:
+            net, shapes, why = net_graph(args.model, phase, args.level, stages, not args.no_shapes)
+    except NetspecError as e:
+        log.error("%s", e)
+        return 1
+    if shapes is None and not args.no_shapes:
+        log.warning("drawing without blob shapes: %s", why)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    dot_path, txt_path = base + ".dot", base + ".txt"
+    with open(dot_path, "w", encoding="utf-8") as f:
+        f.write(to_dot(net, shapes, args.rankdir, name=net.name or os.path.splitext(os.path.basename(args.model))[0]))
+    with open(txt_path, "w", encoding="utf-8") as f:
+        f.write(summary(net, shapes, "" if shapes else "no shapes: " + why,
+                        name=net.name or os.path.basename(args.model)))
+    print(f"wrote {dot_path}", file=out)
+    print(f"wrote {txt_path}", file=out)
+    if fmt == "dot":
+        return 0
+    problem = render_dot(dot_path, args.out, fmt)
+    if problem:
+        print(problem, file=out)
+    else:
+        print(f"wrote {args.out}", file=out)
+    return 0
+
+
+def plot_log_parser():
+    p = argparse.ArgumentParser(prog="plot_log.py", description="Plot loss, learning rate and test outputs from "
+                                "a training log (ours or Caffe's glog output).")
+    p.add_argument("log", help="training log file")
+    p.add_argument("out", nargs="?", help="PNG to write (default: <log>.png)")
+    p.add_argument("--csv", help="also write the parsed series as CSV (iteration,kind,name,value)")
+    p.add_argument("--title", help="plot title (default: the log's file name)")
+    return p
+
+
+def plot_log_main(argv=None, out=None) -> int:
+    import sys
+    args = plot_log_parser().parse_args(argv)
+    out = out or sys.stdout
+    if not os.path.isfile(args.log):
+        print(f"error: {args.log}: no such file", file=sys.stderr)
+        return 1
+    tl = parse_log(args.log)
+    if tl.empty():
+        print(f"error: {args.log}: no 'Iteration N ..., loss = L', 'lr = R' or 'Test net output' lines found",
+              file=sys.stderr)
+        return 1
+    png = args.out or os.path.splitext(args.log)[0] + ".png"
+    try:
+        plot_log(tl, png, args.title or os.path.basename(args.log))
+    except NetspecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {png} ({len(tl.train_loss)} loss points, {len(tl.lr)} lr points, "
+          f"{sum(len(v) for v in tl.test_outputs.values())} test values)", file=out)
+    if args.csv:
+        write_csv(tl, args.csv)
+        print(f"wrote {args.csv}", file=out)
+    return 0
