@@ -203,9 +203,16 @@ def file_kind(path: str, *, must_exist: bool = True) -> str:
         return "caffemodel"
     if low.endswith(_TORCH_EXT):
         return "torch"
+    if low.endswith((".prototxt", ".pbtxt")):
+        raise ConvertError(f"{path} is a net definition, not weights: pass it with --prototxt and give "
+                           "the .caffemodel or .pt as the input")
     if must_exist and os.path.isfile(path):
         if zipfile.is_zipfile(path):
-            return "torch"
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "torch"
+            raise ConvertError(f"{path}: a zip archive that torch.save did not write (a numpy .npz?); "
+                               "expected a .caffemodel or a PyTorch state dict")
         with open(path, "rb") as f:
             head = f.read(2)
         return "torch" if head[:1] == b"\x80" else "caffemodel"
@@ -221,10 +228,13 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _refuse_overwrite(outputs: Iterable[Optional[str]], inputs: Iterable[Optional[str]]) -> None:
+    """An output may not be an input file, nor replace a read-only file (a rename would, even for root)."""
     inputs = [i for i in inputs if i]
     for out in outputs:
         if not out:
             continue
+        if os.path.exists(out) and not os.stat(out).st_mode & 0o222:
+            raise ConvertError(f"refusing to replace the read-only file {out}")
         for inp in inputs:
             if _same_file(out, inp):
                 raise ConvertError(f"refusing to overwrite the input file {inp} with the output {out}; "
@@ -320,7 +330,7 @@ def _read_net_def(path: str, upgrade_log: Optional[list] = None):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: net definition not found")
-    if file_kind(path) == "caffemodel" and path.lower().endswith(".caffemodel"):
+    if path.lower().endswith(".caffemodel"):
         net, _ = read_caffemodel_weights(path, upgrade_log)
         return net, (lambda i: f"{path}: ")
     return load_net_param(path, upgrade_log=upgrade_log)
@@ -421,6 +431,9 @@ def _match(module: CaffeNet, weights: Weights, src: str, net_src: str, report: C
                 raise _blob_error(node.where, name, node, j, attr, arr.shape, p.shape, src, net_src)
             pairs.append((f"{node.key}.{attr}", arr.reshape(tuple(p.shape))))
         matched.append((node, pairs))
+    if weights and not matched and any(lw.arrays for lw in weights.values()):
+        raise WeightsError(f"none of the {len(weights)} layers with blobs in {src} has a namesake in {net_src} "
+                           f"(e.g. '{next(iter(weights))}'): is it the net these weights belong to?")
     have = {n.index for n, _ in matched}
     for node in module.nodes:
         if module.layer_blobs(node.index) and node.index not in have:
@@ -744,7 +757,7 @@ def caffemodel_to_state_dict(caffemodel: str, prototxt_path: Optional[str] = Non
     report = report if report is not None else ConvertReport(os.fspath(caffemodel), "")
     net, weights = read_caffemodel_weights(caffemodel, report.upgraded)
     where = lambda i: ""  # noqa: E731
-    net_src = f"the layer list of {caffemodel}"
+    net_src = f"the net of {caffemodel}'s own layer list"
     allow = True
     if prototxt_path:
         net, where = _read_net_def(prototxt_path, report.upgraded)
@@ -787,7 +800,7 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
     where = lambda i: ""  # noqa: E731
     if src_kind == "caffemodel":
         net, weights = read_caffemodel_weights(src, report.upgraded)
-        net_src, own = f"the layer list of {src}", True
+        net_src, own = f"the net of {src}'s own layer list", True
         if prototxt_path:
             net, where = _read_net_def(prototxt_path, report.upgraded)
             net_src, own = prototxt_path, False

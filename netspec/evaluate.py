@@ -7,7 +7,6 @@ deploy net fed record by record from a dataset directory -- and prints score.py'
 """
 import argparse
 import functools
-import glob
 import logging
 import math
 import os
@@ -165,14 +164,26 @@ def count_records(info: Optional[dict]) -> Optional[int]:
         if info["kind"] == "ImageData" and os.path.isfile(src):
             with open(src) as f:
                 return sum(1 for line in f if line.strip())
-        split = info["param"].get("split")
-        if split and info["kind"] == "python":  # FCN-style layers: <dir>/ImageSets/Segmentation/<split>.txt
-            for cand in glob.glob(os.path.join(src, "**", f"{split}.txt"), recursive=True)[:1]:
-                with open(cand) as f:
-                    return sum(1 for line in f if line.strip())
     except Exception as e:  # a broken source is the data layer's to report when the net is built
         log.debug("cannot count records of %s: %s", src, e)
     return None
+
+
+def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
+    """Batches that cover the data layer's records once: asked of the built Python data layer (its split
+    list ``indices`` as the FCN layers keep it, or SegDataLayer's LMDB ``images``), else counted from the
+    source (LMDB, image list)."""
+    for node in net.module.nodes:
+        layer = getattr(net.module.get_module(node.index), "layer", None)
+        if node.type != "Python" or layer is None:
+            continue
+        for attr in ("indices", "images", "order"):
+            seq = getattr(layer, attr, None)
+            if seq is not None and hasattr(seq, "__len__"):
+                return max(1, math.ceil(len(seq) / max(1, int(getattr(layer, "batch_size", 1)))))
+        break
+    n = count_records(info)
+    return None if n is None else max(1, math.ceil(n / max(1, info["batch_size"])))
 
 
 def guess_dataset(info: Optional[dict], dataset_dir: Optional[str] = None) -> Optional[str]:
@@ -398,10 +409,9 @@ def score_main(argv=None, out=None) -> int:
                 raise NetspecError(f"--gt {args.gt}: net '{net.name}' has no such blob")
             iters = args.iterations
             if iters is None:
-                n = count_records(info)
-                if n is None:
+                iters = batches_per_epoch(net, info)
+                if iters is None:
                     raise NetspecError("cannot tell how many records the data layer reads; give --iterations")
-                iters = max(1, math.ceil(n / max(1, info["batch_size"])))
             log.info("Scoring %s over %d batches", args.layer, iters)
             with torch.no_grad():
                 hist, loss = seg_tests(net, iters, layer=args.layer, gt=args.gt, progress=progress)

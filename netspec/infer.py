@@ -38,25 +38,25 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def distinct_palette(n: int) -> np.ndarray:
-    """``n`` deterministic, pairwise distinct colours (index 0 black, as VOC's background); the result has
-    at least 256 rows, row 255 being VOC's void colour when ``n`` <= 255."""
-    import colorsys
+    """``n`` deterministic, well separated colours: index 0 black (as VOC's background), then greedy
+    farthest-point picks in CIE Lab from an RGB grid (each new colour as far as possible from all before it
+    and from VOC's void colour). The result has at least 256 rows; row 255 is the void colour when n <= 255."""
+    import cv2
     rows = max(256, n)
+    k = 9
+    while k ** 3 < 4 * n:
+        k += 2
+    levels = np.round(np.linspace(0, 255, k)).astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = cv2.cvtColor(grid[None], cv2.COLOR_RGB2LAB)[0].astype(np.float32)
+    void = voc_palette()[255]
+    void_lab = cv2.cvtColor(void.reshape(1, 1, 3), cv2.COLOR_RGB2LAB)[0, 0].astype(np.float32)
     cmap = np.zeros((rows, 3), np.uint8)
-    sv = [(0.90, 0.95), (0.55, 0.90), (0.95, 0.65), (0.40, 0.70), (0.75, 0.45)]
-    void = tuple(int(x) for x in voc_palette()[255])
-    seen = {(0, 0, 0), void}
-    k = 0
+    dist = np.minimum(np.linalg.norm(lab - lab[0], axis=1), np.linalg.norm(lab - void_lab, axis=1))
     for i in range(1, n):
-        while True:
-            h = (k * 0.6180339887498949) % 1.0
-            s, v = sv[(k // 7) % len(sv)]
-            k += 1
-            rgb = tuple(int(round(x * 255)) for x in colorsys.hsv_to_rgb(h, s, v))
-            if rgb not in seen:
-                break
-        seen.add(rgb)
-        cmap[i] = rgb
+        j = int(np.argmax(dist))
+        cmap[i] = grid[j]
+        dist = np.minimum(dist, np.linalg.norm(lab - lab[j], axis=1))
     if n <= 255:
         cmap[255] = void
     return cmap

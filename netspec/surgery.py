@@ -45,7 +45,9 @@ def upsample_filt(size: int) -> np.ndarray:
 
     ``factor = (size+1)//2``; ``center = factor-1`` (odd size) or ``factor-0.5`` (even);
     ``w[y, x] = (1 - |y-center|/factor) * (1 - |x-center|/factor)``. ``size=4`` gives
-    ``[0.25, 0.75, 0.75, 0.25]`` ⊗ itself.
+    ``[0.25, 0.75, 0.75, 0.25]`` ⊗ itself. Caffe's ``bilinear`` filler has the same profile for
+    the sizes it is made for (``k = 2f - f % 2`` for an upsampling factor ``f``: 4, 8, 16, 32,
+    64, 5, 9 …); for other sizes (FCN-AlexNet's 63) it is off-centre and this one is not.
     """
     if size < 1:
         raise ValueError(f"kernel size must be positive, got {size}")

@@ -9,7 +9,6 @@ lines as ``Solver.finish`` prints them). matplotlib (Agg backend) draws; Graphvi
 """
 import argparse
 import logging
-import math
 import os
 import re
 import shutil

@@ -108,6 +108,8 @@ def python_layer(lp, bottom_shapes, ctx):
     """python_param {module, layer, param_str}: the class ``module.layer`` (a ``netspec.Layer``)."""
     p = lp.python_param
     key = f"{p.module}.{p.layer}"
+    if key not in BUILTIN:  # registers the built-in FCN data layers (voc_layers.*, siftflow_layers.*, ...)
+        from ..data.fcn_layers import register; register()  # noqa: E702
     cls = BUILTIN.get(key)
     if cls is None:
         if FORBID:

@@ -172,8 +172,15 @@ def test_demo_deploy_builds_and_runs():
     import numpy as np
     net = netspec.Net(zoo.net("demo", "deploy"), netspec.TEST)
     assert net.blobs["score"].shape == (1, 4, 64, 64)
-    assert net.blobs["upscore2"].shape == (1, 4, 34, 34)
+    assert net.blobs["score_fr"].shape == (1, 4, 8, 8)
+    assert net.blobs["upscore2"].shape == (1, 4, 18, 18)
+    assert net.blobs["upscore_pool2"].shape == (1, 4, 34, 34)
     assert net.blobs["upscore_pool1"].shape == (1, 4, 66, 66)
+    crops = [(l.name, list(l.bottom), l.crop_param.offset[0])
+             for l in zoo.net("demo", "deploy").layer if l.type == "Crop"]
+    assert crops == [("upscore2c", ["upscore2", "score_pool2"], 1),
+                     ("upscore_pool2c", ["upscore_pool2", "score_pool1"], 1),
+                     ("score", ["upscore_pool1", "data"], 1)]
     out = net.forward(data=np.random.RandomState(0).rand(1, 3, 64, 64).astype(np.float32))
     assert out["score"].shape == (1, 4, 64, 64)
 

@@ -1,0 +1,479 @@
+"""Export a Caffe deploy net (prototxt + caffemodel) to ONNX, TorchScript or a ``torch.export`` program.
+
+:func:`export` builds ``Net(prototxt, weights, TEST)``, wraps its ``CaffeNet`` in :class:`DeployModule` (inputs:
+the Input blobs as positional tensors; outputs: the net outputs, Caffe's sorted order, as a tuple) and
+
+* ``torch.export.export`` s it, with the batch and (``dynamic_hw``) H and W of every 4-D input dynamic;
+* writes ONNX with ``torch.onnx.export`` (the ``torch.export``-based exporter; needs ``onnx`` and
+  ``onnxscript``) and, with ``check``, runs it in ``onnxruntime`` on the same random input as netspec (and on
+  a second H x W when dynamic), printing the relative error max|ort - netspec| / max|netspec| per output;
+* optionally writes TorchScript (``torch.jit.trace``) and the ``torch.export`` program (``torch.export.save``),
+  checked the same way.
+
+Layers whose netspec forward decides things in Python from the input size are replaced in the exported graph
+by shape-generic equivalents that give the same values (Pooling: torch's pooling with ``ceil_mode``, which is
+Caffe's output size rule whenever pad > 0 or stride <= kernel; global pooling: a reduction; Crop: a slice
+whose length is read from the reference blob). Layers that cannot be exported get an :class:`ExportError`
+naming the layer, its type and why (and the ONNX opset they need when ``opset`` is too low).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import math
+import os
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import NetspecError
+from .graph_module import CaffeNet
+from .registry import LAYERS
+
+__all__ = ["ExportError", "ExportReport", "DeployModule", "check_exportable", "export", "relative_error",
+           "DEFAULT_OPSET"]
+
+log = logging.getLogger("netspec")
+
+#: Opset written when none is asked for (the torch.export-based exporter's own default).
+DEFAULT_OPSET = 18
+
+#: Layer types that cannot be part of an exported deploy graph, and why.
+NOT_EXPORTABLE = {
+    "Data": "reads an LMDB/LevelDB at run time: replace it with an Input layer (a deploy prototxt)",
+    "ImageData": "reads image files at run time: replace it with an Input layer (a deploy prototxt)",
+    "HDF5Data": "reads HDF5 files at run time: replace it with an Input layer (a deploy prototxt)",
+    "MemoryData": "is fed from Python at run time: replace it with an Input layer",
+    "WindowData": "reads image windows at run time: replace it with an Input layer",
+    "DummyData": "generates its data at run time: replace it with an Input layer",
+    "Python": "runs arbitrary Python code, which has no ONNX equivalent",
+    "HDF5Output": "writes files",
+    "Accuracy": "is an evaluation layer: export a deploy prototxt without it",
+    "Filter": "has an output size that depends on the data values",
+    "BatchReindex": "gathers by indices fed at run time (no deploy use)",
+    "LSTM": "keeps recurrent state between calls, which the exported graph cannot carry",
+    "RNN": "keeps recurrent state between calls, which the exported graph cannot carry",
+}
+
+#: Lowest ai.onnx opset that expresses a layer type's Caffe semantics, and the ONNX feature it needs.
+MIN_OPSET = {
+    "Pooling": (10, "MaxPool/AveragePool ceil_mode (Caffe's CEIL output rounding)"),
+    "Crop": (10, "Slice with starts/ends given as tensors"),
+    "Clip": (11, "Clip with min/max inputs"),
+    "Interp": (11, "Resize with coordinate_transformation_mode align_corners"),
+    "ArgMax": (11, "TopK with a tensor k and largest/sorted attributes"),
+    "Reduction": (13, "ReduceSum with axes as an input"),
+    "Softmax": (13, "Softmax over one axis (opset < 13 flattens to 2-D)"),
+}
+
+
+class ExportError(NetspecError, ValueError):
+    """A net (or one of its layers) that cannot be exported as asked."""
+
+
+# ---------------------------------------------------------------------------
+# shape-generic replacements
+# ---------------------------------------------------------------------------
+
+
+class _Pool(nn.Module):
+    """Caffe Pooling without Python decisions on the input size (see :func:`_pool_replacement`)."""
+
+    def __init__(self, method: int, kernel, stride, pad, ceil: bool, global_pooling: bool):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
+        self.ceil, self.global_pooling = ceil, global_pooling
+
+    def forward(self, x):
+        if self.global_pooling:
+            if self.method == 0:
+                return x.amax(dim=(-2, -1), keepdim=True)
+            return x.mean(dim=(-2, -1), keepdim=True)
+        if self.method == 0:
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)
+        return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)
+
+
+class _Crop(nn.Module):
+    """Caffe Crop as slices whose lengths come from the reference blob (no Python bounds check)."""
+
+    def __init__(self, axis: int, offsets: Sequence[int]):
+        super().__init__()
+        self.axis, self.offsets = axis, list(offsets)
+
+    def forward(self, x, ref):
+        for i, off in enumerate(self.offsets):
+            x = x.narrow(self.axis + i, off, ref.shape[self.axis + i])
+        return x
+
+
+def _pool_replacement(m) -> Tuple[Optional[nn.Module], str]:
+    """(replacement, "") or (None, why the netspec module must be traced as it is)."""
+    if m.mask:
+        return None, "the argmax mask top has no shape-generic export"
+    if m.method not in (0, 1):
+        return None, "STOCHASTIC pooling is exported only at the example input size"
+    if m.global_pooling:
+        return _Pool(m.method, (1, 1), (1, 1), (0, 0), False, True), ""
+    k, s, p = m.kernel, m.stride, m.pad
+    # torch (and ONNX ceil_mode) drop a last window that starts in the padding even without padding; Caffe
+    # only with padding. That only differs when stride > kernel and pad == 0; torch also needs 2*pad <= kernel.
+    if any(2 * pp > kk for pp, kk in zip(p, k)):
+        return None, f"pad {tuple(p)} exceeds half the kernel {tuple(k)}"
+    if m.ceil and all(pp == 0 for pp in p) and any(ss > kk for ss, kk in zip(s, k)):
+        return None, (f"stride {tuple(s)} > kernel {tuple(k)} without padding: Caffe's CEIL output size then "
+                      "depends on the input size in a way ONNX's ceil_mode does not reproduce")
+    return _Pool(m.method, k, s, p, m.ceil, False), ""
+
+
+# ---------------------------------------------------------------------------
+# the exported module
+# ---------------------------------------------------------------------------
+
+
+class DeployModule(nn.Module):
+    """A CaffeNet as ``forward(*input_blobs) -> tuple(output blobs)`` for export (parameters shared)."""
+
+    def __init__(self, net: CaffeNet, replacements: Optional[Dict[str, nn.Module]] = None):
+        super().__init__()
+        self.net = net
+        self.swapped = nn.ModuleDict(replacements or {})
+        self.input_names = list(net.input_blobs)
+        self.output_names = list(net.output_blobs)
+
+    def forward(self, *xs):
+        env = dict(zip(self.input_names, xs))
+        for node in self.net.nodes:
+            module = self.swapped[node.key] if node.key in self.swapped else getattr(self.net, node.key)
+            if getattr(module, "is_input", False):
+                continue
+            out = module(*[env[b] for b in node.bottoms])
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            for t, v in zip(node.tops, outs):
+                env[t] = v
+        return tuple(env[o] for o in self.output_names)
+
+
+def check_exportable(net: CaffeNet, *, opset: Optional[int] = None, dynamic_hw: bool = False
+                     ) -> Tuple[Dict[str, nn.Module], List[str]]:
+    """Raise ExportError for a layer that cannot be exported; return (replacement modules by key, notes)."""
+    problems, notes = [], []
+    replacements: Dict[str, nn.Module] = {}
+    for node in net.nodes:
+        ident = f"{node.where}layer '{node.name}' ({node.type})"
+        module = net.get_module(node.index)
+        entry = LAYERS.get(node.type) if node.type in LAYERS else None
+        if node.type in NOT_EXPORTABLE:
+            problems.append(f"{ident} {NOT_EXPORTABLE[node.type]}")
+            continue
+        if entry is not None and entry.loss:
+            problems.append(f"{ident} is a loss layer: export a deploy prototxt (no loss, label or "
+                            "accuracy layers)")
+            continue
+        if node.type == "BatchNorm" and not getattr(module, "use_global_stats", True):
+            problems.append(f"{ident} uses batch statistics (use_global_stats: false) and updates its "
+                            "accumulators: set use_global_stats: true for deploy")
+            continue
+        if opset is not None and node.type in MIN_OPSET and opset < MIN_OPSET[node.type][0]:
+            need, what = MIN_OPSET[node.type]
+            if node.type != "Pooling" or getattr(module, "ceil", False):
+                problems.append(f"{ident} needs ONNX opset >= {need} ({what}); --opset {opset} is too low")
+                continue
+        if node.type == "Pooling":
+            rep, why = _pool_replacement(module)
+            if rep is not None:
+                replacements[node.key] = rep
+            elif dynamic_hw:
+                problems.append(f"{ident} cannot be exported with a dynamic H x W: {why}; export at a fixed "
+                                "input size (no --dynamic-hw)")
+            else:
+                notes.append(f"{ident}: {why}; the graph is valid for the example input size only")
+        elif node.type == "Crop":
+            replacements[node.key] = _Crop(module.axis, module.offsets)
+        elif node.type == "SPP" and dynamic_hw:
+            problems.append(f"{ident} derives its pooling windows from the input size in Python; export at "
+                            "a fixed input size (no --dynamic-hw)")
+    if problems:
+        raise ExportError("cannot export this net:\n  " + "\n  ".join(problems))
+    return replacements, notes
+
+
+# ---------------------------------------------------------------------------
+# comparing
+# ---------------------------------------------------------------------------
+
+
+def relative_error(got, want) -> float:
+    """max|got - want| / max|want| (absolute error when want is all zeros); inf for a shape mismatch."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return math.inf
+    if not want.size:
+        return 0.0
+    scale = np.abs(want).max()
+    err = np.abs(got - want).max()
+    return float(err / scale) if scale > 0 else float(err)
+
+
+@dataclasses.dataclass
+class ExportReport:
+    onnx: Optional[str] = None
+    torchscript: Optional[str] = None
+    exported_program: Optional[str] = None
+    opset: Optional[int] = None
+    input_shapes: Dict[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    dynamic: Dict[str, List[int]] = dataclasses.field(default_factory=dict)   # input -> dynamic axes
+    checks: List[Tuple[str, str, str, float]] = dataclasses.field(default_factory=list)  # (what, shape, output, err)
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def max_error(self) -> float:
+        return max((c[3] for c in self.checks), default=0.0)
+
+
+# ---------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------
+
+
+def _example_inputs(net: CaffeNet, input_shapes, generator) -> Dict[str, torch.Tensor]:
+    shapes = {}
+    for name in net.input_blobs:
+        shape = tuple((input_shapes or {}).get(name, net.blob_shapes.get(name, ())))
+        if not shape:
+            raise ExportError(f"Input blob '{name}' has no shape in the prototxt: give one "
+                              f"(--input-shape {name}=1,3,224,224)")
+        shapes[name] = shape
+    return {n: torch.randn(s, generator=generator) for n, s in shapes.items()}
+
+
+def _second_shape(shape: Tuple[int, ...], dynamic: Sequence[int]) -> Tuple[int, ...]:
+    """The shape for the second check: batch + 1 and a larger H x W of another parity, on the axes that
+    are dynamic."""
+    out = list(shape)
+    if 0 in dynamic and out:
+        out[0] += 1
+    if len(shape) == 4 and 2 in dynamic and 3 in dynamic:
+        out[2] += out[2] // 4 + 3
+        out[3] += out[3] // 3 + 2
+    return tuple(out)
+
+
+def _quiet():
+    """Silence the exporter's progress lines and symbolic-shape chatter; errors still propagate."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export", "torch.onnx",
+                 "torch._export"):
+        logger = logging.getLogger(name)
+        old = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, old)
+    return stack
+
+
+def _torch_export(module: DeployModule, args, dynamic_axes: Dict[str, List[int]]):
+    dims = tuple({a: torch.export.Dim.AUTO for a in dynamic_axes.get(n, [])} or None
+                 for n in module.input_names)
+    errors = []
+    for strict in (False, True):
+        try:
+            with _quiet():
+                return torch.export.export(module, args, dynamic_shapes=(dims,), strict=strict)
+        except Exception as e:  # noqa: BLE001 - try the other tracer, then localise
+            errors.append(e)
+    raise errors[-1]
+
+
+def _dynamic_axes_of(ep, module: DeployModule) -> Dict[str, List[int]]:
+    """Axes of each input that stayed symbolic in the exported program."""
+    out = {}
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user_inputs = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    by_name = {n.name: n for n in placeholders}
+    for name, ph in zip(module.input_names, user_inputs):
+        val = by_name[ph].meta.get("val")
+        if val is None:
+            continue
+        out[name] = [i for i, d in enumerate(val.shape) if not isinstance(d, int)]
+    return out
+
+
+def _localise(module: DeployModule, inputs: Dict[str, torch.Tensor], exc: Exception) -> ExportError:
+    """Find the first layer that torch.export cannot trace on its own; an ExportError naming it."""
+    env = dict(inputs)
+    net = module.net
+    with torch.no_grad():
+        for node in net.nodes:
+            layer = module.swapped[node.key] if node.key in module.swapped else getattr(net, node.key)
+            if getattr(layer, "is_input", False):
+                continue
+            xs = tuple(env[b] for b in node.bottoms)
+            try:
+                with _quiet():
+                    torch.export.export(_Call(layer), xs, strict=False)
+            except Exception as e:  # noqa: BLE001
+                text = str(e).strip().splitlines()
+                return ExportError(f"{node.where}layer '{node.name}' ({node.type}) cannot be exported: "
+                                   f"{text[0] if text else type(e).__name__}")
+            out = layer(*xs)
+            for t, v in zip(node.tops, out if isinstance(out, (tuple, list)) else (out,)):
+                env[t] = v
+    first = str(exc).strip().splitlines()
+    return ExportError(f"torch.export failed: {first[0] if first else type(exc).__name__}")
+
+
+class _Call(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *xs):
+        return self.layer(*xs)
+
+
+def _netspec_outputs(net: CaffeNet, inputs: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = net.forward(inputs)
+    return {k: v.float().numpy() for k, v in out.items() if k != "__loss__"}
+
+
+def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = None,
+           torchscript: Optional[str] = None, exported_program: Optional[str] = None,
+           dynamic_hw: bool = False, opset: Optional[int] = None, check: bool = True, tol: float = 1e-5,
+           input_shapes: Optional[Dict[str, Sequence[int]]] = None, seed: int = 0,
+           echo: Callable[[str], None] = lambda s: None) -> ExportReport:
+    """Export ``model`` (a prototxt path, NetParameter, ``Net`` or ``CaffeNet``; ``weights``: a caffemodel
+    for a prototxt) to ONNX (``onnx_path``), TorchScript (``torchscript``) and/or a torch.export program
+    (``exported_program``, ``.pt2``). ``check`` compares each against netspec on random inputs (and, when
+    dynamic, on a second input size): an error above ``tol`` raises ExportError. ``echo`` receives progress
+    and the error lines. Returns an :class:`ExportReport`."""
+    from .net import Net, TEST
+    if isinstance(model, CaffeNet):
+        net = model
+    elif isinstance(model, Net):
+        net = model.module
+    else:
+        net = Net(model, TEST, weights=weights, device=torch.device("cpu")).module
+        if not weights:
+            echo("note: no weights given: exporting the fillers' initial values")
+    net = net.to("cpu").eval()
+    opset_for_check = opset if onnx_path else None
+    replacements, notes = check_exportable(net, opset=opset_for_check, dynamic_hw=dynamic_hw)
+    report = ExportReport(opset=(opset or DEFAULT_OPSET) if onnx_path else None, notes=notes)
+    for n in notes:
+        echo(f"note: {n}")
+    if not net.output_blobs:
+        raise ExportError("the net has no output blob")
+    module = DeployModule(net, replacements).eval()
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _example_inputs(net, input_shapes, gen)
+    report.input_shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+    args = tuple(inputs[n] for n in module.input_names)
+    want_dynamic = {n: ([0, 2, 3] if dynamic_hw else [0]) if t.dim() == 4 else [0]
+                    for n, t in inputs.items()}
+    # torch.export specialises size-1 dims: trace a batch of 2 so the batch stays dynamic where it can.
+    wide = tuple(a.repeat(2, *([1] * (a.dim() - 1))) if a.dim() and a.shape[0] == 1 else a for a in args)
+    with torch.no_grad():
+        try:
+            ep = _torch_export(module, wide, want_dynamic)
+        except Exception:  # noqa: BLE001 - e.g. a Reshape that fixes the batch: trace as given
+            try:
+                ep = _torch_export(module, args, want_dynamic)
+            except Exception as e:  # noqa: BLE001
+                raise _localise(module, inputs, e) from e
+    report.dynamic = _dynamic_axes_of(ep, module)
+    if dynamic_hw:
+        fixed = [n for n, t in inputs.items() if t.dim() == 4 and not {2, 3} <= set(report.dynamic.get(n, []))]
+        if fixed:
+            raise ExportError(f"input(s) {', '.join(fixed)}: the net only runs at the example H x W "
+                              f"{', '.join(str(tuple(inputs[n].shape[2:])) for n in fixed)} (a layer such as "
+                              "InnerProduct or Reshape fixes the spatial size); export without --dynamic-hw")
+    second = None
+    if check:
+        second = {n: torch.randn(_second_shape(tuple(t.shape), report.dynamic.get(n, [])), generator=gen)
+                  for n, t in inputs.items()}
+        if all(second[n].shape == inputs[n].shape for n in inputs):
+            second = None
+    cases = [inputs] + ([second] if second is not None else [])
+    expected = [_netspec_outputs(net, c) for c in cases]
+
+    def record(what, run):
+        for case, want in zip(cases, expected):
+            got = run(case)
+            shape = " ".join("x".join(map(str, case[n].shape)) for n in module.input_names)
+            for name, g in zip(module.output_names, got):
+                err = relative_error(g, want[name])
+                report.checks.append((what, shape, name, err))
+                echo(f"{what}: input {shape}: output '{name}' {tuple(np.shape(g))}: relative error {err:.3g} "
+                     f"(tolerance {tol:g})")
+                if not err <= tol:
+                    raise ExportError(f"{what} differs from netspec on input {shape}: output '{name}' "
+                                      f"relative error {err:.3g} > {tol:g}")
+
+    if onnx_path:
+        _write_onnx(ep, module, onnx_path, opset, report)
+        echo(f"wrote {onnx_path} (opset {report.opset}; dynamic axes "
+             f"{ {k: v for k, v in report.dynamic.items()} })")
+        if check:
+            import onnxruntime as ort
+            sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+            record("onnxruntime", lambda c: sess.run(None, {k: c[n].numpy() for k, n in
+                                                            zip(names, module.input_names)}))
+    if exported_program:
+        torch.export.save(ep, exported_program)
+        report.exported_program = exported_program
+        echo(f"wrote {exported_program} (torch.export program)")
+        if check:
+            loaded = torch.export.load(exported_program).module()
+            record("torch.export", lambda c: _run_torch(loaded, c, module.input_names))
+    if torchscript:
+        with torch.no_grad(), _quiet():
+            try:
+                traced = torch.jit.trace(module, args, check_trace=False)
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"torch.jit.trace failed: {str(e).splitlines()[0] if str(e) else e}") from e
+        traced.save(torchscript)
+        report.torchscript = torchscript
+        echo(f"wrote {torchscript} (TorchScript, traced)")
+        if check:
+            loaded_ts = torch.jit.load(torchscript)
+            record("torchscript", lambda c: _run_torch(loaded_ts, c, module.input_names))
+    return report
+
+
+def _run_torch(fn, case, names):
+    with torch.no_grad():
+        out = fn(*[case[n] for n in names])
+    return [o.numpy() for o in out]
+
+
+def _write_onnx(ep, module: DeployModule, path: str, opset: Optional[int], report: ExportReport) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({e}): "
+                          "pip install onnx onnxscript onnxruntime") from None
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1_800_000_000
+    try:
+        with _quiet():
+            program = torch.onnx.export(ep, (), None, dynamo=True, opset_version=opset or DEFAULT_OPSET,
+                                        input_names=module.input_names, output_names=module.output_names,
+                                        external_data=big, optimize=True)
+            program.save(path, external_data=big)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"torch.onnx.export failed at opset {opset or DEFAULT_OPSET}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    report.onnx = path
+    report.opset = opset or DEFAULT_OPSET
