@@ -17,6 +17,7 @@ setup(
         "lmdb>=1.4",
         "opencv-python-headless>=4.5,<5",
         "tqdm>=4.60",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "grpcio-tools>=1.62"],

@@ -16,8 +16,20 @@ class Blob:
     """A named N-D array pair as pycaffe exposes it. A scalar loss has ``shape == ()``."""
 
     def __init__(self, shape=(), data: torch.Tensor = None):
-        self._data = data.detach() if data is not None else torch.zeros(tuple(shape))
+        self._t = data.detach() if data is not None else None
+        self._shape = tuple(shape) if data is None else tuple(data.shape)
         self._diff = None
+
+    @property
+    def _data(self) -> torch.Tensor:
+        if self._t is None:  # allocated on first use: a built net holds no activation memory until it runs
+            self._t = torch.zeros(self._shape)
+        return self._t
+
+    @_data.setter
+    def _data(self, t: torch.Tensor):
+        self._t = t
+        self._shape = tuple(t.shape)
 
     @property
     def data(self) -> np.ndarray:
@@ -29,8 +41,8 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        if self._diff is None or self._diff.shape != self._data.shape:
-            self._diff = torch.zeros_like(self._data, device="cpu", dtype=torch.float32)
+        if self._diff is None or tuple(self._diff.shape) != self.shape:
+            self._diff = torch.zeros(self.shape)
         return _np(self._diff)
 
     @diff.setter
@@ -39,7 +51,7 @@ class Blob:
 
     @property
     def shape(self):
-        return tuple(self._data.shape)
+        return self._shape if self._t is None else tuple(self._t.shape)
 
     @property
     def count(self) -> int:
@@ -59,7 +71,8 @@ class Blob:
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
         if shape != self.shape:
-            self._data = torch.zeros(shape)
+            self._t = None
+            self._shape = shape
             self._diff = None
 
     def _set(self, tensor: torch.Tensor):
@@ -78,6 +91,10 @@ class ParamBlob(Blob):
     @property
     def _data(self):
         return self._param.data
+
+    @property
+    def shape(self):
+        return tuple(self._param.shape)
 
     @property
     def data(self) -> np.ndarray:

@@ -421,7 +421,7 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
                                       f"relative error {err:.3g} > {tol:g}")
 
     if onnx_path:
-        _write_onnx(ep, module, onnx_path, opset, report)
+        _write_onnx(ep, module, args, onnx_path, opset, report)
         echo(f"wrote {onnx_path} (opset {report.opset}; dynamic axes "
              f"{ {k: v for k, v in report.dynamic.items()} })")
         if check:
@@ -458,22 +458,61 @@ def _run_torch(fn, case, names):
     return [o.numpy() for o in out]
 
 
-def _write_onnx(ep, module: DeployModule, path: str, opset: Optional[int], report: ExportReport) -> None:
+def _file_opset(path: str) -> Optional[int]:
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int], report: ExportReport) -> None:
+    """ONNX through the torch.export-based exporter; for an opset it cannot write (it converts down from 18
+    with onnx's version converter, silently keeping 18 when that fails) through torch's TorchScript-based
+    exporter. The opset actually written is checked."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({e}): "
                           "pip install onnx onnxscript onnxruntime") from None
+    target = opset or DEFAULT_OPSET
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1_800_000_000
+    errors = []
     try:
         with _quiet():
-            program = torch.onnx.export(ep, (), None, dynamo=True, opset_version=opset or DEFAULT_OPSET,
+            program = torch.onnx.export(ep, (), None, dynamo=True, opset_version=target,
                                         input_names=module.input_names, output_names=module.output_names,
                                         external_data=big, optimize=True)
             program.save(path, external_data=big)
+        written = _file_opset(path)
+        if written == target:
+            report.onnx, report.opset = path, written
+            return
+        errors.append(f"the torch.export-based exporter wrote opset {written}")
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"torch.onnx.export failed at opset {opset or DEFAULT_OPSET}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
-    report.onnx = path
-    report.opset = opset or DEFAULT_OPSET
+        errors.append(f"the torch.export-based exporter failed: {_first_line(e)}")
+    axes = {}
+    for name in module.input_names:
+        dyn = report.dynamic.get(name, [])
+        if dyn:
+            axes[name] = {a: f"{name}_{'NCHW'[a] if a < 4 else a}" for a in dyn}
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(module, args, path, dynamo=False, opset_version=target,
+                              input_names=module.input_names, output_names=module.output_names,
+                              dynamic_axes=axes or None)
+        written = _file_opset(path)
+        if written == target:
+            report.onnx, report.opset = path, written
+            report.notes.append(f"opset {target} written by torch's TorchScript-based exporter")
+            return
+        errors.append(f"the TorchScript-based exporter wrote opset {written}")
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"the TorchScript-based exporter failed: {_first_line(e)}")
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    raise ExportError(f"cannot write ONNX opset {target}: " + "; ".join(errors))
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

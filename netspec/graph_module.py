@@ -157,6 +157,12 @@ class CaffeNet(nn.Module):
                     raise LayerError(f"{ident}: cannot run on bottom shapes "
                                      f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(lp.bottom, bshapes))}: {e}"
                                      ) from e
+            for t, sh in zip(lp.top, tshapes):
+                if any(d < 0 for d in sh):
+                    raise LayerError(f"{ident}: top '{t}' would have negative dimensions {tuple(sh)}")
+                if math.prod(sh) > 2 ** 31 - 1:
+                    raise LayerError(f"{ident}: top '{t}' of shape {tuple(sh)} has {math.prod(sh)} elements, more "
+                                     "than Caffe's limit of INT_MAX (2147483647) per blob; check the dims")
             if len(tshapes) != len(lp.top):
                 raise LayerError(f"{ident}: produced {len(tshapes)} tops, the prototxt names {len(lp.top)}")
             for t, s in zip(lp.top, tshapes):

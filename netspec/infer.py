@@ -3,8 +3,8 @@
 Images are prepared as the FCN data layers prepare them: read as BGR, the BGR mean subtracted, multiplied by
 ``scale``, laid out 1x3xHxW; the deploy net's Input is reshaped to each image's size. Colours: the PASCAL VOC
 palette (the standard bit-interleaving colour map) for up to 21 classes, else a deterministic set of
-distinct colours (golden-ratio hues over a few saturation/value levels) for any number of classes; the ignore
-label 255 keeps VOC's void colour in both.
+well separated colours (greedy farthest-point picks in CIE Lab) for any number of classes; the ignore label 255
+keeps VOC's void colour in both.
 """
 import argparse
 import logging

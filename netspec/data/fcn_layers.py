@@ -22,7 +22,8 @@ Files, means and labels are upstream's:
 
 * VOC: ``{voc_dir}/ImageSets/Segmentation/{split}.txt``, ``JPEGImages/{id}.jpg``, ``SegmentationClass/{id}.png``
   (the PNG's **palette indices**, 255 = void). SBD: ``{sbdd_dir}/{split}.txt``, ``img/{id}.jpg``,
-  ``cls/{id}.mat`` variable ``GTcls``, field ``Segmentation``. Mean = param_str ``mean``.
+  ``cls/{id}.mat`` variable ``GTcls``, field ``Segmentation``. Mean = param_str ``mean`` (upstream requires
+  it; here it defaults to FCN's (104.00699, 116.66877, 122.67892)).
 * SIFT Flow: ``{siftflow_dir}/{split}.txt``; ``Images/``, ``SemanticLabels/``, ``GeoLabels/`` each with
   ``spatial_envelope_256x256_static_8outdoorcategories/{id}.jpg|.mat`` (variable ``S``). Mean (114.578, 115.294,
   108.353). Geometric -1 becomes 0; then both labels are cast to uint8 and decremented there, so 0 wraps to
@@ -229,7 +230,10 @@ def load_mat(path, var: str, *fields: str, where: str = "") -> np.ndarray:
     try:
         m = scipy.io.loadmat(path, variable_names=[var])
     except NotImplementedError:  # v7.3 = HDF5; MATLAB stores column-major, hence the transpose
-        import h5py
+        try:
+            import h5py
+        except ImportError:
+            raise DataError(f"{pre} is a MATLAB v7.3 (HDF5) file; reading it needs h5py: pip install h5py") from None
         with h5py.File(path, "r") as f:
             if var not in f:
                 raise DataError(f"{pre} has no variable '{var}' (it has {sorted(f.keys())})") from None

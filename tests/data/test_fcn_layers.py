@@ -57,7 +57,8 @@ def write_palette_png(path, idx, filters=(0,)):
     def chunk(t, body):
         return struct.pack(">I", len(body)) + t + body + struct.pack(">I", zlib.crc32(t + body) & 0xFFFFFFFF)
     data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
-            + chunk(b"PLTE", voc_colormap().tobytes()) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+            + chunk(b"PLTE", voc_colormap().tobytes()) + chunk(b"IDAT", zlib.compress(bytes(raw)))
+            + chunk(b"IEND", b""))
     Path(path).write_bytes(data)
 
 
@@ -200,6 +201,21 @@ def test_read_index_png_matches_pil_for_low_bit_depths_and_greyscale(tmp_path):
     cv2.imwrite(str(tmp_path / "c.png"), np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(DataError, match="3-channel colour image"):
         F.read_index_png(tmp_path / "c.png")
+
+
+def test_load_mat_reads_v5_structs_and_v73_hdf5(tmp_path):
+    seg = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    _savemat(tmp_path / "v5.mat", {"GTcls": {"Segmentation": seg}})
+    assert np.array_equal(F.load_mat(tmp_path / "v5.mat", "GTcls", "Segmentation"), seg)
+    with pytest.raises(DataError, match="has no variable 'S'"):
+        F.load_mat(tmp_path / "v5.mat", "S")
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:     # MATLAB -v7.3: HDF5 behind a 512-byte header
+        f.create_group("GTcls")["Segmentation"] = seg.T      # column-major
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file".ljust(116) + bytes(8) + b"\x00\x02IM")
+    assert np.array_equal(F.load_mat(path, "GTcls", "Segmentation"), seg)
 
 
 # -- each layer through a net ---------------------------------------------------------------------------------

@@ -101,6 +101,10 @@ def test_distinct_palette_for_many_classes():
     p = infer.distinct_palette(151)
     assert len({tuple(c) for c in p[:151]}) == 151 and p[0].tolist() == [0, 0, 0]
     np.testing.assert_array_equal(p, infer.distinct_palette(151))  # deterministic
+    c = p[:151].astype(np.int64)
+    d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)) + np.eye(151) * 1e9
+    assert d.min() >= 25  # well apart, not just unequal
+    assert p[255].tolist() == [224, 224, 192]
     assert infer.palette_for(21)[:21].tolist() == infer.voc_palette()[:21].tolist()
     assert infer.palette_for(150).tolist() == infer.distinct_palette(150).tolist()
     assert len({tuple(c) for c in infer.distinct_palette(300)}) == 300
