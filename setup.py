@@ -20,6 +20,7 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "grpcio-tools>=1.62"],
+        "datasets": ["scipy>=1.8", "h5py>=3.6"],
+        "test": ["pytest>=7", "hypothesis>=6", "grpcio-tools>=1.62", "scipy>=1.8", "h5py>=3.6"],
     },
 )
