@@ -421,7 +421,10 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
                                       f"relative error {err:.3g} > {tol:g}")
 
     if onnx_path:
+        before = len(report.notes)
         _write_onnx(ep, module, args, onnx_path, opset, report)
+        for n in report.notes[before:]:
+            echo(f"note: {n}")
         echo(f"wrote {onnx_path} (opset {report.opset}; dynamic axes "
              f"{ {k: v for k, v in report.dynamic.items()} })")
         if check:

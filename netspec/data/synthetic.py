@@ -65,6 +65,18 @@ def pack(root: str, n_train: int = 400, n_val: int = 50, size: int = 64, seed: i
     return root
 
 
+def export_images(root: str, split: str, out_dir: str) -> int:
+    """Write the ``split`` images of a packed dataset as PNG files (for tools/infer.py). Returns the count."""
+    from .datum import decode_datum, parse_datum
+    from .lmdb_io import LMDBReader
+    reader = LMDBReader(os.path.join(root, split, "images"))
+    os.makedirs(out_dir, exist_ok=True)
+    for i in range(len(reader)):
+        chw = decode_datum(parse_datum(reader[i], key=i), key=i)
+        cv2.imwrite(os.path.join(out_dir, f"{split}_{i:04d}.png"), np.ascontiguousarray(chw.transpose(1, 2, 0)))
+    return len(reader)
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(description="Generate and pack the synthetic demo segmentation dataset")
@@ -73,7 +85,15 @@ def main(argv=None):
     p.add_argument("--val", type=int, default=50)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--export-images", metavar="DIR", help="also write the val images as PNG files into DIR")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     pack(a.root, a.train, a.val, a.size, a.seed)
     print(f"wrote {a.root}/train and {a.root}/val")
+    if a.export_images:
+        n = export_images(a.root, "val", a.export_images)
+        print(f"wrote {n} val images to {a.export_images}")
+
+
+if __name__ == "__main__":
+    main()
