@@ -1,0 +1,148 @@
+"""pycaffe's surface: `import netspec as caffe` runs typical pycaffe code."""
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import netspec as caffe
+from netspec.errors import WeightsError
+
+NET = textwrap.dedent("""
+    name: "surface"
+    force_backward: true
+    layer { name: "input" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } shape { dim: 2 dim: 1 dim: 6 dim: 6 } } }
+    layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+      convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+    layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+    layer { name: "sq" type: "Python" bottom: "conv1" top: "sq"
+      python_param { module: "pysquare" layer: "Square" param_str: "{'k': 0.5}" } }
+    layer { name: "score" type: "Convolution" bottom: "sq" top: "score"
+      convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" loss_weight: 2 }
+""")
+
+PYLAYER = textwrap.dedent("""
+    import netspec as caffe
+    from netspec.layers.python import parse_param_str
+
+    class Square(caffe.Layer):
+        '''top = k * bottom^2, with its own numpy backward.'''
+        def setup(self, bottom, top):
+            self.k = parse_param_str(self.param_str)["k"]
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+        def forward(self, bottom, top):
+            top[0].data[...] = self.k * bottom[0].data ** 2
+        def backward(self, top, propagate_down, bottom):
+            if propagate_down[0]:
+                bottom[0].diff[...] = 2 * self.k * bottom[0].data * top[0].diff
+""")
+
+
+@pytest.fixture
+def net_file(tmp_path, monkeypatch):
+    (tmp_path / "pysquare.py").write_text(PYLAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("pysquare", None)
+    p = tmp_path / "net.prototxt"
+    p.write_text(NET)
+    return p
+
+
+def _fill(net, seed=0):
+    rng = np.random.default_rng(seed)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, 3, net.blobs["label"].shape)
+
+
+def test_constructor_forms_and_blob_api(net_file, tmp_path):
+    torch.manual_seed(0)
+    net = caffe.Net(str(net_file), caffe.TEST)
+    w = tmp_path / "w.caffemodel"
+    net.save(str(w))
+    for other in (caffe.Net(str(net_file), str(w), caffe.TEST),
+                  caffe.Net(str(net_file), caffe.TEST, weights=str(w)),
+                  caffe.Net(str(net_file), phase=caffe.TEST, weights=str(w))):
+        for layer in net.params:
+            for a, b in zip(net.params[layer], other.params[layer]):
+                np.testing.assert_array_equal(a.data, b.data)
+    assert net.inputs == ["data", "label"] and net.outputs == ["loss"]
+    assert list(net.params) == ["conv1", "score"]
+    assert net.params["conv1"][0].data.shape == (4, 3, 3, 3)
+    _fill(net)
+    out = net.forward()
+    assert net.blobs["loss"].shape == () and out["loss"].shape == ()
+    net.blobs["data"].reshape(1, 3, 8, 8)
+    net.blobs["label"].reshape(1, 1, 8, 8)
+    net.reshape()
+    assert net.blobs["score"].shape == (1, 3, 8, 8)
+
+
+def test_python_layer_backward_inplace_and_loss_diff(net_file):
+    torch.manual_seed(0)
+    net = caffe.Net(str(net_file), caffe.TRAIN)
+    _fill(net)
+    net.forward()
+    x = torch.from_numpy(net.blobs["data"].data.copy()).requires_grad_()
+    w1, b1 = (torch.from_numpy(p.data.copy()) for p in net.params["conv1"])
+    w2, b2 = (torch.from_numpy(p.data.copy()) for p in net.params["score"])
+    c = torch.nn.functional.conv2d(x, w1, b1, padding=1)
+    c.retain_grad()
+    r = torch.relu(c)
+    s = torch.nn.functional.conv2d(0.5 * r ** 2, w2, b2)
+    lab = torch.from_numpy(net.blobs["label"].data[:, 0].astype(np.int64))
+    loss = torch.nn.functional.cross_entropy(s, lab, reduction="mean")
+    assert float(net.blobs["loss"].data) == pytest.approx(float(loss.detach()), rel=1e-5)
+    (2 * loss).backward()
+    net.clear_param_diffs()
+    net.backward()
+    assert float(net.blobs["loss"].diff) == 2.0                      # a loss blob's diff is its loss_weight
+    np.testing.assert_allclose(net.blobs["data"].diff, x.grad.numpy(), rtol=1e-4, atol=1e-6)
+    # in-place conv1: data = ReLU output, diff = gradient w.r.t. the convolution's output
+    np.testing.assert_allclose(net.blobs["conv1"].data, r.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["conv1"].diff, c.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_forward_start_end_and_hooks(net_file):
+    torch.manual_seed(0)
+    net = caffe.Net(str(net_file), caffe.TEST)
+    _fill(net)
+    seen = []
+    net.before_forward(lambda i: seen.append(("b", i)))
+    net.after_forward(lambda i: seen.append(("a", i)))
+    net.forward(end="relu1")
+    assert seen == [("b", 0), ("a", 0), ("b", 1), ("a", 1), ("b", 2), ("a", 2)]
+    relu = net.blobs["conv1"].data.copy()
+    net.blobs["conv1"].data[...] = 0
+    net.forward(start="sq")
+    assert not net.blobs["sq"].data.any()                        # started from the edited blob
+    assert relu.any()
+
+
+def test_copy_from_shape_mismatch_names_the_layer(net_file, tmp_path):
+    net = caffe.Net(str(net_file), caffe.TEST)
+    w = tmp_path / "w.caffemodel"
+    net.save(str(w))
+    (tmp_path / "other.prototxt").write_text(NET.replace("num_output: 4", "num_output: 5").replace(
+        'name: "surface"', 'name: "other"'))
+    with pytest.raises(WeightsError, match=r"Cannot copy param 0 weights from layer 'conv1'; shape mismatch.*"
+                                           r"rename the layer"):
+        caffe.Net(str(tmp_path / "other.prototxt"), str(w), caffe.TEST)
+
+
+def test_share_with_uses_the_same_tensors(net_file):
+    a = caffe.Net(str(net_file), caffe.TRAIN)
+    b = caffe.Net(str(net_file), caffe.TEST)
+    b.share_with(a)
+    a.params["conv1"][0].data[...] = 3.0
+    assert (b.params["conv1"][0].data == 3.0).all()
+
+
+def test_forbidding_python_layers(net_file, monkeypatch):
+    from netspec.layers import python
+    monkeypatch.setattr(python, "FORBID", True)
+    with pytest.raises(caffe.NetspecError, match="forbidden"):
+        caffe.Net(str(net_file), caffe.TEST)
