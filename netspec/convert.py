@@ -16,7 +16,7 @@ A state dict written here has exactly the keys of ``Net(prototxt, TEST).module.s
   InnerProduct, Embed: ``weight`` (blob 0), ``bias`` (blob 1); Scale: ``weight``, ``bias`` (with a 2nd
   bottom only ``bias``); Bias: ``bias``; PReLU, Parameter: ``weight``; BatchNorm: ``mean``, ``variance``,
   ``scale_factor`` (Caffe's un-normalised accumulators and the scale-factor blob, stored as they are);
-  LSTM/RNN: the names of :mod:`netspec.layers.recurrent`.
+  any other type (LSTM, RNN, ...): the names its netspec module registers, in Caffe's blob order.
 * Tensors have the module's shapes, which are Caffe's blob shapes (Convolution weight
   ``(num_output, C/group, kh, kw)``, Deconvolution ``(C, num_output/group, kh, kw)``, InnerProduct
   ``(num_output, K)`` or ``(K, num_output)`` with ``transpose``). Blobs stored with legacy 4-D dims
@@ -28,8 +28,13 @@ reported and left out of the state dict; caffemodel layers that P lacks are igno
 Without a prototxt the net is built from the caffemodel's own layer list (a Caffe-written caffemodel holds
 every layer with its parameters, Split layers included), so the keys are the same. Where that net cannot be
 built (e.g. a TRAIN-phase snapshot whose Data layer reads an LMDB that is not here) the keys are derived from
-the layer list alone: ``<key>.<attr>`` as above for the types listed there and ``<key>.<blob index>``
-(``conv1.0``, ``conv1.1``) for any other type; legacy blobs then keep their stored 4-D shape.
+the layer list alone: ``<key>.<attr>`` as above for the types named there (Convolution ... BatchNorm) and
+``<key>.<blob index>`` (``lstm1.0``, ``lstm1.1``, or ``norm.0`` for a type netspec does not know) for any
+other type; blobs then keep their stored shape (legacy 4-D dims included). The reverse direction accepts
+those index keys too.
+
+Duplicate layer names follow Caffe: a caffemodel layer fills the *last* net layer of its name, and a
+name the caffemodel holds twice leaves the last one's blobs.
 
 The reverse direction (``.pt`` -> ``.caffemodel``) needs the prototxt: the module built from it says which
 key is which blob; every key must be present with the module's shape. The caffemodel is written as Caffe's
@@ -54,8 +59,15 @@ coming from a Convolution (or Deconvolution, or InnerProduct) whose output feeds
 
 computed in float64, stored as float32. The BatchNorm and Scale layers are removed, the convolution's top
 becomes the name the removed layers wrote (so ReLU, in-place or not, and later layers read it unchanged), and
-``bias_term: true`` is set. A BatchNorm with ``use_global_stats: false``, or whose input blob is also read by
-another layer, is left alone (and reported). The folded prototxt is written with ``out_prototxt``.
+``bias_term: true`` is set. Only a Scale with one bottom, ``axis: 1`` and ``num_axes: 1`` that alone reads
+the BatchNorm's output is folded with it. A BatchNorm with ``use_global_stats: false``, after any other layer
+type, or whose input blob is also read by another layer, is left alone (and reported). The folded prototxt is
+written with ``out_prototxt`` (for a caffemodel's own layer list without the Split layers Caffe inserted).
+
+Memory: a caffemodel is read with :func:`netspec.binary.read_caffemodel` (mmap, float data straight into
+numpy), the net that names the blobs is built on the ``meta`` device (no parameter memory, no filler time),
+state-dict tensors share the arrays' memory, and a ``.pt`` is read memory-mapped: converting a 550 MB VGG16
+takes about 1.15x the file size above the interpreter (``bench/bench_convert.py``).
 """
 
 from __future__ import annotations
@@ -63,12 +75,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import zipfile
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -309,9 +320,8 @@ def load_state_dict(path: str) -> "OrderedDict[str, torch.Tensor]":
             if isinstance(obj.get(k), dict):
                 obj = obj[k]
                 break
-    if not isinstance(obj, dict) or not obj:
-        raise FormatError(f"{path}: expected a state dict (a dict of tensors), found "
-                          f"{type(obj).__name__}{' (empty)' if isinstance(obj, dict) else ''}")
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: expected a state dict (a dict of tensors), found {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise FormatError(f"{path}: expected a state dict of tensors; key {bad[0]!r} holds a "
@@ -445,11 +455,11 @@ def _match(module: CaffeNet, weights: Weights, src: str, net_src: str, report: C
 
 
 def _to_tensor(arr: np.ndarray, dtype: torch.dtype, where: str) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    t = torch.from_numpy(np.asarray(arr, dtype=np.float32, order="C"))
     if dtype == torch.float32:
         return t
     if dtype == torch.float16:
-        big = float(np.abs(arr).max()) if arr.size else 0.0
+        big = max(float(arr.max()), -float(arr.min())) if arr.size else 0.0  # no |arr| temporary
         if big > float(torch.finfo(torch.float16).max):
             raise ConvertError(f"{where}: values up to {big:g} overflow float16 (max 65504); keep float32"
                                " (BatchNorm accumulators are var * scale factor: --fold-bn removes them)")
@@ -460,10 +470,11 @@ def weights_to_state_dict(weights: Weights, net: Optional[caffe_pb2.NetParameter
                           phase: Optional[int] = None, where: Callable[[int], str] = lambda i: "",
                           dtype: torch.dtype = torch.float32, src: str = "the caffemodel",
                           net_src: str = "the net", report: Optional[ConvertReport] = None,
-                          strict: bool = False, allow_layer_list: bool = False):
+                          strict: bool = False, allow_layer_list: bool = False, consume: bool = False):
     """The state dict (``OrderedDict`` key -> tensor, in ``module.state_dict()`` order) of ``weights`` for the
     netspec module of ``net``. See the module docstring for the keys. ``allow_layer_list``: when the net
-    cannot be built, derive keys from the layer list instead of failing."""
+    cannot be built, derive keys from the layer list instead of failing. ``consume``: drop each layer's
+    arrays from ``weights`` once converted (float16 output then never holds both copies of the model)."""
     report = report if report is not None else ConvertReport(src, "")
     if phase is None:
         phase = _net_phase(net) if net is not None else TEST
@@ -490,8 +501,11 @@ def weights_to_state_dict(weights: Weights, net: Optional[caffe_pb2.NetParameter
     matched = _match(module, weights, src, net_src, report, require_all=strict)
     produced = {}
     for node, pairs in matched:
-        for key, arr in pairs:
+        for j, (key, arr) in enumerate(pairs):
             produced[key] = _to_tensor(arr, dtype, f"layer '{node.name}' ({node.type})")
+            pairs[j] = (key, None)
+        if consume and node.name in weights:  # let the float32 arrays go as we convert
+            weights[node.name].arrays = [None] * len(weights[node.name].arrays)
         report.layers += 1
     for key in module.state_dict().keys():
         if key in produced:
@@ -729,7 +743,7 @@ class _BlobSource:
 def _write_caffemodel(path: str, module: CaffeNet, weights: Weights, net_param, src: str, net_src: str,
                       report: ConvertReport) -> None:
     matched = _match(module, weights, src, net_src, report, require_all=True)
-    blobs = {node.index: [np.ascontiguousarray(a, np.float32) for _, a in pairs] for node, pairs in matched}
+    blobs = {node.index: [np.asarray(a, dtype=np.float32, order="C") for _, a in pairs] for node, pairs in matched}
     # Shared params (ParamSpec.name) appear in every sharing layer, as Caffe writes them.
     for node in module.nodes:
         if node.index not in blobs and module.layer_blobs(node.index):
@@ -779,7 +793,8 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
 
     * caffemodel -> pt: a state dict (:func:`torch.save`, loadable with ``weights_only=True``);
     * pt -> caffemodel: needs ``prototxt_path``; written as Caffe's ``net.save()``;
-    * caffemodel -> caffemodel (upgrade V1, fold), pt -> pt (fold, fp16) work too.
+    * caffemodel -> caffemodel (upgrade V1, fold) and pt -> pt (fold with a prototxt; fp16 without one)
+      work too.
 
     ``fp16`` stores float16 tensors (``.pt`` only: caffemodels hold float32). ``fold_bn`` folds BatchNorm
     (+Scale) into the preceding layer; ``out_prototxt`` writes the net definition used (folded, Split layers
@@ -806,6 +821,19 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
             net_src, own = prototxt_path, False
         else:
             phase = _net_phase(net, phase)
+    elif dst_kind == "torch" and not prototxt_path and not fold_bn and not out_prototxt:
+        # .pt -> .pt without a net: a change of dtype only (e.g. --fp16), keys kept.
+        state = load_state_dict(src)
+        out = OrderedDict()
+        for k, v in state.items():
+            out[k] = (_to_tensor(v.detach().float().numpy(), dtype, f"key '{k}'")
+                      if v.is_floating_point() else v)
+        _save_state_dict(out, dst)
+        report.layers = len({k.rsplit(".", 1)[0] for k in out})
+        report.parameters = sum(v.numel() for v in out.values())
+        report.key_source = f"the keys of {src}"
+        report.bytes_written = os.path.getsize(dst)
+        return report
     else:
         if not prototxt_path:
             raise ConvertError(f"{src} -> {dst}: a state dict does not say which key is which Caffe blob; "
@@ -820,12 +848,10 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
         where = lambda i: ""  # noqa: E731
         if not report.folded:
             report.notes.append("no BatchNorm layer could be folded")
-    if out_prototxt:
-        prototxt.write_text(strip_splits(net) if own else net, out_prototxt)
-        report.notes.append(f"net definition written to {out_prototxt}")
     if dst_kind == "torch":
         state = weights_to_state_dict(weights, net, phase=phase, where=where, dtype=dtype, src=src,
-                                      net_src=net_src, report=report, strict=strict, allow_layer_list=own)
+                                      net_src=net_src, report=report, strict=strict, allow_layer_list=own,
+                                      consume=True)
         _save_state_dict(state, dst)
     else:
         try:
@@ -844,6 +870,9 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
             report.key_source = net_src
             _write_caffemodel(dst, module, weights, net, src, net_src, report)
     report.bytes_written = os.path.getsize(dst)
+    if out_prototxt:
+        prototxt.write_text(strip_splits(net) if own else net, out_prototxt)
+        report.notes.append(f"net definition written to {out_prototxt}")
     return report
 
 

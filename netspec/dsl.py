@@ -227,7 +227,8 @@ def _fill_message(msg: Message, value, where: str):
     if isinstance(value, Message):
         if value.DESCRIPTOR.full_name != msg.DESCRIPTOR.full_name:
             raise DSLError(f"{where}: expected {msg.DESCRIPTOR.name}, got {value.DESCRIPTOR.name}")
-        msg.CopyFrom(value)
+        msg.Clear()  # by bytes: the value may come from another pool (load_proto's schema)
+        msg.MergeFromString(value.SerializeToString())
         return
     if not isinstance(value, dict):
         raise DSLError(f"{where}: expected a dict (or {msg.DESCRIPTOR.name}) for a message field, "

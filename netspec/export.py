@@ -1,20 +1,25 @@
 """Export a Caffe deploy net (prototxt + caffemodel) to ONNX, TorchScript or a ``torch.export`` program.
 
 :func:`export` builds ``Net(prototxt, weights, TEST)``, wraps its ``CaffeNet`` in :class:`DeployModule` (inputs:
-the Input blobs as positional tensors; outputs: the net outputs, Caffe's sorted order, as a tuple) and
+the Input blobs as positional tensors, named as in the prototxt; outputs: the net outputs in Caffe's sorted
+order, as a tuple) and
 
-* ``torch.export.export`` s it, with the batch and (``dynamic_hw``) H and W of every 4-D input dynamic;
-* writes ONNX with ``torch.onnx.export`` (the ``torch.export``-based exporter; needs ``onnx`` and
-  ``onnxscript``) and, with ``check``, runs it in ``onnxruntime`` on the same random input as netspec (and on
-  a second H x W when dynamic), printing the relative error max|ort - netspec| / max|netspec| per output;
-* optionally writes TorchScript (``torch.jit.trace``) and the ``torch.export`` program (``torch.export.save``),
-  checked the same way.
+* runs ``torch.export.export`` on it, with the batch (where the net allows) and, with ``dynamic_hw``, H and W
+  of every 4-D input dynamic;
+* writes ONNX with ``torch.onnx.export`` (the ``torch.export``-based exporter, which needs ``onnx`` and
+  ``onnxscript``; for an opset below 18, which that exporter cannot write, torch's TorchScript-based
+  exporter) and, with ``check``, runs it in ``onnxruntime`` on the same random input as netspec (and on a
+  second batch and H x W when those are dynamic), printing max|ort - netspec| / max|netspec| per output;
+* optionally writes TorchScript (``torch.jit.trace``) and the ``torch.export`` program
+  (``torch.export.save``), checked the same way.
 
 Layers whose netspec forward decides things in Python from the input size are replaced in the exported graph
 by shape-generic equivalents that give the same values (Pooling: torch's pooling with ``ceil_mode``, which is
 Caffe's output size rule whenever pad > 0 or stride <= kernel; global pooling: a reduction; Crop: a slice
-whose length is read from the reference blob). Layers that cannot be exported get an :class:`ExportError`
-naming the layer, its type and why (and the ONNX opset they need when ``opset`` is too low).
+whose length is read from the reference blob); Eltwise, BNLL and MVN run their forward without the custom
+autograd Functions netspec uses for Caffe's gradients (TorchScript cannot save those). Layers that cannot be
+exported get an :class:`ExportError` naming the layer, its type and why (and the ONNX opset they need when
+``opset`` is too low); a failure inside torch's exporter is traced back to the first layer that fails alone.
 """
 
 from __future__ import annotations
@@ -114,6 +119,73 @@ class _Crop(nn.Module):
         return x
 
 
+class _Eltwise(nn.Module):
+    """Caffe Eltwise forward without the custom autograd Functions (TorchScript cannot save those); the
+    values are the same (MAX ties pick equal values)."""
+
+    def __init__(self, op: str, coeffs: Sequence[float]):
+        super().__init__()
+        self.op, self.coeffs = op, list(coeffs)
+
+    def forward(self, *xs):
+        y = xs[0] * self.coeffs[0] if self.op == "SUM" and self.coeffs[0] != 1 else xs[0]
+        for i, x in enumerate(xs[1:], start=1):
+            if self.op == "SUM":
+                y = y + (x if self.coeffs[i] == 1 else x * self.coeffs[i])
+            elif self.op == "MAX":
+                y = torch.maximum(y, x)
+            else:
+                y = y * x
+        return y
+
+
+class _BNLL(nn.Module):
+    def forward(self, x):
+        return torch.where(x > 0, x + torch.log(1 + torch.exp(-x)), torch.log(1 + torch.exp(x)))
+
+
+class _MVN(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.normalize_variance, self.across_channels, self.eps = m.normalize_variance, m.across_channels, m.eps
+
+    def forward(self, x):
+        dims = tuple(range(1 if self.across_channels else 2, x.dim()))
+        if not dims:
+            return self._run(x.unsqueeze(-1), (x.dim(),)).squeeze(-1)
+        return self._run(x, dims)
+
+    def _run(self, x, dims):
+        xc = x - x.mean(dims, keepdim=True)
+        if not self.normalize_variance:
+            return xc
+        return xc / (torch.sqrt((xc * xc).mean(dims, keepdim=True)) + self.eps)
+
+
+class _ArgMax(nn.Module):
+    """Caffe ArgMax with ``topk`` on the reversed axis instead of a stable sort (ONNX has no stable sort):
+    ONNX TopK puts the lower index first among equal values, i.e. the higher original index, as Caffe's
+    ``partial_sort`` with ``greater<pair<value, index>>`` does."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.axis, self.top_k, self.out_max_val = m.axis, m.top_k, m.out_max_val
+
+    @staticmethod
+    def _topk(v, k):
+        vals, idx = torch.topk(v.flip(-1), k, dim=-1, largest=True, sorted=True)
+        return vals, (v.shape[-1] - 1) - idx
+
+    def forward(self, x):
+        if self.axis is not None:
+            vals, idx = self._topk(x.movedim(self.axis, -1), self.top_k)
+            out = vals if self.out_max_val else idx.to(x.dtype)
+            return out.movedim(-1, self.axis)
+        vals, idx = self._topk(x.reshape(x.shape[0], -1), self.top_k)
+        out = torch.stack([idx.to(x.dtype), vals], 1) if self.out_max_val else idx.to(x.dtype)[:, None]
+        return out.reshape(out.shape + (1,) * (x.dim() - 3))
+
+
 def _pool_replacement(m) -> Tuple[Optional[nn.Module], str]:
     """(replacement, "") or (None, why the netspec module must be traced as it is)."""
     if m.mask:
@@ -147,6 +219,9 @@ class DeployModule(nn.Module):
         self.swapped = nn.ModuleDict(replacements or {})
         self.input_names = list(net.input_blobs)
         self.output_names = list(net.output_blobs)
+        #: Graph output names: a blob that is both an input and an output (an in-place layer on an Input
+        #: blob) gets "_out" appended, since ONNX names every value once.
+        self.graph_output_names = [o + "_out" if o in self.input_names else o for o in self.output_names]
 
     def forward(self, *xs):
         env = dict(zip(self.input_names, xs))
@@ -197,6 +272,14 @@ def check_exportable(net: CaffeNet, *, opset: Optional[int] = None, dynamic_hw: 
                 notes.append(f"{ident}: {why}; the graph is valid for the example input size only")
         elif node.type == "Crop":
             replacements[node.key] = _Crop(module.axis, module.offsets)
+        elif node.type == "Eltwise":
+            replacements[node.key] = _Eltwise(module.op, module.coeffs)
+        elif node.type == "BNLL":
+            replacements[node.key] = _BNLL()
+        elif node.type == "MVN":
+            replacements[node.key] = _MVN(module)
+        elif node.type == "ArgMax":
+            replacements[node.key] = _ArgMax(module)
         elif node.type == "SPP" and dynamic_hw:
             problems.append(f"{ident} derives its pooling windows from the input size in Python; export at "
                             "a fixed input size (no --dynamic-hw)")
@@ -211,10 +294,16 @@ def check_exportable(net: CaffeNet, *, opset: Optional[int] = None, dynamic_hw: 
 
 
 def relative_error(got, want) -> float:
-    """max|got - want| / max|want| (absolute error when want is all zeros); inf for a shape mismatch."""
+    """max|got - want| / max|want| (absolute error when want is all zeros); inf for a shape mismatch or a
+    NaN / infinity in one but not the other."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return math.inf
+    # NaN where both are NaN and equal infinities agree (e.g. Log of a negative input); elsewhere they count.
+    same = (np.isnan(got) & np.isnan(want)) | (np.isinf(want) & (got == want))
+    if (~np.isfinite(got) & ~same).any() or (~np.isfinite(want) & ~same).any():
+        return math.inf
+    got, want = got[~same], want[~same]
     if not want.size:
         return 0.0
     scale = np.abs(want).max()
@@ -304,8 +393,16 @@ def _dynamic_axes_of(ep, module: DeployModule) -> Dict[str, List[int]]:
         val = by_name[ph].meta.get("val")
         if val is None:
             continue
-        out[name] = [i for i, d in enumerate(val.shape) if not isinstance(d, int)]
+        out[name] = [i for i, d in enumerate(val.shape) if not _static(d)]
     return out
+
+
+def _static(d) -> bool:
+    """True for a plain int and for a SymInt torch.export pinned to a constant."""
+    if isinstance(d, int):
+        return True
+    node = getattr(d, "node", None)
+    return node is not None and node.maybe_as_int() is not None
 
 
 def _localise(module: DeployModule, inputs: Dict[str, torch.Tensor], exc: Exception) -> ExportError:
@@ -379,8 +476,19 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
     inputs = _example_inputs(net, input_shapes, gen)
     report.input_shapes = {k: tuple(v.shape) for k, v in inputs.items()}
     args = tuple(inputs[n] for n in module.input_names)
-    want_dynamic = {n: ([0, 2, 3] if dynamic_hw else [0]) if t.dim() == 4 else [0]
+    want_dynamic = {n: ([0, 2, 3] if dynamic_hw and t.dim() == 4 else [0]) if t.dim() >= 2 else []
                     for n, t in inputs.items()}
+    if dynamic_hw:
+        # A net that cannot run at another H x W (InnerProduct, Reshape with fixed dims) is not dynamic even
+        # when torch.export keeps symbols with a constraint such as H*W == 16.
+        other = {n: torch.randn(_second_shape(tuple(t.shape), [2, 3]), generator=gen) for n, t in inputs.items()}
+        try:
+            _netspec_outputs(net, other)
+        except Exception as e:  # noqa: BLE001
+            shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in other.items())
+            raise ExportError(f"the net only runs at the example H x W "
+                              f"({', '.join(str(tuple(t.shape[2:])) for t in inputs.values())}): at {shapes} "
+                              f"{_first_line(e)}; export without --dynamic-hw") from None
     # torch.export specialises size-1 dims: trace a batch of 2 so the batch stays dynamic where it can.
     wide = tuple(a.repeat(2, *([1] * (a.dim() - 1))) if a.dim() and a.shape[0] == 1 else a for a in args)
     with torch.no_grad():
@@ -392,6 +500,11 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
             except Exception as e:  # noqa: BLE001
                 raise _localise(module, inputs, e) from e
     report.dynamic = _dynamic_axes_of(ep, module)
+    for o, g in zip(module.output_names, module.graph_output_names):
+        if o != g:
+            report.notes.append(f"output blob '{o}' is also an input (in-place on an Input blob): the "
+                                f"graph output is named '{g}'")
+            echo(f"note: {report.notes[-1]}")
     if dynamic_hw:
         fixed = [n for n, t in inputs.items() if t.dim() == 4 and not {2, 3} <= set(report.dynamic.get(n, []))]
         if fixed:
@@ -450,7 +563,9 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
         report.torchscript = torchscript
         echo(f"wrote {torchscript} (TorchScript, traced)")
         if check:
-            loaded_ts = torch.jit.load(torchscript)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
+                loaded_ts = torch.jit.load(torchscript)
             record("torchscript", lambda c: _run_torch(loaded_ts, c, module.input_names))
     return report
 
@@ -472,7 +587,7 @@ def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int],
     with onnx's version converter, silently keeping 18 when that fails) through torch's TorchScript-based
     exporter. The opset actually written is checked."""
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (both are needed by torch.onnx.export)
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({e}): "
@@ -483,8 +598,8 @@ def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int],
     try:
         with _quiet():
             program = torch.onnx.export(ep, (), None, dynamo=True, opset_version=target,
-                                        input_names=module.input_names, output_names=module.output_names,
-                                        external_data=big, optimize=True)
+                                        input_names=module.input_names,
+                                        output_names=module.graph_output_names, external_data=big, optimize=True)
             program.save(path, external_data=big)
         written = _file_opset(path)
         if written == target:
@@ -492,7 +607,7 @@ def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int],
             return
         errors.append(f"the torch.export-based exporter wrote opset {written}")
     except Exception as e:  # noqa: BLE001
-        errors.append(f"the torch.export-based exporter failed: {_first_line(e)}")
+        errors.append(f"the torch.export-based exporter failed: {_exporter_reason(ep, module, e)}")
     axes = {}
     for name in module.input_names:
         dyn = report.dynamic.get(name, [])
@@ -501,7 +616,7 @@ def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int],
     try:
         with _quiet(), torch.no_grad():
             torch.onnx.export(module, args, path, dynamo=False, opset_version=target,
-                              input_names=module.input_names, output_names=module.output_names,
+                              input_names=module.input_names, output_names=module.graph_output_names,
                               dynamic_axes=axes or None)
         written = _file_opset(path)
         if written == target:
@@ -514,6 +629,27 @@ def _write_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int],
     with contextlib.suppress(OSError):
         os.unlink(path)
     raise ExportError(f"cannot write ONNX opset {target}: " + "; ".join(errors))
+
+
+def _exporter_reason(ep, module: DeployModule, e: Exception) -> str:
+    """The ONNX exporter's own summary of a failure, prefixed with the Caffe layer whose graph node failed
+    (found through the node's ``nn_module_stack``)."""
+    import re
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    summary = re.search(r"<class '[^']*?(\w+)'>: (.+)", text)
+    reason = f"{summary.group(1)}: {summary.group(2).strip()}" if summary else _first_line(e)
+    node_name = re.search(r"translating node %(\w+)", text)
+    if node_name:
+        keys = {n.key: n for n in module.net.nodes}
+        for fx_node in ep.graph.nodes:
+            if fx_node.name != node_name.group(1):
+                continue
+            for path, _ in reversed(list((fx_node.meta.get("nn_module_stack") or {}).values())):
+                tail = re.split(r"(?:^|\.)(?:net|swapped)\.", str(path))
+                if len(tail) > 1 and tail[-1].split(".")[0] in keys:
+                    layer = keys[tail[-1].split(".")[0]]
+                    return f"{layer.where}layer '{layer.name}' ({layer.type}): {reason}"
+    return reason
 
 
 def _first_line(e: Exception) -> str:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import layers as _layers  # noqa: F401  (registers every builder)
 from .errors import LayerError, NetspecError
@@ -22,6 +23,37 @@ from .proto import caffe_pb2
 from .registry import LAYERS, accepts, describe
 
 log = logging.getLogger("netspec")
+
+
+INT_MAX = 2 ** 31 - 1
+
+
+class _TooBig(Exception):
+    def __init__(self, shape, count):
+        super().__init__(f"{shape}: {count} elements")
+        self.shape, self.count = shape, count
+
+
+class _AllocationGuard(TorchDispatchMode):
+    """Refuses, before any memory is taken, a tensor of more than INT_MAX elements made while a layer is
+    built (Caffe's ``Blob::Reshape`` check): a prototxt asking for a 10^12-element weight must fail with a
+    LayerError, not allocate (and fill) gigabytes."""
+
+    _size_index: Dict[object, Optional[int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        idx = self._size_index.get(func, -1)
+        if idx == -1:
+            names = [a.name for a in func._schema.arguments]
+            idx = self._size_index[func] = names.index("size") if "size" in names else None
+        if idx is not None:
+            size = args[idx] if idx < len(args) else kwargs.get("size")
+            if isinstance(size, (list, tuple)) and all(isinstance(d, int) for d in size):
+                count = math.prod(size)
+                if count > INT_MAX:
+                    raise _TooBig(tuple(size), count)
+        return func(*args, **kwargs)
 
 
 def module_key(name: str) -> str:
@@ -131,7 +163,12 @@ class CaffeNet(nn.Module):
             bshapes = [shapes[b] for b in lp.bottom]
             ctx = BuildContext(phase=phase, where=w, layer_index=i, net_name=net.name)
             try:
-                module = entry.builder(lp, bshapes, ctx)
+                with _AllocationGuard():
+                    module = entry.builder(lp, bshapes, ctx)
+            except _TooBig as e:
+                raise LayerError(f"{ident}: a parameter or buffer of shape {e.shape} has {e.count} elements, more "
+                                 f"than Caffe's limit of INT_MAX ({INT_MAX}) per blob; check num_output, "
+                                 "kernel and shape fields") from None
             except NetspecError:
                 raise
             except Exception as e:  # a builder's own check: give it the layer's identity
@@ -160,7 +197,7 @@ class CaffeNet(nn.Module):
             for t, sh in zip(lp.top, tshapes):
                 if any(d < 0 for d in sh):
                     raise LayerError(f"{ident}: top '{t}' would have negative dimensions {tuple(sh)}")
-                if math.prod(sh) > 2 ** 31 - 1:
+                if math.prod(sh) > INT_MAX:
                     raise LayerError(f"{ident}: top '{t}' of shape {tuple(sh)} has {math.prod(sh)} elements, more "
                                      "than Caffe's limit of INT_MAX (2147483647) per blob; check the dims")
             if len(tshapes) != len(lp.top):
@@ -237,14 +274,12 @@ class CaffeNet(nn.Module):
 
     # -- execution plan -----------------------------------------------------------------------------------
     def _plan(self):
-        available = []
+        available = {}  # an insertion-ordered set: linear in the number of layers (a list was quadratic)
         for node in self.nodes:
             for b in node.bottoms:
-                if b in available:
-                    available.remove(b)
+                available.pop(b, None)
             for t in node.tops:
-                if t not in available:
-                    available.append(t)
+                available.setdefault(t, None)
         # Caffe keeps net outputs in a std::set: sorted by name.
         self.output_blobs = sorted(available)
         last_read = {}

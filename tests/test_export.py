@@ -6,8 +6,7 @@ without them; the OpenCV test needs opencv-python-headless (an install requireme
 """
 
 import importlib.util
-import os
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +141,9 @@ def test_dilated_style_net_onnx_torchscript_export(dilated_net, tmp_path):
     assert kinds == {"onnxruntime", "torchscript", "torch.export"}
     assert report.max_error <= 1e-5, report.checks
     sess = ort.InferenceSession(files["onnx_path"], providers=["CPUExecutionProvider"])
-    ts = torch.jit.load(files["torchscript"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
+        ts = torch.jit.load(files["torchscript"])
     rng = np.random.default_rng(7)
     for shape in [(1, 3, 29, 35), (1, 3, 40, 33), (2, 3, 57, 64)]:
         x = rng.standard_normal(shape).astype(np.float32)
@@ -262,9 +263,11 @@ def test_opencv_dnn_second_opinion(tmp_path):
     if hasattr(cv, "enableWinograd"):
         cv.enableWinograd(False)  # OpenCV's Winograd 3x3 convolution trades ~1e-5 accuracy for speed
     cv.setInput(x)
-    blobs = ["conv1", "pool1", "conv2", "pool2", "up2", "up2c", "fuse", "up1", "crop", "cat", "prob"]
-    got = cv.forward(blobs)
-    for name, g in zip(blobs, got):
+    # OpenCV's forward() takes layer names: an in-place blob's value is its last layer's output.
+    layers = {"relu1": "conv1", "pool1": "pool1", "relu2": "conv2", "pool2": "pool2", "up2": "up2",
+              "up2c": "up2c", "fuse": "fuse", "up1": "up1", "crop": "crop", "cat": "cat", "prob": "prob"}
+    got = cv.forward(list(layers))
+    for (layer, name), g in zip(layers.items(), got):
         want = net.blobs[name].data
         assert g.shape == want.shape, name
         assert relative_error(g, want) <= 1e-5, (name, relative_error(g, want))
@@ -276,3 +279,34 @@ def _load_tool(name):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_golden_dilated_fcn2s_deploy_exports_with_dynamic_hw(shared_dir, tmp_path):
+    """The reduced Dilated FCN-2s (pad 100, dilation, Scale skips, five Crops named 'Cropping', four
+    Eltwise named 'fuse') with Caffe-written weights, its loss layer removed, at two input sizes."""
+    _need_onnx()
+    from netspec import prototxt
+    d = shared_dir / "golden" / "nets" / "dilated_fcn2s_vgg19"
+    if not d.is_dir():
+        pytest.skip("golden case absent")
+    net = prototxt.read_net(str(d / "net.prototxt"))
+    layers = [l for l in net.layer if l.type != "SoftmaxWithLoss"]
+    del net.layer[:]
+    for l in layers:
+        layer = net.layer.add()
+        layer.CopyFrom(l)
+        if layer.type == "Input":  # keep 'data', drop 'label'
+            del layer.top[1:]
+            del layer.input_param.shape[1:]
+    report = export.export(net, weights=str(d / "weights.caffemodel"), onnx_path=str(tmp_path / "d.onnx"),
+                           dynamic_hw=True, check=True)
+    assert report.dynamic["data"] == [0, 2, 3]
+    assert len({c[1] for c in report.checks}) == 2 and report.max_error <= 1e-5, report.checks
+
+
+def test_relative_error_rules():
+    assert relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 2e-6])) == pytest.approx(1e-6, rel=1e-3)
+    assert relative_error(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == 0.0  # NaN in both: agree
+    assert relative_error(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == float("inf")
+    assert relative_error(np.zeros((2, 2)), np.zeros((2, 3))) == float("inf")
+    assert relative_error(np.array([1e-9]), np.array([0.0])) == pytest.approx(1e-9)

@@ -1,4 +1,4 @@
-"""The README's commands, run as written (training shortened to 40 iterations, so the snapshot name in the
+"""The README's commands (setup, demo, scoring, masks, porting, export), run as written (training shortened to 40 iterations, so the snapshot name in the
 score/infer commands is rewritten from _iter_2000 to _iter_40)."""
 import re
 import shlex
@@ -31,7 +31,7 @@ def test_demo_train_score_infer_commands(tmp_path):
     blocks = readme_blocks()
     train = blocks[1].strip()
     assert train == "python tools/train.py --solver solvers/demo.prototxt"
-    commands = [train + " --max-iter 40"] + [l for l in blocks[2].strip().splitlines() if l.strip()]
+    commands = [train + " --max-iter 40"] + [l for b in blocks[2:4] for l in b.strip().splitlines() if l.strip()]
     for cmd in commands:
         cmd = cmd.replace("_iter_2000", "_iter_40")
         argv = shlex.split(cmd)
@@ -45,3 +45,4 @@ def test_demo_train_score_infer_commands(tmp_path):
             assert re.search(r"^mean IU [0-9.]+$", r.stdout, re.M), r.stdout
     pngs = sorted((tmp_path / "masks" / "color").glob("*.png"))
     assert len(pngs) == 50
+    assert (tmp_path / "demo.pt").exists() and (tmp_path / "demo.onnx").exists()

@@ -11,6 +11,8 @@ the record (LMDB key, file, list line) they are about.
 from __future__ import annotations
 
 import os
+import re
+import struct
 from typing import List, Optional, Tuple, Union
 
 import cv2
@@ -60,6 +62,57 @@ def _hwc_to_chw(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img.transpose(2, 0, 1))
 
 
+# OpenCV allocates the whole image as soon as it has read the header, before it finds the pixel data missing: a
+# 30-byte PPM claiming 30000 x 30000 pixels reserves 2.6 GB. Headers we can read cheaply are checked first: no
+# real PNG/JPEG/... packs more than this many pixels per byte (deflate peaks near 1032:1, times 8 for 1-bit
+# pixels; a JPEG needs a few bits per 8x8 block), and images up to _PIXELS_ALWAYS_OK pixels always pass.
+_PIXELS_PER_BYTE = 16384
+_PIXELS_ALWAYS_OK = 1 << 24
+_PNM = re.compile(rb"P[1-6]\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)")
+_PFM = re.compile(rb"P[Ff]\s+(\d+)\s+(\d+)")
+_PAM_W, _PAM_H = re.compile(rb"\nWIDTH\s+(\d+)"), re.compile(rb"\nHEIGHT\s+(\d+)")
+_HDR = re.compile(rb"\n\s*[-+][XY]\s+(\d+)\s+[-+][XY]\s+(\d+)")
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _declared_pixels(raw: bytes) -> Optional[int]:
+    """Width x height as the image header states it, for the formats whose header is cheap to read (PNG, JPEG,
+    BMP, PNM/PAM/PFM, Sun raster, Radiance HDR); None when unknown."""
+    head = raw[:4096]
+    dims = None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        dims = struct.unpack(">II", head[16:24])
+    elif head[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(raw) and raw[i] == 0xFF:
+            marker = raw[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in _JPEG_SOF:
+                dims = struct.unpack(">HH", raw[i + 5:i + 9])
+                break
+            if marker == 0xDA:  # scan data before any frame header
+                break
+            i += 2 + struct.unpack(">H", raw[i + 2:i + 4])[0]
+    elif head[:2] == b"BM" and len(head) >= 26:
+        dims = struct.unpack("<ii", head[18:26])
+    elif head[:4] == b"\x59\xa6\x6a\x95" and len(head) >= 12:
+        dims = struct.unpack(">II", head[4:12])
+    elif head[:2] == b"P7":
+        w, h = _PAM_W.search(head), _PAM_H.search(head)
+        dims = (int(w.group(1)), int(h.group(1))) if w and h else None
+    elif head[:1] == b"P":
+        m = _PNM.match(head) or _PFM.match(head)
+        dims = (int(m.group(1)), int(m.group(2))) if m else None
+    elif head[:2] == b"#?":
+        m = _HDR.search(head)
+        dims = (int(m.group(1)), int(m.group(2))) if m else None
+    if dims is None:
+        return None
+    return abs(int(dims[0])) * abs(int(dims[1]))
+
+
 def decode_image(buf, key=None, force_color: bool = False, force_gray: bool = False) -> np.ndarray:
     """Decode encoded image bytes as Caffe does (``cv::imdecode``) into an H x W x C uint8 BGR array.
 
@@ -69,7 +122,13 @@ def decode_image(buf, key=None, force_color: bool = False, force_gray: bool = Fa
     if force_color and force_gray:
         raise DataError("cannot set both force_color and force_gray")
     flag = _COLOR if force_color else _GRAY if force_gray else _NATIVE
-    raw = np.frombuffer(bytes(buf), dtype=np.uint8)
+    data = bytes(buf)
+    pixels = _declared_pixels(data)
+    if pixels is not None and pixels > max(_PIXELS_ALWAYS_OK, _PIXELS_PER_BYTE * len(data)):
+        raise DataError(f"{_where(key)}: encoded image of {len(data)} bytes declares {pixels} pixels in its header, "
+                        "far more than so few bytes can hold; the record is corrupt (not decoded, so as not to "
+                        "allocate memory for it)")
+    raw = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(raw, flag) if raw.size else None
     if img is None:
         head = bytes(buf[:8]).hex(" ") if len(buf) else "nothing"

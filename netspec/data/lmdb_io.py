@@ -13,6 +13,7 @@ LevelDB databases (Caffe's other backend) are recognised and refused with the wa
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -103,8 +104,36 @@ def _acquire_env(path: str):
                             max_readers=512)
         except lmdb.Error as e:
             raise DataError(f"cannot open LMDB '{path}': {e}") from None
+        try:
+            _check_not_truncated(path, env)
+        except BaseException:
+            env.close()
+            raise
         _ENVS[key] = [env, 1]
         return env
+
+
+def _check_not_truncated(path: str, env) -> None:
+    """Refuse a data file shorter than the pages its meta page says are in use (an interrupted copy, a full disk):
+    LMDB maps the file and would die of SIGBUS on the first read past its end, with no Python error."""
+    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    try:
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        have = os.path.getsize(data_file)
+    except (_lmdb().Error, OSError) as e:
+        raise DataError(f"cannot open LMDB '{path}': {e}") from None
+    if have < need:
+        raise DataError(f"LMDB '{path}' is truncated: {data_file} has {have} bytes but its pages in use end at byte "
+                        f"{need} (an interrupted copy or a full disk?); copy it again or rebuild it")
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+    """LMDB's own errors (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...) as DataError naming the database."""
+    try:
+        yield
+    except _lmdb().Error as e:
+        raise DataError(f"LMDB '{path}' cannot be read: {e}; the database is corrupt, rebuild it") from None
 
 
 def _release_env(path: str, env) -> None:
@@ -165,18 +194,19 @@ class LMDBReader:
 
     # -- access ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.env.stat()["entries"]
+        with _reading(self.path):
+            return self.env.stat()["entries"]
 
     def keys(self) -> List[bytes]:
         if self._keys is None:
-            with self.env.begin(buffers=False) as txn:
+            with _reading(self.path), self.env.begin(buffers=False) as txn:
                 self._keys = list(txn.cursor().iternext(keys=True, values=False))
         return self._keys
 
     def get(self, key) -> bytes:
         if isinstance(key, str):
             key = key.encode()
-        with self.env.begin(buffers=False) as txn:
+        with _reading(self.path), self.env.begin(buffers=False) as txn:
             value = txn.get(key)
         if value is None:
             raise DataError(f"LMDB '{self.path}' has no record '{key_str(key)}'")
@@ -187,11 +217,11 @@ class LMDBReader:
         return self.get(self.keys()[i])
 
     def items(self) -> Iterator[Tuple[bytes, bytes]]:
-        with self.env.begin(buffers=False) as txn:
+        with _reading(self.path), self.env.begin(buffers=False) as txn:
             yield from txn.cursor().iternext(keys=True, values=True)
 
     def first(self) -> Tuple[bytes, bytes]:
-        with self.env.begin(buffers=False) as txn:
+        with _reading(self.path), self.env.begin(buffers=False) as txn:
             cur = txn.cursor()
             if not cur.first():
                 raise DataError(f"LMDB '{self.path}' has no records")
@@ -228,11 +258,12 @@ class WrapCursor:
             return
         self._env = _acquire_env(self.path)
         self._pid = os.getpid()
-        self._txn = self._env.begin(buffers=False)
-        self._cur = self._txn.cursor()
-        ok = self._cur.set_range(self.position) if self.position is not None else self._cur.first()
-        if not ok and not self._cur.first():
-            raise DataError(f"LMDB '{self.path}' has no records")
+        with _reading(self.path):
+            self._txn = self._env.begin(buffers=False)
+            self._cur = self._txn.cursor()
+            ok = self._cur.set_range(self.position) if self.position is not None else self._cur.first()
+            if not ok and not self._cur.first():
+                raise DataError(f"LMDB '{self.path}' has no records")
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -242,12 +273,13 @@ class WrapCursor:
     def next(self) -> Tuple[bytes, bytes]:
         """The next (key, value), wrapping around at the end as Caffe ("Restarting data prefetching")."""
         self._open()
-        key, value = self._cur.key(), self._cur.value()
-        if not self._cur.next():
-            self._cur.first()
-            self.wraps += 1
-            log.debug("LMDB '%s': restarting data prefetching from start", self.path)
-        self.position = self._cur.key()
+        with _reading(self.path):
+            key, value = self._cur.key(), self._cur.value()
+            if not self._cur.next():
+                self._cur.first()
+                self.wraps += 1
+                log.debug("LMDB '%s': restarting data prefetching from start", self.path)
+            self.position = self._cur.key()
         return key, value
 
     __next__ = next

@@ -50,8 +50,15 @@ def parse_param_str(param_str: str):
         return {}
     try:
         return ast.literal_eval(param_str)
-    except (ValueError, SyntaxError) as e:
-        raise LayerError(f"param_str {param_str!r} is not a Python literal: {e}") from None
+    except (ValueError, SyntaxError, TypeError) as e:  # TypeError: an unhashable dict key / set item
+        raise LayerError(f"param_str {_excerpt(param_str)} is not a Python literal: {e}") from None
+    except (RecursionError, MemoryError):  # "-" * 10**5 + "1", "1" + "+1" * 10**5: nested too deeply
+        raise LayerError(f"param_str {_excerpt(param_str)} is nested too deeply to read as a Python "
+                         "literal") from None
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 class _PyFunction(torch.autograd.Function):
