@@ -10,6 +10,7 @@ TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
 
 from .layers.python import Layer  # noqa: E402,F401
+from .dsl import NetSpec, layers, params  # noqa: E402,F401
 from .net import Net  # noqa: E402,F401
 from .registry import LAYERS, register  # noqa: E402,F401
 from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: E402,F401

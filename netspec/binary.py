@@ -525,7 +525,8 @@ def _materialize(buf, rec: _BlobRecord, shape, release) -> np.ndarray:
             n = min(_COPY_CHUNK, count - done)
             start = offset + done * stride
             view = np.ndarray((n,), dtype=dtype, buffer=buf, offset=start, strides=(stride,))
-            out[i:i + n] = view
+            with np.errstate(over="ignore"):  # double_data beyond float32 becomes inf, as Caffe's cast
+                out[i:i + n] = view
             del view
             if release is not None:
                 release(start, (n - 1) * stride + dtype.itemsize)

@@ -8,6 +8,7 @@ The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which 
 import contextlib
 import logging
 import os
+import pathlib
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
@@ -39,7 +40,7 @@ def load_net_param(source, *, upgrade_log: Optional[list] = None):
         path = os.fspath(source)
         if not os.path.exists(path):
             raise PrototxtError(f"{path}: net file not found (working directory {os.getcwd()})")
-        net, lines = prototxt.parse_net_with_lines(path)
+        net, lines = prototxt.parse_net_with_lines(pathlib.Path(path))  # a path, whatever its name holds
     if upgrade.needs_upgrade(net):
         net, msgs = upgrade.upgrade_net(net)
         lines = []  # V1 layer order is preserved but an Input layer may have been prepended

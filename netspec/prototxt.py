@@ -223,9 +223,11 @@ def _skip_string(text, start):
 def _looks_like_file(source):
     if isinstance(source, os.PathLike):
         return True
-    if not isinstance(source, str) or "\n" in source or "{" in source:
+    if not isinstance(source, str) or "\n" in source:
         return False
-    return os.path.isfile(source) or source.endswith((".prototxt", ".pbtxt"))
+    if os.path.isfile(source):  # an existing file, even one whose name holds a "{"
+        return True
+    return "{" not in source and source.endswith((".prototxt", ".pbtxt"))
 
 
 def _source(path_or_text, path):

@@ -497,20 +497,29 @@ class Solver:
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise SolverError("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
         model = self.snapshot_filename(".caffemodel")
-        d = os.path.dirname(model)
-        if d and not os.path.isdir(d):
-            os.makedirs(d, exist_ok=True)
-        log.info("Snapshotting to binary proto file %s", model)
+        sfile = self.snapshot_filename(".solverstate")
+        model_written = False
         try:
+            d = os.path.dirname(model)
+            if d and not os.path.isdir(d):
+                os.makedirs(d, exist_ok=True)
+            log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model)
+            model_written = True
             state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
             for h in self.history:
                 state.history.add().CopyFrom(binary.array_to_blob(h.detach().cpu().numpy()))
-            sfile = self.snapshot_filename(".solverstate")
             log.info("Snapshotting solver state to binary proto file %s", sfile)
             binary.write_solverstate(sfile, state)
         except OSError as e:
-            raise SolverError(f"cannot write snapshot {model}: {e}. The previous snapshot "
+            if model_written:  # a weights file without its solver state is no snapshot: do not leave one
+                try:
+                    os.unlink(model)
+                except OSError:
+                    pass
+            what = e.strerror or str(e)
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise SolverError(f"cannot write snapshot {model}: {what}{where}. The previous snapshot "
                               f"({self._last_snapshot or 'none'}) is intact; free disk space or change "
                               "snapshot_prefix, then resume with --snapshot") from e
         self._last_snapshot = sfile

@@ -113,6 +113,14 @@ def _declared_pixels(raw: bytes) -> Optional[int]:
     return abs(int(dims[0])) * abs(int(dims[1]))
 
 
+def _check_declared_size(head: bytes, size: int, what: str) -> None:
+    """Refuse an image whose header claims far more pixels than ``size`` bytes can encode (see above)."""
+    pixels = _declared_pixels(head)
+    if pixels is not None and pixels > max(_PIXELS_ALWAYS_OK, _PIXELS_PER_BYTE * size):
+        raise DataError(f"{what} of {size} bytes declares {pixels} pixels in its header, far more than so few "
+                        "bytes can hold; it is corrupt (not decoded, so as not to allocate memory for it)")
+
+
 def decode_image(buf, key=None, force_color: bool = False, force_gray: bool = False) -> np.ndarray:
     """Decode encoded image bytes as Caffe does (``cv::imdecode``) into an H x W x C uint8 BGR array.
 
@@ -123,27 +131,36 @@ def decode_image(buf, key=None, force_color: bool = False, force_gray: bool = Fa
         raise DataError("cannot set both force_color and force_gray")
     flag = _COLOR if force_color else _GRAY if force_gray else _NATIVE
     data = bytes(buf)
-    pixels = _declared_pixels(data)
-    if pixels is not None and pixels > max(_PIXELS_ALWAYS_OK, _PIXELS_PER_BYTE * len(data)):
-        raise DataError(f"{_where(key)}: encoded image of {len(data)} bytes declares {pixels} pixels in its header, "
-                        "far more than so few bytes can hold; the record is corrupt (not decoded, so as not to "
-                        "allocate memory for it)")
+    _check_declared_size(data, len(data), f"{_where(key)}: encoded image")
     raw = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(raw, flag) if raw.size else None
+    why = ""
+    try:
+        img = cv2.imdecode(raw, flag) if raw.size else None
+    except cv2.error as e:  # OpenCV's own checks (e.g. width above CV_IO_MAX_IMAGE_WIDTH) raise
+        img, why = None, f" ({_cv2_reason(e)})"
     if img is None:
-        head = bytes(buf[:8]).hex(" ") if len(buf) else "nothing"
-        raise DataError(f"{_where(key)}: encoded image of {len(buf)} bytes (starting {head}) cannot be "
-                        "decoded by OpenCV; the file is corrupt, truncated or in a format OpenCV was built "
+        head = data[:8].hex(" ") if data else "nothing"
+        raise DataError(f"{_where(key)}: encoded image of {len(data)} bytes (starting {head}) cannot be "
+                        f"decoded by OpenCV{why}; the file is corrupt, truncated or in a format OpenCV was built "
                         "without")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     return img if img.ndim == 3 else img[:, :, None]
 
 
+def _cv2_reason(err) -> str:
+    """The useful line of a ``cv2.error`` ("OpenCV(4.x) file:line: error: (-215:Assertion failed) what ...")."""
+    text = str(err).strip()
+    return text.split(" error: ", 1)[-1].splitlines()[0] if text else type(err).__name__
+
+
 def encode_image(img: np.ndarray, ext: str = "png") -> bytes:
     """Encode an H x W x C (BGR) or H x W uint8 image with ``cv::imencode`` (``.png``, ``.jpg``, ...)."""
     ext = ext if ext.startswith(".") else "." + ext
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img))
+    try:
+        ok, buf = cv2.imencode(ext, np.ascontiguousarray(img))
+    except cv2.error as e:
+        raise DataError(f"OpenCV cannot encode an image of shape {img.shape} as '{ext}': {_cv2_reason(e)}") from None
     if not ok:
         raise DataError(f"OpenCV cannot encode an image of shape {img.shape} as '{ext}'")
     return buf.tobytes()
@@ -232,14 +249,21 @@ def read_image(filename, height: int = 0, width: int = 0, is_color: bool = True,
     if not os.path.isfile(path):
         raise DataError(f"{where}image file '{path}' not found (working directory {os.getcwd()})")
     flag = _COLOR if is_color else _GRAY
-    img = cv2.imread(path, flag)
-    if img is None:  # imread cannot open some paths (non-ASCII on Windows): decode the bytes instead
-        with open(path, "rb") as f:
-            raw = np.frombuffer(f.read(), dtype=np.uint8)
-        img = cv2.imdecode(raw, flag) if raw.size else None
+    with open(path, "rb") as f:
+        head = f.read(1 << 17)
+    _check_declared_size(head, os.path.getsize(path), f"{where}image file '{path}'")
+    why = ""
+    try:
+        img = cv2.imread(path, flag)
+        if img is None:  # imread cannot open some paths (non-ASCII on Windows): decode the bytes instead
+            with open(path, "rb") as f:
+                raw = np.frombuffer(f.read(), dtype=np.uint8)
+            img = cv2.imdecode(raw, flag) if raw.size else None
+    except cv2.error as e:
+        img, why = None, f": {_cv2_reason(e)}"
     if img is None:
         raise DataError(f"{where}image file '{path}' cannot be decoded by OpenCV (corrupt, truncated "
-                        "or not an image)")
+                        f"or not an image){why}")
     if height > 0 and width > 0:
         img = cv2.resize(img, (int(width), int(height)))
     return img if img.ndim == 3 else img[:, :, None]

@@ -112,10 +112,18 @@ def _missing(path: str, where: str) -> DataError:
     return DataError(f"{where}: '{path}' does not exist (working directory {os.getcwd()})")
 
 
+def _imread(path: str, flags: int):
+    """cv2.imread, with OpenCV's exceptions (its size checks on a corrupt header) read as "cannot decode"."""
+    try:
+        return cv2.imread(path, flags)
+    except cv2.error:
+        return None
+
+
 def read_bgr(path, where: str = "") -> np.ndarray:
     """A colour image as H x W x 3 uint8 BGR (grey images are expanded; EXIF orientation is ignored, as PIL)."""
     path = os.fspath(path)
-    img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    img = _imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
         if not os.path.exists(path):
             raise _missing(path, where or "image")
@@ -208,7 +216,7 @@ def read_index_png(path, where: str = "") -> np.ndarray:
             raise DataError(f"{pre} is an interlaced palette PNG; reading it needs Pillow (pip install pillow) "
                             "or re-save it without interlacing") from None
         return np.array(Image.open(path))
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    img = _imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f"{pre} cannot be decoded by OpenCV")
     if img.ndim == 3:
@@ -558,7 +566,7 @@ class NYUDSegDataLayer(_FCNSegLayer):
                 hha = read_bgr(path, where)[:, :, ::-1].astype(np.float32)
                 out.append(_chw(hha - np.asarray(NYUD_HHA_MEAN, np.float32)))
             elif kind == "depth":
-                d = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+                d = _imread(path, cv2.IMREAD_UNCHANGED)
                 if d is None:
                     raise DataError(f"{where}: depth image '{path}' cannot be decoded by OpenCV")
                 if d.ndim == 3:

@@ -64,6 +64,9 @@ def check_lmdb(path, what: str = "LMDB") -> str:
     """Validate that ``path`` is a readable LMDB (a directory with data.mdb, or the data file itself)."""
     path = os.fspath(path)
     if not os.path.exists(path):
+        if os.path.isdir(path.rstrip("/") + ".partial"):
+            raise DataError(f"{what} '{path}' was never finished: an interrupted write left "
+                            f"'{path.rstrip('/')}.partial'; run the conversion again")
         raise DataError(f"{what} '{path}' not found (working directory {os.getcwd()}); Caffe resolves "
                         "relative paths against the working directory")
     if is_leveldb(path):

@@ -244,8 +244,10 @@ class _LMDBSource:
         data = None
         label = np.empty(n, dtype=np.float32) if self.labels else None
         t = self.transformer
+        key = None
         try:
             for i in range(n):
+                key = None
                 key, value = self.cursor.next()
                 d = parse_datum(value, key)
                 arr = t.datum_array(d, key)
@@ -262,6 +264,9 @@ class _LMDBSource:
                     label[i] = d.label
         except DataError as e:
             raise DataError(self._where() + str(e)) from None
+        except Exception as e:  # a decoder's own failure (OpenCV, numpy, ...): name the record it was reading
+            what = f"record '{key_str(key)}'" if key is not None else "reading the next record"
+            raise DataError(f"{self._where()}{what}: {type(e).__name__}: {e}") from e
         return (data, label) if label is not None else (data,)
 
     def get_state(self):
@@ -379,7 +384,14 @@ class _ImageListSource:
         data = None
         label = np.empty(n, dtype=np.float32)
         for i in range(n):
-            arr, lab, where = self._read(self.pos)
+            try:
+                arr, lab, where = self._read(self.pos)
+            except NetspecError:
+                raise
+            except Exception as e:  # a decoder's own failure: name the list line it was reading
+                name, _, lineno = self.lines[self.order[self.pos]]
+                raise DataError(f"{self.list_path}:{lineno}: image '{self.root + name}': {type(e).__name__}: "
+                                f"{e}") from e
             shape = self.transformer.infer_shape(arr.shape)
             if data is None:
                 data = np.empty((n,) + tuple(shape), dtype=np.float32)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..blob import Blob
-from ..errors import LayerError
+from ..errors import LayerError, NetspecError
 from ..registry import register
 
 FORBID = os.environ.get("NETSPEC_FORBID_PYTHON_LAYERS", "") not in ("", "0")
@@ -88,18 +88,24 @@ class _PyFunction(torch.autograd.Function):
 
 
 class PythonModule(nn.Module):
-    def __init__(self, layer, n_tops):
+    def __init__(self, layer, n_tops, ident: str = ""):
         super().__init__()
         self.layer = layer
         self.top_blobs = [Blob() for _ in range(n_tops)]
         self._setup_done = False
+        self.ident = ident
 
     def _setup(self, bottom_shapes):
         bottom = [Blob(s) for s in bottom_shapes]
-        if not self._setup_done:
-            self.layer.setup(bottom, self.top_blobs)
-            self._setup_done = True
-        self.layer.reshape(bottom, self.top_blobs)
+        try:
+            if not self._setup_done:
+                self.layer.setup(bottom, self.top_blobs)
+                self._setup_done = True
+            self.layer.reshape(bottom, self.top_blobs)
+        except NetspecError as e:  # e.g. a bad param_str: say which layer
+            if self.ident and not str(e).startswith(self.ident):
+                raise type(e)(f"{self.ident}: {e}") from e
+            raise
 
     def top_shapes(self, bottom_shapes):
         self._setup(bottom_shapes)
@@ -138,4 +144,4 @@ def python_layer(lp, bottom_shapes, ctx):
     layer.phase = ctx.phase
     if not hasattr(layer, "blobs"):
         layer.blobs = []
-    return PythonModule(layer, len(lp.top))
+    return PythonModule(layer, len(lp.top), f"{ctx.where}layer '{lp.name}' (Python)")
