@@ -66,14 +66,14 @@ class HandFCN8s(nn.Module):
 def load_hand(hand, net):
     names = [f"conv{i + 1}_{j + 1}" for i, (n, _) in enumerate(VGG) for j in range(n)]
     with torch.no_grad():
-        for conv, name in zip(hand.convs, names):
-            conv.weight.copy_(net.params[name][0]._param)
-            conv.bias.copy_(net.params[name][1]._param)
+        pairs = [(p, q._param) for conv, name in zip(hand.convs, names)
+                 for p, q in zip(conv.parameters(), net.params[name])]
         for name in ("fc6", "fc7", "score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4",
                      "upscore8"):
-            mod = getattr(hand, name)
-            for p, q in zip(mod.parameters(), net.params[name]):
-                p.copy_(q._param)
+            pairs += [(p, q._param) for p, q in zip(getattr(hand, name).parameters(), net.params[name])]
+        for p, q in pairs:
+            p.copy_(q)
+            p.requires_grad_(q.requires_grad)  # the frozen (lr_mult 0) deconvolutions: no weight grad in either
 
 
 def timeit_pair(fa, fb, iters, device):
