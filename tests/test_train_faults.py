@@ -137,3 +137,33 @@ def test_sigkill_during_training_leaves_complete_snapshots_and_resume_works(tmp_
         assert f"iter {it + 3}" in r.stdout
         for f in snap.iterdir():
             f.unlink()
+
+
+def test_sigint_stops_with_final_snapshot_and_sighup_snapshots(tmp_path):
+    """`--sigint_effect stop` (default) ends the run after the current iteration with a snapshot and
+    'Optimization stopped early.'; `--sighup_effect snapshot` (default) snapshots and continues."""
+    import shutil
+    (tmp_path / "prototxt").mkdir()
+    shutil.copytree(REPO / "prototxt" / "demo", tmp_path / "prototxt" / "demo")
+    (tmp_path / "solvers").mkdir()
+    text = (REPO / "solvers" / "demo.prototxt").read_text()
+    (tmp_path / "solvers" / "demo.prototxt").write_text(text.replace("display: 20", "display: 1"))
+    p = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), "--solver", "solvers/demo.prototxt"],
+                         cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen_hup = False
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if not seen_hup and "Iteration 3 (" in line:
+            p.send_signal(signal.SIGHUP)
+            seen_hup = True
+        if "Iteration 12 (" in line:
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=300)
+    log = "".join(lines) + err
+    assert p.returncode == 0, log[-3000:]
+    assert "Optimization stopped early." in log
+    snaps = sorted(int(f.stem.rsplit("_", 1)[1]) for f in (tmp_path / "snapshots" / "demo").glob("*.solverstate"))
+    assert len(snaps) == 2 and 3 <= snaps[0] < snaps[1] <= 14, snaps   # one from SIGHUP, one final
+    assert snaps[1] < 2000
