@@ -10,7 +10,9 @@ Datums) LMDBs whose records pair up by position. As a Python layer::
 param_str keys (parsed with ast.literal_eval): source, batch_size (1), shuffle (TRAIN), seed (1337),
 mirror (TRAIN), mean (BGR tuple, (104.00699, 116.66877, 122.67892) as FCN), scale (1.0), crop (0 = none;
 TRAIN random / TEST centre crop, labels padded with ignore_label where the crop leaves the image),
-ignore_label (255). With batch_size 1 images keep their own size, as FCN feeds them.
+ignore_label (255), scale_jitter ((lo, hi) resize factor drawn per image, TRAIN only; image bilinear, label
+nearest), rotate (max degrees of a random rotation, TRAIN only; image corners filled with the mean, label
+corners with ignore_label). The same draw applies to image and label. With batch_size 1 images keep their own size, as FCN feeds them.
 """
 import os
 
@@ -39,6 +41,8 @@ class SegDataLayer(Layer):
         self.scale = float(p.get("scale", 1.0))
         self.crop = int(p.get("crop", 0))
         self.ignore = int(p.get("ignore_label", 255))
+        self.jitter = tuple(p["scale_jitter"]) if p.get("scale_jitter") and train else None
+        self.rotate = float(p.get("rotate", 0)) if train else 0.0
         self.rng = np.random.default_rng(int(p.get("seed", 1337)))
         self.train = train
         if len(top) != 2:
@@ -76,11 +80,28 @@ class SegDataLayer(Layer):
             raise DataError(f"SegDataLayer: record {i}: image {img.shape[1:]} and label {lab.shape[1:]} differ in size")
         img = (img[:3] - self.mean) * self.scale
         lab = lab[:1].astype(np.float32)
+        if self.jitter or self.rotate:
+            img, lab = self._warp(img, lab)
         if self.crop:
             img, lab = self._crop(img, lab)
         if self.mirror and self.rng.random() < 0.5:
             img, lab = img[:, :, ::-1], lab[:, :, ::-1]
         return img, lab
+
+    def _warp(self, img, lab):
+        import cv2
+        h, w = img.shape[1:]
+        s = float(self.rng.uniform(*self.jitter)) if self.jitter else 1.0
+        a = float(self.rng.uniform(-self.rotate, self.rotate)) if self.rotate else 0.0
+        H, W = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), a, s)
+        m[0, 2] += (W - w) / 2.0
+        m[1, 2] += (H - h) / 2.0
+        im = cv2.warpAffine(np.ascontiguousarray(img.transpose(1, 2, 0)), m, (W, H), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        lb = cv2.warpAffine(np.ascontiguousarray(lab[0]), m, (W, H), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(self.ignore))
+        return im.reshape(H, W, -1).transpose(2, 0, 1), lb[None]
 
     def _crop(self, img, lab):
         c, h, w = img.shape

@@ -1,0 +1,48 @@
+"""SegDataLayer: image and label go through one transform (crop, mirror, scale jitter, rotation)."""
+import numpy as np
+import pytest
+
+import netspec
+from netspec.data.synthetic import pack
+from netspec.net import Net
+
+PROTO = """
+layer {{ name: "data" type: "Python" top: "data" top: "label"
+  python_param {{ module: "netspec.data.seg" layer: "SegDataLayer" param_str: "{ps}" }} }}
+"""
+
+
+def _net(tmp_path, phase, **params):
+    root = tmp_path / "ds"
+    if not root.exists():
+        pack(str(root), n_train=6, n_val=2, size=32)
+    ps = dict(source=str(root / "train"), batch_size=1, mean=(0, 0, 0), **params)
+    (tmp_path / "n.prototxt").write_text(PROTO.format(ps=repr(ps).replace('"', "'")))
+    return Net(str(tmp_path / "n.prototxt"), phase)
+
+
+def test_label_follows_the_image_through_jitter_and_rotation(tmp_path):
+    net = _net(tmp_path, netspec.TRAIN, scale_jitter=(0.5, 1.5), rotate=20, seed=3, crop=24)
+    sizes = set()
+    for _ in range(6):
+        net.forward()
+        img, lab = net.blobs["data"].data[0], net.blobs["label"].data[0, 0]
+        assert img.shape[1:] == lab.shape == (24, 24)
+        vals = set(np.unique(lab).tolist())
+        assert vals <= {0, 1, 2, 3, 255}
+        # where the label says background, the image is grey-ish (background colour ~90 +- texture/noise)
+        bg = lab == 0
+        if bg.sum() > 20:
+            assert abs(float(img[:, bg].mean()) - 90) < 40
+    net2 = _net(tmp_path, netspec.TRAIN, scale_jitter=(0.5, 1.5), seed=4)
+    for _ in range(4):
+        net2.forward()
+        sizes.add(net2.blobs["data"].shape[2:])
+    assert len(sizes) > 1        # the jitter changes the size per image (batch 1 keeps its own size)
+
+
+def test_test_phase_is_deterministic_and_unaugmented(tmp_path):
+    a = _net(tmp_path, netspec.TEST, scale_jitter=(0.5, 1.5), rotate=30)
+    a.forward()
+    assert a.blobs["data"].shape == (1, 3, 32, 32)
+    assert set(np.unique(a.blobs["label"].data).tolist()) <= {0, 1, 2, 3}
