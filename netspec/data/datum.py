@@ -65,9 +65,11 @@ def _hwc_to_chw(img: np.ndarray) -> np.ndarray:
 # OpenCV allocates the whole image as soon as it has read the header, before it finds the pixel data missing: a
 # 30-byte PPM claiming 30000 x 30000 pixels reserves 2.6 GB. Headers we can read cheaply are checked first: no
 # real PNG/JPEG/... packs more than this many pixels per byte (deflate peaks near 1032:1, times 8 for 1-bit
-# pixels; a JPEG needs a few bits per 8x8 block), and images up to _PIXELS_ALWAYS_OK pixels always pass.
+# pixels; a JPEG needs a few bits per 8x8 block), and images up to _PIXELS_ALWAYS_OK pixels always pass. (libjpeg
+# "decodes" a truncated JPEG, filling what is missing with grey: a 200-byte file claiming 4096 x 4096 pixels
+# would otherwise become a 50 MB image, 400 MB once a Data layer has made a float batch of two.)
 _PIXELS_PER_BYTE = 16384
-_PIXELS_ALWAYS_OK = 1 << 24
+_PIXELS_ALWAYS_OK = 1 << 20
 _PNM = re.compile(rb"P[1-6]\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)")
 _PFM = re.compile(rb"P[Ff]\s+(\d+)\s+(\d+)")
 _PAM_W, _PAM_H = re.compile(rb"\nWIDTH\s+(\d+)"), re.compile(rb"\nHEIGHT\s+(\d+)")

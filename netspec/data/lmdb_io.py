@@ -83,7 +83,9 @@ def check_lmdb(path, what: str = "LMDB") -> str:
 # LMDB forbids opening one environment twice in a process (two nets, or a net's TRAIN and TEST Data layers,
 # may read the same database). Reference-counted; py-lmdb always uses MDB_NOTLS, so threads may share it.
 _ENVS = {}
-_ENVS_LOCK = threading.Lock()
+# Re-entrant: a reader's __del__ releases its environment, and garbage collection may run that finalizer in a thread
+# that already holds the lock (any allocation inside _acquire_env can trigger it): a plain Lock deadlocked there.
+_ENVS_LOCK = threading.RLock()
 
 
 def _acquire_env(path: str):

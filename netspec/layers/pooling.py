@@ -35,16 +35,32 @@ def _torch_size(size, k, s, p, ceil):
     return out
 
 
+def _axis_positions(k: int, s: int, p: int, out: int, device):
+    """The bottom positions (outside [0, size): padding) that ``out`` windows read along one axis, and the stride
+    to pool them with: the padded axis cropped to the windows' extent, or, when the windows skip input
+    (stride > kernel), only the windows' own positions side by side, so that memory follows out * kernel and not
+    the stride (a stride of 65536 on a 6-pixel input once asked for 34 GB)."""
+    if s > k:
+        pos = (torch.arange(out, device=device) * s - p)[:, None] + torch.arange(k, device=device)[None, :]
+        return pos.reshape(-1), k
+    return torch.arange((out - 1) * s + k, device=device) - p, s
+
+
 def _cover(x, k, s, p, out, value=0.0):
-    """``x`` padded by ``p`` top/left, by what the last window needs bottom/right, cropped to the windows' extent."""
-    need = [(o - 1) * st + kk for o, st, kk in zip(out, s, k)]
+    """``x`` laid out for pooling with kernel ``k``: padded with ``value`` as the windows need. Returns the tensor,
+    the strides to pool it with, and the bottom row / column of each of its rows / columns."""
     H, W = x.shape[-2:]
-    x = F.pad(x, (p[1], max(0, need[1] - W - p[1]), p[0], max(0, need[0] - H - p[0])), value=value)
-    return x[..., :need[0], :need[1]]
+    rows, sh = _axis_positions(k[0], s[0], p[0], out[0], x.device)
+    cols, sw = _axis_positions(k[1], s[1], p[1], out[1], x.device)
+    xp = F.pad(x, (0, 1, 0, 1), value=value)  # row H and column W hold the padding value
+    xp = xp.index_select(-2, torch.where((rows >= 0) & (rows < H), rows, H))
+    xp = xp.index_select(-1, torch.where((cols >= 0) & (cols < W), cols, W))
+    return xp, (sh, sw), rows, cols
 
 
 def _window_sum(x, k, s, p, out):
-    return F.avg_pool2d(_cover(x, k, s, p, out), k, s, divisor_override=1)
+    xp, strides, _, _ = _cover(x, k, s, p, out)
+    return F.avg_pool2d(xp, k, strides, divisor_override=1)
 
 
 def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
@@ -69,12 +85,12 @@ def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
                 y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
                 return y, idx.to(x.dtype)
             return F.max_pool2d(x, k, s, p, ceil_mode=ceil), None
-        xp = _cover(x, k, s, p, out, -math.inf)  # -inf never wins: windows clipped to the input
-        y, idx = F.max_pool2d(xp, k, s, return_indices=True)
+        xp, strides, rows, cols = _cover(x, k, s, p, out, -math.inf)  # -inf never wins: windows clipped
+        y, idx = F.max_pool2d(xp, k, strides, return_indices=True)
         if not want_mask:
             return y, None
         wp = xp.shape[-1]
-        idx = (idx // wp - p[0]) * W + idx % wp - p[1]  # padded-plane index -> bottom-plane h*W + w
+        idx = rows[idx // wp] * W + cols[idx % wp]  # index in the laid-out plane -> bottom-plane h*W + w
         return y, idx.to(x.dtype)
     if method == AVE:
         if native:
