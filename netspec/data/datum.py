@@ -115,12 +115,35 @@ def _declared_pixels(raw: bytes) -> Optional[int]:
     return abs(int(dims[0])) * abs(int(dims[1]))
 
 
+def _png_chunk_overrun(data: bytes) -> Optional[str]:
+    """The first PNG chunk whose length field runs past the end of ``data`` (OpenCV's PNG reader allocates what
+    the field says before it reads: 576 MB for a 164-byte file), as a message; None when all fit."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if length > len(data) - pos - 12:
+            name = kind.decode("ascii", "replace")
+            return (f"PNG chunk '{name}' at byte {pos} claims {length} bytes, only {max(0, len(data) - pos - 12)} "
+                    "follow")
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return None
+
+
 def _check_declared_size(head: bytes, size: int, what: str) -> None:
-    """Refuse an image whose header claims far more pixels than ``size`` bytes can encode (see above)."""
+    """Refuse an image whose header claims far more pixels than ``size`` bytes can encode (see above), or, for a
+    complete PNG in memory, a chunk longer than the data."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == size:
+        overrun = _png_chunk_overrun(head)
+        if overrun:
+            raise DataError(f"{what} of {size} bytes cannot be decoded: {overrun}; it is truncated or corrupt "
+                            "(not handed to OpenCV, which would allocate what the chunk claims)")
     pixels = _declared_pixels(head)
     if pixels is not None and pixels > max(_PIXELS_ALWAYS_OK, _PIXELS_PER_BYTE * size):
-        raise DataError(f"{what} of {size} bytes declares {pixels} pixels in its header, far more than so few "
-                        "bytes can hold; it is corrupt (not decoded, so as not to allocate memory for it)")
+        raise DataError(f"{what} of {size} bytes cannot be decoded: its header declares {pixels} pixels, far more "
+                        "than so few bytes can hold; it is corrupt (not handed to OpenCV, which would allocate "
+                        "memory for all of them)")
 
 
 def decode_image(buf, key=None, force_color: bool = False, force_gray: bool = False) -> np.ndarray:

@@ -348,7 +348,7 @@ def _encoded(ext, img):
 
 _IMG = np.random.default_rng(7).integers(0, 256, (6, 5, 3), dtype=np.uint8)
 IMAGE_SEEDS = [_encoded(".png", _IMG), _encoded(".jpg", _IMG), _encoded(".png", _IMG[:, :, 0]),
-               _encoded(".bmp", _IMG)]
+               _encoded(".bmp", _IMG), _encoded(".webp", _IMG), _encoded(".tiff", _IMG)]
 
 
 def _datum_seeds():
@@ -723,6 +723,9 @@ def crafted_inputs():
          D.encoded_datum(_png_claiming(30000, 30000)).SerializeToString()),
         ("datum: JPEG claiming 4000x4000 (libjpeg would fill it in grey)", "datum",
          D.encoded_datum(_jpeg_claiming(4000, 4000)).SerializeToString()),
+        ("datum: 5x6 PNG whose IDAT claims 600 MB", "datum",
+         D.encoded_datum(_png_claiming(5, 6)[:33] + struct.pack(">I", 603979883) + b"IDAT" + b"\0" * 40)
+         .SerializeToString()),
         ("datum: 29-byte PPM claiming 30000x30000", "datum",
          D.encoded_datum(b"P6 30000 30000 255\n" + b"\0" * 10).SerializeToString()),
     ]
