@@ -74,6 +74,13 @@ def split_blob_name(layer: str, blob: str, top_idx: int, k: int) -> str:
     return f"{blob}_{layer}_{top_idx}_split_{k}"
 
 
+def _unknown_bottom(prefix: str, layer, blob: str, j: int) -> PrototxtError:
+    return PrototxtError(
+        f"{prefix}layer '{layer.name}' ({layer.type}): Unknown bottom blob '{blob}' (bottom index {j}); no "
+        "earlier layer produces it. Check the spelling, the layer order, and include/exclude rules that may "
+        "have removed its producer in this phase")
+
+
 def check_graph(net: "caffe_pb2.NetParameter", where=lambda i: "") -> None:
     """Caffe's AppendBottom/AppendTop checks, with the layer and index named."""
     available = set()
@@ -81,10 +88,7 @@ def check_graph(net: "caffe_pb2.NetParameter", where=lambda i: "") -> None:
     for i, layer in enumerate(net.layer):
         for j, b in enumerate(layer.bottom):
             if b not in available:
-                raise PrototxtError(
-                    f"{where(i)}layer '{layer.name}' ({layer.type}): Unknown bottom blob '{b}' "
-                    f"(bottom index {j}); no earlier layer produces it. Check the spelling, the layer order, "
-                    "and include/exclude rules that may have removed its producer in this phase")
+                raise _unknown_bottom(where(i), layer, b, j)
         for j, t in enumerate(layer.top):
             in_place = j < len(layer.bottom) and layer.bottom[j] == t
             if t in produced and not in_place:
@@ -109,10 +113,7 @@ def insert_splits(net: "caffe_pb2.NetParameter", where=lambda i: "",
     for i, layer in enumerate(net.layer):
         for j, b in enumerate(layer.bottom):
             if b not in last_top:
-                raise PrototxtError(
-                    f"{where(i)}layer '{layer.name}' ({layer.type}): Unknown bottom blob '{b}' "
-                    f"(bottom index {j}); no earlier layer produces it. Check the spelling, the layer order, "
-                    "and include/exclude rules that may have removed its producer in this phase")
+                raise _unknown_bottom(where(i), layer, b, j)
             src = last_top[b]
             source_of[(i, j)] = src
             consumers[src] = consumers.get(src, 0) + 1
