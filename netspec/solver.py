@@ -156,13 +156,13 @@ def _resolve(path: str, base_dir: Optional[str], what: str, warned: set) -> str:
     if not path or os.path.isabs(path) or os.path.exists(path) or base_dir is None:
         return path
     alt = os.path.join(base_dir, path)
-    if os.path.exists(alt) or os.path.exists(os.path.dirname(alt) or "."):
-        if what not in warned and os.path.exists(alt):
-            log.warning("%s '%s' not found relative to the working directory %s; using %s (relative to "
-                        "the solver file)", what, path, os.getcwd(), alt)
-            warned.add(what)
-            return alt
-    return path
+    if not os.path.exists(alt):
+        return path
+    if what not in warned:
+        log.warning("%s '%s' not found relative to the working directory %s; using %s (relative to "
+                    "the solver file)", what, path, os.getcwd(), alt)
+        warned.add(what)
+    return alt
 
 
 class Solver:
@@ -217,9 +217,8 @@ class Solver:
                 self.net.copy_from(path.strip())
 
     # -- nets (Solver::InitTrainNet / InitTestNets) ------------------------------------------------------
-    def _net_source(self, which: str, base_dir):
-        p = self.param
-        return _resolve(getattr(p, which), base_dir, which, self._warned)
+    def _net_source(self, which: str, base_dir, path: Optional[str] = None):
+        return _resolve(getattr(self.param, which) if path is None else path, base_dir, which, self._warned)
 
     def _make_train_net(self, base_dir, level, stages):
         from .net import Net
@@ -239,7 +238,7 @@ class Solver:
     def _make_test_nets(self, base_dir, level, stages):
         from .net import Net
         p = self.param
-        sources = [m for m in p.test_net_param] + [self._resolve_test(t, base_dir) for t in p.test_net]
+        sources = [m for m in p.test_net_param] + [self._net_source("test_net", base_dir, t) for t in p.test_net]
         n_explicit = len(sources)
         generic = p.net_param if p.HasField("net_param") else (
             self._net_source("net", base_dir) if p.HasField("net") else None)
@@ -263,9 +262,6 @@ class Solver:
             net.share_with(self.net)
             nets.append(net)
         return nets
-
-    def _resolve_test(self, t, base_dir):
-        return _resolve(t, base_dir, "test_net", self._warned)
 
     # -- the loop (Solver::Step / Solve) -------------------------------------------------------------------
     def set_action_function(self, fn: Callable[[], str]):
@@ -405,7 +401,7 @@ class Solver:
             log.info("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            outs = self.net.forward()
+            self.net.forward()
             loss = sum(float(self.net.blobs[o].data.sum()) * w for o, w in self.net.loss_outputs())
             log.info("Iteration %d, loss = %.6g", self.iter, loss)
         if p.test_interval and self.iter % p.test_interval == 0:
