@@ -42,16 +42,11 @@ def known_classes() -> Dict[str, Tuple[str, ...]]:
 
 def tool_device(gpu: Optional[str]) -> torch.device:
     """The device of `caffe test/time`: the first id of ``--gpu`` (logs ``Use GPU with device ID 0``), else CPU."""
-    from .train import parse_gpus
-    gpus = parse_gpus(gpu)
-    if not gpus:
-        log.info("Use CPU.")
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpu)
-        return torch.device("cpu")
-    log.info("Use GPU with device ID %d", gpus[0])
-    return torch.device("cuda", gpus[0])
+    from .train import cuda_or_cpu, parse_gpus
+    dev = cuda_or_cpu(parse_gpus(gpu))
+    if dev.type == "cuda":
+        log.info("Use GPU with device ID %d", dev.index)
+    return dev
 
 
 def _stages(stage: str) -> Optional[List[str]]:

@@ -4,7 +4,6 @@ The library side of ``tools/train.py``. Logs in glog's format (``I1121 13:45:00.
 Caffe's messages, so existing Caffe log parsers keep working.
 """
 import argparse
-import contextlib
 import datetime
 import logging
 import os
@@ -101,6 +100,17 @@ class _Signals:
             signal.signal(sig, old)
 
 
+def cuda_or_cpu(gpus: List[int], index: int = 0) -> torch.device:
+    """``gpus[index]`` as a CUDA device; the CPU when no GPU is asked for (Caffe's ``Use CPU.``) or none exists."""
+    if not gpus:
+        log.info("Use CPU.")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpus)
+        return torch.device("cpu")
+    return torch.device("cuda", gpus[index % len(gpus)])
+
+
 def choose_device(args, solver_param) -> torch.device:
     from .proto import caffe_pb2
     gpus = parse_gpus(args.gpu)
@@ -109,16 +119,10 @@ def choose_device(args, solver_param) -> torch.device:
     if (not gpus and args.gpu is None and solver_param.HasField("solver_mode")
             and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU):
         gpus = [solver_param.device_id]
-    if not gpus:
-        log.info("Use CPU.")
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpus)
-        return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    dev = gpus[local % len(gpus)]
-    log.info("Using GPUs %s", ", ".join(map(str, gpus)))
-    return torch.device("cuda", dev)
+    dev = cuda_or_cpu(gpus, int(os.environ.get("LOCAL_RANK", 0)))
+    if dev.type == "cuda":
+        log.info("Using GPUs %s", ", ".join(map(str, gpus)))
+    return dev
 
 
 def main(argv=None) -> int:
