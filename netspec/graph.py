@@ -5,7 +5,7 @@
   names it, so logs, ``net.blobs`` and written caffemodels list the same layers as Caffe.
 * ``check_graph``: Caffe's wiring checks (unknown bottom, a top produced twice).
 """
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional
 
 from .errors import PrototxtError
 from .proto import caffe_pb2

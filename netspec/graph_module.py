@@ -11,7 +11,7 @@ parameters in registration order (Convolution: weight, bias; BatchNorm: mean, va
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .blob import Blob, ParamBlob
-from .errors import NetspecError, PrototxtError, WeightsError
+from .errors import NetspecError, PrototxtError
 from .graph import prepare_net
 from .graph_module import CaffeNet
 from .proto import caffe_pb2

@@ -1,12 +1,11 @@
 """Moving weights between a built net and ``.caffemodel`` files, matching layers by name as Caffe does."""
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 
 from .errors import WeightsError
-from .proto import caffe_pb2
 
 log = logging.getLogger("netspec")
 
@@ -25,24 +24,16 @@ def blob_fits(target_shape, array: np.ndarray, legacy: bool) -> bool:
     return target_shape == tuple(array.shape)
 
 
-def read_weight_layers(path: str):
-    """[(layer name, layer type, [(array, legacy)])] for every layer of a caffemodel, in file order."""
-    from . import binary
-    model = binary.read_caffemodel(path)
-    return [(name, ltype, blobs) for name, ltype, blobs in model.weight_layers()]
-
-
-def copy_trained_layers(module, path: str, *, strict_blob_count: bool = True) -> List[str]:
+def copy_trained_layers(module, path: str) -> List[str]:
     """Caffe's Net::CopyTrainedLayersFrom over a CaffeNet. Returns the names of the layers copied.
 
     Source layers with no layer of the same name in the net are ignored (and logged); with duplicate names
     the last layer of that name receives the weights, as Caffe's name index does."""
-    index = {}
-    for node in module.nodes:
-        index[node.name] = node.index
+    from . import binary
+    index = {node.name: node.index for node in module.nodes}
     log.info("Finetuning from %s", path)
     copied = []
-    for name, ltype, blobs in read_weight_layers(path):
+    for name, _type, blobs in binary.read_caffemodel(path).weight_layers():
         if name not in index:
             log.info("Ignoring source layer %s", name)
             continue
@@ -65,25 +56,6 @@ def copy_trained_layers(module, path: str, *, strict_blob_count: bool = True) ->
                 p.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(p.shape))
         copied.append(name)
     return copied
-
-
-def net_to_proto(module, net_param: "caffe_pb2.NetParameter", *, with_diff: bool = False):
-    """Caffe's Net::ToProto: every layer (Split layers included) with its phase and blobs."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net_param)
-    del out.layer[:]
-    for node in module.nodes:
-        lp = out.layer.add()
-        lp.CopyFrom(node.param)
-        lp.phase = module.phase
-        del lp.blobs[:]
-        for p in module.layer_blobs(node.index):
-            b = lp.blobs.add()
-            b.shape.dim.extend(p.shape)
-            b.data.extend(p.detach().to("cpu", torch.float32).reshape(-1).numpy().tolist())
-            if with_diff and p.grad is not None:
-                b.diff.extend(p.grad.detach().to("cpu", torch.float32).reshape(-1).numpy().tolist())
-    return out
 
 
 def save_caffemodel(module, net_param, path: str, *, with_diff: bool = False) -> None:
