@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netspec import convert  # noqa: E402
-from netspec.errors import NetspecError  # noqa: E402
+from netspec.cli import run_tool  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
 
@@ -51,12 +51,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
-    try:
+    def run():
         if args.list:
             if args.input or args.output:
                 parser.error("--list takes one file and no other positional arguments")
             print(convert.list_file(args.list))
-            return 0
+            return
         if not (args.input and args.output):
             parser.error("give IN and OUT files (or --list FILE)")
         report = convert.convert(
@@ -64,13 +64,8 @@ def main(argv=None):
             out_prototxt=args.out_prototxt, phase=getattr(caffe_pb2, args.phase), strict=args.strict)
         if not args.quiet:
             print("\n".join(report.lines()))
-    except NetspecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_tool(run)
 
 
 if __name__ == "__main__":

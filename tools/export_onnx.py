@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netspec import export  # noqa: E402
-from netspec.errors import NetspecError  # noqa: E402
+from netspec.cli import run_tool  # noqa: E402
 
 
 def _shape(text):
@@ -56,20 +56,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (args.out or args.torchscript or args.exported_program):
         parser.error("nothing to write: give --out, --torchscript or --exported-program")
-    try:
+
+    def run():
         report = export.export(
             args.model, weights=args.weights, onnx_path=args.out, torchscript=args.torchscript,
             exported_program=args.exported_program, dynamic_hw=args.dynamic_hw, opset=args.opset,
             check=args.check, tol=args.tol, input_shapes=dict(args.input_shape), seed=args.seed, echo=print)
         if args.check:
             print(f"check passed: max relative error {report.max_error:.3g} <= {args.tol:g}")
-    except NetspecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_tool(run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netspec import binary, prototxt, upgrade  # noqa: E402
-from netspec.errors import NetspecError  # noqa: E402
+from netspec.cli import run_tool  # noqa: E402
 
 _TEXT_EXT = {".prototxt", ".pt", ".txt", ".pbtxt"}
 _BINARY_EXT = {".caffemodel", ".binaryproto", ".pb", ".protobin"}
@@ -50,7 +50,7 @@ def main(argv=None):
                         help="format of the input and output (default: detected)")
     args = parser.parse_args(argv)
 
-    try:
+    def run():
         fmt = args.format or detect_format(args.input)
         if fmt == "text":
             net = prototxt.read_net(args.input)
@@ -70,13 +70,8 @@ def main(argv=None):
         else:
             binary.write_caffemodel(args.output, model)
             print(f"Wrote upgraded NetParameter binary proto to {args.output}")
-    except NetspecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_tool(run)
 
 
 if __name__ == "__main__":
