@@ -35,6 +35,8 @@ import numpy as np  # noqa: E402
 from netspec import binary  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
+from _common import same_bytes  # noqa: E402
+
 # VGG16 (ILSVRC 2014, configuration D): (name, type, weight shape).
 VGG16 = [
     ("conv1_1", (64, 3, 3, 3)), ("conv1_2", (64, 64, 3, 3)),
@@ -153,21 +155,11 @@ def main(argv=None) -> int:
                   f"{r['rusage_max_rss'] / 1e6:.0f} MB; interpreter + imports "
                   f"{r['baseline_rss'] / 1e6:.0f} MB)")
         if mode == "rewrite":
-            same = _same_bytes(path, path + ".rewritten")
+            same = same_bytes(path, path + ".rewritten")
             print(f"{'':>28}  rewritten file byte-identical: {same}")
             if not args.keep:
                 os.unlink(path + ".rewritten")
     return 0
-
-
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 24), fb.read(1 << 24)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 if __name__ == "__main__":

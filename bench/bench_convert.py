@@ -30,6 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import same_bytes  # noqa: E402
+
 # VGG16 (configuration D): conv blocks (widths, convs per block), then fc6/fc7/fc8.
 _BLOCKS = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
 
@@ -133,16 +135,6 @@ def _run(mode: str, paths: dict) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _same_bytes(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 24), fb.read(1 << 24)
-            if x != y:
-                return False
-            if not x:
-                return True
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", metavar="DIR", help="write the files here and keep them")
@@ -174,7 +166,7 @@ def main(argv=None) -> int:
                   f"output {os.path.getsize(paths[out]) / 1e6:.1f} MB")
             if mode == "back":
                 print(f"{'':>28}  back-converted caffemodel byte-identical: "
-                      f"{_same_bytes(paths['caffemodel'], paths['back'])}")
+                      f"{same_bytes(paths['caffemodel'], paths['back'])}")
     return 0
 
 
