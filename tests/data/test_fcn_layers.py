@@ -25,16 +25,8 @@ VOC_MEAN = np.array(F.VOC_MEAN, np.float32)
 # -- fake datasets --------------------------------------------------------------------------------------------
 
 def voc_colormap():
-    cmap = np.zeros((256, 3), np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
+    from netspec.infer import voc_palette
+    return voc_palette(256)
 
 
 def write_palette_png(path, idx, filters=(0,)):
