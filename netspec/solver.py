@@ -18,9 +18,10 @@ import os
 import time
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 
-from .errors import NetspecError, SolverError
+from .errors import SolverError
 from .proto import caffe_pb2
 
 log = logging.getLogger("netspec")
@@ -83,7 +84,7 @@ def learning_rate(param: "caffe_pb2.SolverParameter", it: int, current_step: int
         raise SolverError(f"Unknown learning rate policy '{param.lr_policy}'. Known: "
                           f"{', '.join(LR_POLICIES)}")
     rate, cs = fn(param, it, current_step)
-    return float(torch.tensor(rate, dtype=torch.float32)), cs
+    return float(np.float32(rate)), cs
 
 
 # -- update rules (ComputeUpdateValue); each turns diffs into the step, in place ------------------------------
@@ -434,11 +435,12 @@ class Solver:
         sums = None
         loss = 0.0
         n = p.test_iter[i]
+        loss_outputs = net.loss_outputs()
         with torch.no_grad():
             for _ in range(n):
                 out = net.forward_only()
                 if p.test_compute_loss:
-                    loss += sum(float(out[o].sum()) * w for o, w in net.loss_outputs())
+                    loss += sum(float(out[o].sum()) * w for o, w in loss_outputs)
                 if sums is None:
                     sums = {o: out[o].astype("float64").copy() for o in net.outputs}
                 else:
@@ -478,8 +480,7 @@ class Solver:
                     local = p.weight_decay * decay
                     if local:
                         d.add_(t if reg == "L2" else torch.sign(t), alpha=local)
-            rates = [rate * lr for _t, lr, *_ in self._params]
-            rates = [float(torch.tensor(r, dtype=torch.float32)) for r in rates]
+            rates = [float(np.float32(rate * lr)) for _t, lr, *_ in self._params]  # Caffe's float local_rate
             self._rule(self, diffs, rates)
             torch._foreach_sub_(params, diffs)
 
