@@ -90,58 +90,86 @@ def learning_rate(param: "caffe_pb2.SolverParameter", it: int, current_step: int
 # -- update rules (ComputeUpdateValue); each turns diffs into the step, in place ------------------------------
 
 def _sgd(s, diffs, rates):
+    # history = local_rate * diff + momentum * history; the step (and the diff Caffe leaves) = history.
+    # All in place: no iteration allocates a parameter-sized temporary.
     hist = s.history
+    torch._foreach_mul_(diffs, rates)
     torch._foreach_mul_(hist, s.param.momentum)
-    torch._foreach_add_(hist, torch._foreach_mul(diffs, rates))
+    torch._foreach_add_(hist, diffs)
     torch._foreach_copy_(diffs, hist)
 
 
+def _scratch(s):
+    """One persistent parameter-sized buffer per blob (Caffe's ``temp_``), made on first use."""
+    if getattr(s, "_temp", None) is None:
+        s._temp = [torch.empty_like(h) for h in s.history[:len(s._params)]]
+    return s._temp
+
+
 def _nesterov(s, diffs, rates):
-    hist = s.history
-    prev = [h.clone() for h in hist]
-    m = s.param.momentum
+    # history_prev = history; history = momentum * history + local_rate * diff;
+    # step = (1 + momentum) * history - momentum * history_prev
+    hist, prev, m = s.history, _scratch(s), s.param.momentum
+    torch._foreach_copy_(prev, hist)
+    torch._foreach_mul_(diffs, rates)
     torch._foreach_mul_(hist, m)
-    torch._foreach_add_(hist, torch._foreach_mul(diffs, rates))
-    # step = (1 + m) * h - m * h_prev
+    torch._foreach_add_(hist, diffs)
+    torch._foreach_mul_(prev, m)
     for d, h, hp in zip(diffs, hist, prev):
-        d.copy_(h * (1 + m) - hp * m)
+        torch.mul(h, 1 + m, out=d)
+        d.sub_(hp)
 
 
 def _adagrad(s, diffs, rates):
-    delta = s.param.delta
-    for d, h, r in zip(diffs, s.history, rates):
-        h.add_(d * d)
-        d.div_(h.sqrt() + delta).mul_(r)
+    # history += diff^2; step = local_rate * diff / (sqrt(history) + delta)
+    delta, temp = s.param.delta, _scratch(s)
+    for d, h, t, r in zip(diffs, s.history, temp, rates):
+        h.addcmul_(d, d)
+        torch.sqrt(h, out=t).add_(delta)
+        d.div_(t).mul_(r)
 
 
 def _rmsprop(s, diffs, rates):
-    delta, decay = s.param.delta, s.param.rms_decay
-    for d, h, r in zip(diffs, s.history, rates):
-        h.mul_(decay).add_(d * d, alpha=1 - decay)
-        d.div_(h.sqrt() + delta).mul_(r)
+    # history = rms_decay * history + (1 - rms_decay) * diff^2; step = local_rate * diff / (sqrt(history) + delta)
+    delta, decay, temp = s.param.delta, s.param.rms_decay, _scratch(s)
+    for d, h, t, r in zip(diffs, s.history, temp, rates):
+        torch.mul(d, d, out=t)
+        h.mul_(decay).add_(t, alpha=1 - decay)
+        torch.sqrt(h, out=t).add_(delta)
+        d.div_(t).mul_(r)
 
 
 def _adadelta(s, diffs, rates):
-    delta, m = s.param.delta, s.param.momentum
+    # Zeiler's AdaDelta as Caffe writes it: gradient and update histories decayed by momentum, delta added
+    # inside both square roots, the step scaled by local_rate at the end.
+    delta, m, temp = s.param.delta, s.param.momentum, _scratch(s)
     n = len(diffs)
     for i, (d, r) in enumerate(zip(diffs, rates)):
-        hg, hu = s.history[i], s.history[n + i]
-        hg.mul_(m).add_(d * d, alpha=1 - m)
-        d.mul_(((hu + delta) / (hg + delta)).sqrt())
-        hu.mul_(m).add_(d * d, alpha=1 - m)
+        hg, hu, t = s.history[i], s.history[n + i], temp[i]
+        torch.mul(d, d, out=t)
+        hg.mul_(m).add_(t, alpha=1 - m)
+        torch.add(hu, delta, out=t)
+        t.div_(hg + delta).sqrt_()
+        d.mul_(t)
+        torch.mul(d, d, out=t)
+        hu.mul_(m).add_(t, alpha=1 - m)
         d.mul_(r)
 
 
 def _adam(s, diffs, rates):
+    # m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    # step = local_rate * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), t = iter + 1
     b1, b2, eps = s.param.momentum, s.param.momentum2, s.param.delta
     t = s.iter + 1
     correction = math.sqrt(1.0 - math.pow(b2, t)) / (1.0 - math.pow(b1, t))
-    n = len(diffs)
+    n, temp = len(diffs), _scratch(s)
     for i, (d, r) in enumerate(zip(diffs, rates)):
-        mt, vt = s.history[i], s.history[n + i]
+        mt, vt, tmp = s.history[i], s.history[n + i], temp[i]
         mt.mul_(b1).add_(d, alpha=1 - b1)
-        vt.mul_(b2).add_(d * d, alpha=1 - b2)
-        d.copy_(mt / (vt.sqrt() + eps)).mul_(r * correction)
+        torch.mul(d, d, out=tmp)
+        vt.mul_(b2).add_(tmp, alpha=1 - b2)
+        torch.sqrt(vt, out=tmp).add_(eps)
+        torch.div(mt, tmp, out=d).mul_(r * correction)
 
 
 # type -> (rule, number of history blobs per learnable blob)
