@@ -27,6 +27,14 @@ log = logging.getLogger("netspec")
 
 INT_MAX = 2 ** 31 - 1
 
+#: Layer types whose forward is a pure function of bottoms and params (Dropout's mask is replayed from the
+#: saved RNG state), so activation checkpointing may run them twice. BatchNorm only with global statistics:
+#: with batch statistics its forward updates the moving averages, which a recompute would do twice.
+CHECKPOINTABLE = frozenset((
+    "Convolution", "Deconvolution", "InnerProduct", "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal",
+    "Power", "Pooling", "Eltwise", "Concat", "Crop", "Scale", "Bias", "Split", "Dropout", "Interp", "LRN",
+    "Flatten", "Reshape", "Slice", "Softmax", "BatchNorm"))
+
 
 class _TooBig(Exception):
     def __init__(self, shape, count):
@@ -207,6 +215,9 @@ class CaffeNet(nn.Module):
             node.top_shapes = tshapes
             self.nodes.append(node)
         self.blob_shapes = shapes
+        #: Activation checkpointing in the training fast path (see ``_checkpoint_plan``); off by default.
+        self.checkpoint = False
+        self._ckpt_plans: Dict[Tuple[str, ...], list] = {}
         self._plan()
 
     @staticmethod
@@ -302,9 +313,15 @@ class CaffeNet(nn.Module):
         their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
         """
         env = {} if env is None else env
-        loss = None
         end = len(self.nodes) - 1 if end is None else end
-        for node in self.nodes[start:end + 1]:
+        if (self.checkpoint and torch.is_grad_enabled() and not keep and start == 0 and end == len(self.nodes) - 1
+                and on_top is None and before is None and after is None):
+            return self._run_checkpointed(feed, env, retain)
+        return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
+
+    def _run_nodes(self, nodes, feed, env, keep=False, on_top=None, before=None, after=None, retain=()):
+        loss = None
+        for node in nodes:
             if before is not None:
                 before(node.index)
             module = getattr(self, node.key)
@@ -336,6 +353,91 @@ class CaffeNet(nn.Module):
                         env.pop(b, None)
             if after is not None:
                 after(node.index)
+        return env, loss
+
+    # -- activation checkpointing ---------------------------------------------------------------------------
+    def _checkpointable(self, node: Node) -> bool:
+        if node.type not in CHECKPOINTABLE or any(node.loss_weights):
+            return False
+        return node.type != "BatchNorm" or bool(self.get_module(node.index).use_global_stats)
+
+    def _checkpoint_plan(self, retain) -> list:
+        """Items ``(node, None, None)`` run as usual, or ``(nodes, inputs, outputs)``: a segment whose inner
+        blobs are not kept for backward but recomputed. Each maximal run of checkpointable layers is cut into
+        about sqrt(len) segments of equal layer count (Chen et al.'s sqrt(n) memory schedule)."""
+        key = tuple(sorted(retain))
+        if key in self._ckpt_plans:
+            return self._ckpt_plans[key]
+        last_read: Dict[str, int] = {}
+        for node in self.nodes:
+            for b in node.bottoms:
+                last_read[b] = node.index
+        keep_names = set(self.output_blobs) | set(retain)
+        runs, current = [], []
+        for node in self.nodes:
+            if self._checkpointable(node):
+                current.append(node)
+                continue
+            if current:
+                runs.append(current)
+                current = []
+            runs.append(node)
+        if current:
+            runs.append(current)
+        plan = []
+        for item in runs:
+            if isinstance(item, Node):
+                plan.append((item, None, None))
+                continue
+            size = max(2, round(math.sqrt(len(item))))
+            for k in range(0, len(item), size):
+                seg = item[k:k + size]
+                if len(seg) == 1:
+                    plan.append((seg[0], None, None))
+                    continue
+                produced, inputs = set(), []
+                for node in seg:
+                    for b in node.bottoms:
+                        if b not in produced and b not in inputs:
+                            inputs.append(b)
+                    produced.update(node.tops)
+                end = seg[-1].index
+                outputs = [t for t in dict.fromkeys(t for n in seg for t in n.tops)
+                           if last_read.get(t, -1) > end or t in keep_names]
+                plan.append((seg, inputs, outputs))
+        self._ckpt_plans[key] = plan
+        return plan
+
+    def _run_segment(self, nodes, inputs, outputs, *xs):
+        env = dict(zip(inputs, xs))
+        wanted = set(outputs)
+        for node in nodes:
+            module = getattr(self, node.key)
+            args = [env[b] if pd else env[b].detach() for b, pd in zip(node.bottoms, node.propagate_down)]
+            out = module(*args)
+            for t, v in zip(node.tops, out if isinstance(out, (tuple, list)) else (out,)):
+                env[t] = v
+            for b in self._free_after[node.index]:
+                if b not in wanted:
+                    env.pop(b, None)
+        return tuple(env[o] for o in outputs)
+
+    def _run_checkpointed(self, feed, env, retain):
+        from torch.utils.checkpoint import checkpoint
+        loss = None
+        for item, inputs, outputs in self._checkpoint_plan(retain):
+            if inputs is None:
+                env, term = self._run_nodes([item], feed, env, retain=retain)
+                if term is not None:
+                    loss = term if loss is None else loss + term
+                continue
+            outs = checkpoint(self._run_segment, item, inputs, outputs, *[env[b] for b in inputs],
+                              use_reentrant=False, preserve_rng_state=True)
+            env.update(zip(outputs, outs))
+            for node in item:
+                for b in self._free_after[node.index]:
+                    if b not in retain and b not in outputs:
+                        env.pop(b, None)
         return env, loss
 
     def forward(self, inputs: Optional[Dict[str, torch.Tensor]] = None, **kw):

@@ -275,8 +275,11 @@ class Net:
             if o in env:
                 self.blobs[o]._set(env[o].float())
 
-    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False):
-        """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile."""
+    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                  checkpoint: bool = False):
+        """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile, and
+        activation checkpointing (training keeps ~sqrt(n) blobs for backward and recomputes the rest: less
+        memory for large inputs, about one more forward of compute)."""
         dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
         if precision not in dtypes:
             raise NetspecError(f"precision {precision!r}: use fp32, bf16 or fp16")
@@ -284,6 +287,7 @@ class Net:
         self._channels_last = channels_last
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
+        self.module.checkpoint = checkpoint
         self._compiled = torch.compile(self.module) if compile else None
 
     def _autocast(self):

@@ -308,9 +308,10 @@ class Solver:
             self.smoothed_loss += (loss - self._losses[idx]) / avg
             self._losses[idx] = loss
 
-    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False):
+    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                  checkpoint: bool = False):
         """Speed settings (see Net.configure). fp16 uses a dynamic loss scale; bf16 and fp32 need none."""
-        self.net.configure(precision, channels_last, compile)
+        self.net.configure(precision, channels_last, compile, checkpoint)
         for t in self.test_nets:
             t.configure(precision, channels_last, False)
         self._loss_scale = 2.0 ** 16 if precision == "fp16" else 1.0

@@ -66,6 +66,8 @@ def build_parser():
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of forward/backward (the solver update stays fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D activations")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="keep ~sqrt(layers) blobs for backward and recompute the rest (less memory, ~1/3 slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the built net")
     p.add_argument("--cudnn-benchmark", action="store_true", help="cudnn autotune (fixed input sizes)")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries)")
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
         solver = Solver(args.solver, level=args.level, stages=stages, device=device)
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter
-        solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+        solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                         checkpoint=args.checkpoint_activations)
         if args.weights:
             for w in args.weights.split(","):
                 solver.net.copy_from(w.strip())
