@@ -5,7 +5,8 @@ training path (Solver.step: forward, backward, Caffe's SGD update), per precisio
     python bench/bench_train_gpu.py --nets fcn8s_voc --batch 1 --modes fp32,bf16 --iters 10
     python bench/bench_train_gpu.py --device cpu --size 64 --iters 2  # the same on CPU (a smoke run)
 
-Modes: fp32, bf16 (autocast), bf16_cl (+ channels_last), bf16_cl_compile (+ torch.compile). The data layer is
+Modes: fp32, bf16 (autocast), bf16_cl (+ channels_last), bf16_cl_compile (+ torch.compile), bf16_cl_ckpt
+(+ activation checkpointing instead of compile: the memory-saving setting). The data layer is
 replaced by Input layers fed with random images and labels of the given batch and size (the loader is measured
 by bench_loader.py). MFU = FLOPs of one training iteration (counted by torch.utils.flop_counter on the real
 graph: forward + backward) / iteration time / the bf16 matmul peak measured on this device in this run.
@@ -34,6 +35,7 @@ MODES = {
     "bf16": dict(precision="bf16", channels_last=False, compile=False),
     "bf16_cl": dict(precision="bf16", channels_last=True, compile=False),
     "bf16_cl_compile": dict(precision="bf16", channels_last=True, compile=True),
+    "bf16_cl_ckpt": dict(precision="bf16", channels_last=True, compile=False, checkpoint=True),
 }
 
 
