@@ -87,6 +87,22 @@ def learning_rate(param: "caffe_pb2.SolverParameter", it: int, current_step: int
     return float(np.float32(rate)), cs
 
 
+class _Update:
+    """What an update rule sees: the solver's settings and iteration, the history blobs of the blobs being
+    updated (``nhist`` groups of ``n``), and ``scratch()``: one persistent buffer per blob (Caffe's
+    ``temp_``), so that no iteration allocates parameter-sized temporaries."""
+
+    def __init__(self, solver: "Solver", history: List[torch.Tensor], n: int):
+        self.param, self.iter, self.history = solver.param, solver.iter, history
+        self._solver, self._n = solver, n
+
+    def scratch(self) -> List[torch.Tensor]:
+        s = self._solver
+        if s._temp is None or len(s._temp) != self._n:
+            s._temp = [torch.empty_like(h) for h in self.history[:self._n]]
+        return s._temp
+
+
 # -- update rules (ComputeUpdateValue); each turns diffs into the step, in place ------------------------------
 
 def _sgd(s, diffs, rates):
@@ -99,17 +115,10 @@ def _sgd(s, diffs, rates):
     torch._foreach_copy_(diffs, hist)
 
 
-def _scratch(s):
-    """One persistent parameter-sized buffer per blob (Caffe's ``temp_``), made on first use."""
-    if getattr(s, "_temp", None) is None:
-        s._temp = [torch.empty_like(h) for h in s.history[:len(s._params)]]
-    return s._temp
-
-
 def _nesterov(s, diffs, rates):
     # history_prev = history; history = momentum * history + local_rate * diff;
     # step = (1 + momentum) * history - momentum * history_prev
-    hist, prev, m = s.history, _scratch(s), s.param.momentum
+    hist, prev, m = s.history, s.scratch(), s.param.momentum
     torch._foreach_copy_(prev, hist)
     torch._foreach_mul_(diffs, rates)
     torch._foreach_mul_(hist, m)
@@ -122,7 +131,7 @@ def _nesterov(s, diffs, rates):
 
 def _adagrad(s, diffs, rates):
     # history += diff^2; step = local_rate * diff / (sqrt(history) + delta)
-    delta, temp = s.param.delta, _scratch(s)
+    delta, temp = s.param.delta, s.scratch()
     for d, h, t, r in zip(diffs, s.history, temp, rates):
         h.addcmul_(d, d)
         torch.sqrt(h, out=t).add_(delta)
@@ -131,7 +140,7 @@ def _adagrad(s, diffs, rates):
 
 def _rmsprop(s, diffs, rates):
     # history = rms_decay * history + (1 - rms_decay) * diff^2; step = local_rate * diff / (sqrt(history) + delta)
-    delta, decay, temp = s.param.delta, s.param.rms_decay, _scratch(s)
+    delta, decay, temp = s.param.delta, s.param.rms_decay, s.scratch()
     for d, h, t, r in zip(diffs, s.history, temp, rates):
         torch.mul(d, d, out=t)
         h.mul_(decay).add_(t, alpha=1 - decay)
@@ -142,7 +151,7 @@ def _rmsprop(s, diffs, rates):
 def _adadelta(s, diffs, rates):
     # Zeiler's AdaDelta as Caffe writes it: gradient and update histories decayed by momentum, delta added
     # inside both square roots, the step scaled by local_rate at the end.
-    delta, m, temp = s.param.delta, s.param.momentum, _scratch(s)
+    delta, m, temp = s.param.delta, s.param.momentum, s.scratch()
     n = len(diffs)
     for i, (d, r) in enumerate(zip(diffs, rates)):
         hg, hu, t = s.history[i], s.history[n + i], temp[i]
@@ -162,7 +171,7 @@ def _adam(s, diffs, rates):
     b1, b2, eps = s.param.momentum, s.param.momentum2, s.param.delta
     t = s.iter + 1
     correction = math.sqrt(1.0 - math.pow(b2, t)) / (1.0 - math.pow(b1, t))
-    n, temp = len(diffs), _scratch(s)
+    n, temp = len(diffs), s.scratch()
     for i, (d, r) in enumerate(zip(diffs, rates)):
         mt, vt, tmp = s.history[i], s.history[n + i], temp[i]
         mt.mul_(b1).add_(d, alpha=1 - b1)
@@ -236,6 +245,8 @@ class Solver:
         self._params = self.net.module.learnable_params()
         self.history: List[torch.Tensor] = [torch.zeros_like(p) for _ in range(self._nhist)
                                             for p, *_ in self._params]
+        self._active_cache = None
+        self._temp: Optional[List[torch.Tensor]] = None
         self._losses: List[float] = []
         self.smoothed_loss = 0.0
         self._action: Optional[Callable[[], str]] = None
@@ -487,13 +498,15 @@ class Solver:
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
-        params = [t for t, *_ in self._params]
         with torch.no_grad():
+            specs, hist = self._active()
+            params = [t for t, *_ in specs]
             diffs = [t.grad if t.grad is not None else torch.zeros_like(t) for t in params]
             for t, d in zip(params, diffs):
                 t.grad = d
-            if p.clip_gradients >= 0:
-                norm = math.sqrt(sum(float((d.double() * d.double()).sum()) for d in diffs))
+            if p.clip_gradients >= 0:  # the norm over every learnable blob (a skipped one's diff may be forced)
+                norm = math.sqrt(sum(float((t.grad.double() ** 2).sum()) for t, *_ in self._params
+                                     if t.grad is not None))
                 if norm > p.clip_gradients:
                     scale = p.clip_gradients / norm
                     log.info("Gradient clipping: scaling down gradients (L2 norm %.6g > %.6g) by scale factor "
@@ -505,13 +518,33 @@ class Solver:
             if reg not in ("L1", "L2"):
                 raise SolverError(f"Unknown regularization type: {reg} (use L2 or L1)")
             if p.weight_decay:
-                for (t, _lr, decay, *_), d in zip(self._params, diffs):
+                for (t, _lr, decay, *_), d in zip(specs, diffs):
                     local = p.weight_decay * decay
                     if local:
                         d.add_(t if reg == "L2" else torch.sign(t), alpha=local)
-            rates = [float(np.float32(rate * lr)) for _t, lr, *_ in self._params]  # Caffe's float local_rate
-            self._rule(self, diffs, rates)
+            rates = [float(np.float32(rate * lr)) for _t, lr, *_ in specs]  # Caffe's float local_rate
+            self._rule(_Update(self, hist, len(params)), diffs, rates)
             torch._foreach_sub_(params, diffs)
+            if len(specs) != len(self._params):  # a skipped blob's diff ends as its (zero) history, as in Caffe
+                active = {id(t) for t in params}
+                for t, *_ in self._params:
+                    if id(t) not in active and t.grad is not None:
+                        t.grad.zero_()
+
+    def _active(self):
+        """The blobs the update must touch, and their history blobs. Under SGD and Nesterov a blob with
+        lr_mult 0 whose history is zero keeps a zero history for ever (momentum * 0 + 0 * diff), so its step is
+        exactly 0 and it is skipped: a frozen trunk costs nothing. Every other rule keeps state even at rate 0
+        (Adam's moments, AdaGrad's sum), which Caffe writes into its snapshots, so those touch every blob."""
+        if self._active_cache is None:
+            n = len(self._params)
+            keep = list(range(n))
+            if self.param.type in ("SGD", "Nesterov"):
+                keep = [i for i, (_t, lr, *_) in enumerate(self._params)
+                        if lr != 0 or bool(self.history[i].any())]
+            hist = [self.history[k * n + i] for k in range(self._nhist) for i in keep]
+            self._active_cache = ([self._params[i] for i in keep], hist)
+        return self._active_cache
 
     # -- snapshots (Solver::Snapshot / Restore) -------------------------------------------------------------
     def snapshot_filename(self, ext: str) -> str:
@@ -571,6 +604,7 @@ class Solver:
                     raise SolverError(f"{state_file}: history blob {i} has {arr.size} values, the net's "
                                       f"param has {h.numel()}")
                 h.copy_(torch.from_numpy(arr.reshape(-1).copy()).reshape(h.shape))
+        self._active_cache = self._temp = None
 
 
 def _is_root() -> bool:

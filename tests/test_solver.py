@@ -1,0 +1,73 @@
+"""Solver.apply_update on frozen (lr_mult 0) blobs, checked against Caffe's SGD formulas
+(history = local_rate * diff + momentum * history; param -= history)."""
+import numpy as np
+import pytest
+import torch
+
+from netspec import prototxt
+from netspec.solver import Solver
+
+NET = """
+name: "frozen"
+force_backward: %s
+layer { name: "in" type: "Input" top: "x" top: "y"
+        input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h" param { lr_mult: 0 } param { lr_mult: 0 }
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.5 }
+                              bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "p"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
+"""
+
+
+def make(force_backward=False, **fields):
+    sp = prototxt.parse_solver(f"""base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.01
+                                   max_iter: 10 display: 0 snapshot_prefix: "" """)
+    sp.net_param.CopyFrom(prototxt.parse_net(NET % ("true" if force_backward else "false")))
+    for k, v in fields.items():
+        setattr(sp, k, v)
+    torch.manual_seed(0)
+    s = Solver(sp, device="cpu")
+    rng = np.random.RandomState(0)
+    s.net.blobs["x"].data[...] = rng.randn(2, 3)
+    s.net.blobs["y"].data[...] = rng.randn(2, 2)
+    return s
+
+
+def test_frozen_blob_with_zero_history_is_exactly_unchanged():
+    s = make()
+    w1 = s.net.params["ip1"][0].data.copy()
+    s.step(3)
+    np.testing.assert_array_equal(s.net.params["ip1"][0].data, w1)
+    assert len(s._active()[0]) == 2   # ip2's two blobs: the frozen ones cost nothing
+    assert not s.history[0].any()
+
+
+def test_frozen_blob_with_history_keeps_decaying_as_caffe():
+    # A frozen blob restored with a non-zero history (say, trained before being frozen): Caffe still applies
+    # history = 0.9 * history (local rate 0) and param -= history every iteration.
+    s = make()
+    h0 = np.full((4, 3), 0.5, np.float32)
+    s.history[0].copy_(torch.from_numpy(h0))
+    s._active_cache = None
+    w0 = s.net.params["ip1"][0].data.copy()
+    s.step(2)
+    expected = w0 - np.float32(0.9) * h0 - np.float32(0.9) * (np.float32(0.9) * h0)
+    np.testing.assert_allclose(s.net.params["ip1"][0].data, expected, rtol=1e-6)
+    np.testing.assert_allclose(s.history[0].numpy(), 0.81 * h0, rtol=1e-6)
+
+
+def test_clipping_norm_counts_forced_diffs_of_frozen_blobs():
+    # force_backward computes ip1's diffs; Caffe's ClipGradients takes the L2 norm over every learnable blob.
+    s = make(force_backward=True, clip_gradients=1e-3, weight_decay=0.0, momentum=0.0)
+    s.net.clear_param_diffs()
+    s.forward_backward()
+    grads = {n: [b.diff.astype(np.float64) for b in blobs] for n, blobs in s.net.params.items()}
+    norm = np.sqrt(sum((g ** 2).sum() for gs in grads.values() for g in gs))
+    assert np.sqrt(sum((g ** 2).sum() for g in grads["ip1"])) > 0
+    w2 = s.net.params["ip2"][0].data.copy()
+    s.apply_update()
+    expected = w2 - np.float32(0.1) * (grads["ip2"][0] * (1e-3 / norm))
+    np.testing.assert_allclose(s.net.params["ip2"][0].data, expected, rtol=1e-5)
+    assert not s.net.params["ip1"][0].diff.any()   # a skipped blob's diff ends as its zero history
