@@ -88,6 +88,16 @@ _ENVS = {}
 _ENVS_LOCK = threading.RLock()
 
 
+def _reset_after_fork():
+    # A thread of the parent may have held the lock at fork time; the child's own copy starts free. (The
+    # inherited environments are closed by _acquire_env on first use.)
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _acquire_env(path: str):
     lmdb = _lmdb()
     pid = os.getpid()
@@ -275,11 +285,13 @@ class WrapCursor:
         state.update(_env=None, _txn=None, _cur=None, _pid=None)
         return state
 
-    def next(self) -> Tuple[bytes, bytes]:
-        """The next (key, value), wrapping around at the end as Caffe ("Restarting data prefetching")."""
+    def next(self, values: bool = True) -> Tuple[bytes, Optional[bytes]]:
+        """The next (key, value), wrapping around at the end as Caffe ("Restarting data prefetching").
+        ``values=False`` gives (key, None) without copying the value."""
         self._open()
         with _reading(self.path):
-            key, value = self._cur.key(), self._cur.value()
+            key = self._cur.key()
+            value = self._cur.value() if values else None
             if not self._cur.next():
                 self._cur.first()
                 self.wraps += 1

@@ -12,9 +12,16 @@ mirror (TRAIN), mean (BGR tuple, (104.00699, 116.66877, 122.67892) as FCN), scal
 TRAIN random / TEST centre crop, labels padded with ignore_label where the crop leaves the image),
 ignore_label (255), scale_jitter ((lo, hi) resize factor drawn per image, TRAIN only; image bilinear, label
 nearest), rotate (max degrees of a random rotation, TRAIN only; image corners filled with the mean, label
-corners with ignore_label). The same draw applies to image and label. With batch_size 1 images keep their own size, as FCN feeds them.
+corners with ignore_label). The same draw applies to image and label. With batch_size 1 images keep their own
+size, as FCN feeds them.
+
+workers (default ``NETSPEC_LOADER_WORKERS``, else 1) and prefetch (4): batches are built ahead by that many
+loader workers, ``prefetch`` batches in flight (see ``netspec.data.workers``; workers 0 loads inside forward).
+``seed`` drives the epoch shuffles; each batch's augmentation draws from a generator seeded with (seed, batch
+index), so the batches are the same with any number of workers.
 """
 import os
+import weakref
 
 import numpy as np
 
@@ -23,8 +30,122 @@ from ..layers.python import Layer, parse_param_str
 from ..proto import caffe_pb2
 from .datum import decode_datum, parse_datum
 from .lmdb_io import LMDBReader
+from .workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 
 DEMO_ROOT = os.path.join("data", "demo")
+
+
+class _SegSource:
+    """Batches of (image, label) pairs: ``plan`` takes the next indices of the (shuffled) order, ``build``
+    decodes and augments them with the batch's own generator."""
+
+    def __init__(self, source, batch_size, shuffle, mirror, mean, scale, crop, ignore, jitter, rotate, seed,
+                 train):
+        self.source = source
+        self.batch_size = batch_size
+        self.shuffle, self.mirror, self.mean, self.scale = shuffle, mirror, mean, scale
+        self.crop, self.ignore, self.jitter, self.rotate, self.train = crop, ignore, jitter, rotate, train
+        self.seed = seed
+        self.images = LMDBReader(os.path.join(source, "images"))
+        self.labels = LMDBReader(os.path.join(source, "labels"))
+        if len(self.images) != len(self.labels):
+            raise DataError(f"SegDataLayer: {source}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise DataError(f"SegDataLayer: {source} is empty")
+        self.rng = np.random.default_rng(seed)  # the epoch shuffles
+        self.order = np.arange(len(self.images))
+        self.pos = 0
+        self.index = 0  # batches planned so far
+        self._epoch()
+
+    def _epoch(self):
+        if self.shuffle:
+            self.order = self.rng.permutation(self.order)  # a new array: saved states keep theirs
+        self.pos = 0
+
+    def plan(self) -> BatchTask:
+        items = []
+        for _ in range(self.batch_size):
+            if self.pos >= len(self.order):
+                self._epoch()
+            items.append(int(self.order[self.pos]))
+            self.pos += 1
+        for r in (self.images, self.labels):
+            r.keys()  # listed here, in the consumer's thread, before worker threads share the readers
+        task = BatchTask(self.index, items)
+        self.index += 1
+        return task
+
+    def item_name(self, task, i) -> str:
+        return f"SegDataLayer: {self.source}: record {task.items[i]}"
+
+    def build(self, task, out):
+        rng = np.random.default_rng([self.seed, task.index])
+        imgs, labs = [], []
+        for j, i in enumerate(task.items):
+            out.item(j)
+            a, b = self._pair(i, rng)
+            imgs.append(a)
+            labs.append(b)
+        if len({x.shape for x in imgs}) > 1:
+            raise DataError("SegDataLayer: images of different sizes need batch_size 1 or a 'crop'")
+        data = out.array((len(imgs),) + imgs[0].shape)
+        label = out.array((len(labs),) + labs[0].shape)
+        for j, (a, b) in enumerate(zip(imgs, labs)):
+            data[j], label[j] = a, b
+        return data, label
+
+    def load_batch(self):
+        return build_inline(self)
+
+    def get_state(self):
+        return self.pos, self.order, self.rng.bit_generator.state, self.index
+
+    def set_state(self, state):
+        self.pos, self.order, rs, self.index = state
+        self.rng.bit_generator.state = rs
+
+    def _pair(self, i, rng):
+        img = decode_datum(parse_datum(self.images[i], key=i), key=i).astype(np.float32)
+        lab = decode_datum(parse_datum(self.labels[i], key=i), key=i, force_gray=True)
+        if img.shape[1:] != lab.shape[1:]:
+            raise DataError(f"SegDataLayer: record {i}: image {img.shape[1:]} and label {lab.shape[1:]} differ in size")
+        img = (img[:3] - self.mean) * self.scale
+        lab = lab[:1].astype(np.float32)
+        if self.jitter or self.rotate:
+            img, lab = self._warp(img, lab, rng)
+        if self.crop:
+            img, lab = self._crop(img, lab, rng)
+        if self.mirror and rng.random() < 0.5:
+            img, lab = img[:, :, ::-1], lab[:, :, ::-1]
+        return img, lab
+
+    def _warp(self, img, lab, rng):
+        import cv2
+        h, w = img.shape[1:]
+        s = float(rng.uniform(*self.jitter)) if self.jitter else 1.0
+        a = float(rng.uniform(-self.rotate, self.rotate)) if self.rotate else 0.0
+        H, W = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), a, s)
+        m[0, 2] += (W - w) / 2.0
+        m[1, 2] += (H - h) / 2.0
+        im = cv2.warpAffine(np.ascontiguousarray(img.transpose(1, 2, 0)), m, (W, H), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        lb = cv2.warpAffine(np.ascontiguousarray(lab[0]), m, (W, H), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(self.ignore))
+        return im.reshape(H, W, -1).transpose(2, 0, 1), lb[None]
+
+    def _crop(self, img, lab, rng):
+        c, h, w = img.shape
+        H, W = max(h, self.crop), max(w, self.crop)
+        if (H, W) != (h, w):
+            img = np.pad(img, ((0, 0), (0, H - h), (0, W - w)))
+            lab = np.pad(lab, ((0, 0), (0, H - h), (0, W - w)), constant_values=self.ignore)
+        if self.train:
+            y, x = rng.integers(0, H - self.crop + 1), rng.integers(0, W - self.crop + 1)
+        else:
+            y, x = (H - self.crop) // 2, (W - self.crop) // 2
+        return img[:, y:y + self.crop, x:x + self.crop], lab[:, y:y + self.crop, x:x + self.crop]
 
 
 class SegDataLayer(Layer):
@@ -35,16 +156,6 @@ class SegDataLayer(Layer):
         train = self.phase == caffe_pb2.TRAIN
         self.source = p["source"]
         self.batch_size = int(p.get("batch_size", 1))
-        self.shuffle = bool(p.get("shuffle", train))
-        self.mirror = bool(p.get("mirror", train))
-        self.mean = np.array(p.get("mean", (104.00699, 116.66877, 122.67892)), np.float32).reshape(3, 1, 1)
-        self.scale = float(p.get("scale", 1.0))
-        self.crop = int(p.get("crop", 0))
-        self.ignore = int(p.get("ignore_label", 255))
-        self.jitter = tuple(p["scale_jitter"]) if p.get("scale_jitter") and train else None
-        self.rotate = float(p.get("rotate", 0)) if train else 0.0
-        self.rng = np.random.default_rng(int(p.get("seed", 1337)))
-        self.train = train
         if len(top) != 2:
             raise DataError("SegDataLayer needs two tops: data and label")
         root = os.path.normpath(os.path.dirname(self.source))
@@ -56,92 +167,69 @@ class SegDataLayer(Layer):
                 raise DataError(f"SegDataLayer: '{os.path.join(self.source, what)}' is missing (working "
                                 f"directory {os.getcwd()}). Build the dataset first, e.g. "
                                 "`python -m netspec.data.synthetic data/demo` for the demo")
-        self.images = LMDBReader(os.path.join(self.source, "images"))
-        self.labels = LMDBReader(os.path.join(self.source, "labels"))
-        if len(self.images) != len(self.labels):
-            raise DataError(f"SegDataLayer: {self.source}: {len(self.images)} images but {len(self.labels)} labels")
-        if len(self.images) == 0:
-            raise DataError(f"SegDataLayer: {self.source} is empty")
-        self.order = np.arange(len(self.images))
-        self.pos = 0
-        self._epoch()
-        self._next = self._load_batch()
+        self.workers = int(p["workers"]) if "workers" in p else loader_workers()
+        self.prefetch = int(p.get("prefetch", 4))
+        if self.workers < 0 or self.prefetch < 0:
+            raise DataError(f"SegDataLayer: workers and prefetch must be >= 0 (got {self.workers}, {self.prefetch})")
+        self.data = _SegSource(
+            self.source, self.batch_size, bool(p.get("shuffle", train)), bool(p.get("mirror", train)),
+            np.array(p.get("mean", (104.00699, 116.66877, 122.67892)), np.float32).reshape(3, 1, 1),
+            float(p.get("scale", 1.0)), int(p.get("crop", 0)), int(p.get("ignore_label", 255)),
+            tuple(p["scale_jitter"]) if p.get("scale_jitter") and train else None,
+            float(p.get("rotate", 0)) if train else 0.0, int(p.get("seed", 1337)), train)
+        self._loader = None
+        self._finalizer = None
+        self._next = None
         self._reshape_tops(top)
 
-    def _epoch(self):
-        if self.shuffle:
-            self.rng.shuffle(self.order)
-        self.pos = 0
+    def _load(self):
+        n = self.workers if self.prefetch > 0 else 0
+        if n == 0:
+            return self.data.load_batch()
+        if self._loader is None:
+            self._loader = Loader(self.data, n, self.prefetch, loader_kind(),
+                                  name=f"netspec-prefetch-seg-{self.source}")
+            self._finalizer = weakref.finalize(self, self._loader.close, False)
+        try:
+            return tuple(t.numpy() for t in self._loader.next())
+        except BaseException:
+            self._rewind()
+            raise
 
-    def _pair(self, i):
-        img = decode_datum(parse_datum(self.images[i], key=i), key=i).astype(np.float32)
-        lab = decode_datum(parse_datum(self.labels[i], key=i), key=i, force_gray=True)
-        if img.shape[1:] != lab.shape[1:]:
-            raise DataError(f"SegDataLayer: record {i}: image {img.shape[1:]} and label {lab.shape[1:]} differ in size")
-        img = (img[:3] - self.mean) * self.scale
-        lab = lab[:1].astype(np.float32)
-        if self.jitter or self.rotate:
-            img, lab = self._warp(img, lab)
-        if self.crop:
-            img, lab = self._crop(img, lab)
-        if self.mirror and self.rng.random() < 0.5:
-            img, lab = img[:, :, ::-1], lab[:, :, ::-1]
-        return img, lab
+    def _rewind(self):
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+            loader.rewind()
 
-    def _warp(self, img, lab):
-        import cv2
-        h, w = img.shape[1:]
-        s = float(self.rng.uniform(*self.jitter)) if self.jitter else 1.0
-        a = float(self.rng.uniform(-self.rotate, self.rotate)) if self.rotate else 0.0
-        H, W = max(1, int(round(h * s))), max(1, int(round(w * s)))
-        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), a, s)
-        m[0, 2] += (W - w) / 2.0
-        m[1, 2] += (H - h) / 2.0
-        im = cv2.warpAffine(np.ascontiguousarray(img.transpose(1, 2, 0)), m, (W, H), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        lb = cv2.warpAffine(np.ascontiguousarray(lab[0]), m, (W, H), flags=cv2.INTER_NEAREST,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=float(self.ignore))
-        return im.reshape(H, W, -1).transpose(2, 0, 1), lb[None]
+    def __getstate__(self):
+        self._rewind()
+        state = self.__dict__.copy()
+        state["_loader"] = state["_finalizer"] = None
+        return state
 
-    def _crop(self, img, lab):
-        c, h, w = img.shape
-        H, W = max(h, self.crop), max(w, self.crop)
-        if (H, W) != (h, w):
-            img = np.pad(img, ((0, 0), (0, H - h), (0, W - w)))
-            lab = np.pad(lab, ((0, 0), (0, H - h), (0, W - w)), constant_values=self.ignore)
-        if self.train:
-            y, x = self.rng.integers(0, H - self.crop + 1), self.rng.integers(0, W - self.crop + 1)
-        else:
-            y, x = (H - self.crop) // 2, (W - self.crop) // 2
-        return img[:, y:y + self.crop, x:x + self.crop], lab[:, y:y + self.crop, x:x + self.crop]
-
-    def _load_batch(self):
-        imgs, labs = [], []
-        for _ in range(self.batch_size):
-            if self.pos >= len(self.order):
-                self._epoch()
-            i, self.pos = int(self.order[self.pos]), self.pos + 1
-            a, b = self._pair(i)
-            imgs.append(a)
-            labs.append(b)
-        if len({x.shape for x in imgs}) > 1:
-            raise DataError("SegDataLayer: images of different sizes need batch_size 1 or a 'crop'")
-        return np.stack(imgs), np.stack(labs)
+    def _peek(self):
+        """The batch the next forward delivers (loaded on first need, so errors surface there)."""
+        if self._next is None:
+            self._next = self._load()
+        return self._next
 
     def _reshape_tops(self, top):
-        top[0].reshape(*self._next[0].shape)
-        top[1].reshape(*self._next[1].shape)
+        data, label = self._peek()
+        top[0].reshape(*data.shape)
+        top[1].reshape(*label.shape)
 
     def reshape(self, bottom, top):
         self._reshape_tops(top)
 
     def forward(self, bottom, top):
-        data, label = self._next
+        data, label = self._peek()
+        self._next = None
         top[0].reshape(*data.shape)
         top[1].reshape(*label.shape)
         top[0].data[...] = data
         top[1].data[...] = label
-        self._next = self._load_batch()
 
     def backward(self, top, propagate_down, bottom):
         pass

@@ -16,7 +16,9 @@ uncropped image size and is cropped with the image; one ``mean_value`` applies t
   layer only).
 * Random draws come from a generator seeded once from torch's global RNG (``netspec.set_random_seed``), and
   only when the transformer needs randomness, as Caffe's ``InitRand``; the order of draws per image is
-  Caffe's (mirror, then h_off, then w_off).
+  Caffe's (mirror, then h_off, then w_off). Data layers pass ``rng=transformer.batch_rng(k)`` instead: a
+  generator seeded with (seed, batch index ``k``), so a batch's crops and flips do not depend on which
+  loader worker builds it.
 """
 from __future__ import annotations
 
@@ -101,11 +103,13 @@ class DataTransformer:
         self.mean_values = np.asarray(list(param.mean_value), dtype=np.float32)
         self.needs_rand = self.mirror or (phase == caffe_pb2.TRAIN and self.crop_size > 0)
         self._rng = None
+        self.seed: Optional[int] = None
         if self.needs_rand:
             if seed is None:
                 import torch
                 seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-            self._rng = np.random.default_rng(seed)
+            self.seed = int(seed)
+            self._rng = np.random.default_rng(self.seed)
         self._warned_force = False
 
     # -- random state (picklable) ---------------------------------------------------------------------------
@@ -116,8 +120,11 @@ class DataTransformer:
         if state is not None and self._rng is not None:
             self._rng.bit_generator.state = state
 
-    def _rand(self, n: int) -> int:
-        return int(self._rng.integers(n))
+    def batch_rng(self, index: int) -> Optional[np.random.Generator]:
+        """The generator for batch ``index``: seeded with (seed, index); None without randomness."""
+        if self.seed is None:
+            return None
+        return np.random.default_rng([self.seed, int(index)])
 
     # -- decoding ------------------------------------------------------------------------------------------
     def datum_array(self, value, key=None) -> np.ndarray:
@@ -137,13 +144,17 @@ class DataTransformer:
         return c, h, w
 
     # -- the transform -------------------------------------------------------------------------------------
-    def __call__(self, x: np.ndarray, key=None, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Transform one C x H x W array (uint8 pixels or float32 float_data) into float32 C x h x w."""
+    def __call__(self, x: np.ndarray, key=None, out: Optional[np.ndarray] = None,
+                 rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """Transform one C x H x W array (uint8 pixels or float32 float_data) into float32 C x h x w.
+
+        ``rng`` (default: this transformer's own stream) gives the mirror and crop draws."""
         if x.ndim != 3:
             raise DataError(f"{self._where(key)}expected a C x H x W array, got shape {x.shape}")
         c, height, width = x.shape
         crop = self.crop_size
-        do_mirror = self.mirror and self._rand(2) == 1
+        rng = rng if rng is not None else self._rng
+        do_mirror = self.mirror and int(rng.integers(2)) == 1
         if c <= 0:
             raise DataError(f"{self._where(key)}image has no channels")
         if height < crop or width < crop:
@@ -153,32 +164,38 @@ class DataTransformer:
         if crop:
             oh = ow = crop
             if self.phase == caffe_pb2.TRAIN:
-                h_off = self._rand(height - crop + 1)
-                w_off = self._rand(width - crop + 1)
+                h_off = int(rng.integers(height - crop + 1))
+                w_off = int(rng.integers(width - crop + 1))
             else:
                 h_off = (height - crop) // 2
                 w_off = (width - crop) // 2
-        y = x[:, h_off:h_off + oh, w_off:w_off + ow].astype(np.float32)
+        mean = None
         if self.mean is not None:
             if self.mean.shape != x.shape:
                 raise DataError(
                     f"{self._where(key)}image is {c}x{height}x{width} (C x H x W) but mean_file is "
                     f"{'x'.join(map(str, self.mean.shape))}; the mean must have the uncropped image size "
                     "(compute it with tools/compute_image_mean.py on the same database)")
-            y -= self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
+            mean = self.mean[:, h_off:h_off + oh, w_off:w_off + ow]
         elif self.mean_values.size:
             mv = self.mean_values
             if mv.size != 1 and mv.size != c:
                 raise DataError(f"{self._where(key)}specify either 1 mean_value or as many as channels: "
                                 f"{c} (got {mv.size})")
-            y -= mv[:, None, None] if mv.size == c else mv[0]
-        y *= self.scale
-        if do_mirror:
-            y = y[:, :, ::-1]
-        if out is not None:
-            out[...] = y
-            return out
-        return np.ascontiguousarray(y)
+            mean = mv[:, None, None] if mv.size == c else mv[:1, None, None]
+        if out is None:
+            out = np.empty((c, oh, ow), np.float32)
+        # One pass per step, written straight into the (mirrored) output; each step is the float32 operation
+        # Caffe does, (x - mean) then * scale, so the values are the same as computing in a temporary.
+        dst = out[:, :, ::-1] if do_mirror else out
+        src = x[:, h_off:h_off + oh, w_off:w_off + ow]
+        if mean is not None:
+            np.subtract(src, mean, out=dst, dtype=np.float32)
+        else:
+            dst[...] = src
+        if self.scale != 1:
+            out *= self.scale
+        return out
 
     @staticmethod
     def _where(key) -> str:

@@ -4,10 +4,14 @@ A data layer has no bottoms; calling its module returns the next batch: ``data``
 (on the device the module was moved to) and, with a second top, ``label`` as float32 of shape (N,).
 ``top_shapes([])`` reads the first record, as Caffe's ``DataLayerSetUp``.
 
-Data and ImageData decode and transform batches in a background thread with a bounded queue of
-``data_param.prefetch`` batches (default 4, as Caffe's prefetch queue); records are read strictly in order,
-so the batches are the same as without the thread. Set ``NETSPEC_DATA_PREFETCH=0`` to load in the calling
-thread. Errors raised while loading surface at the ``forward`` that needs the batch.
+Data and ImageData decode and transform batches ahead of time in ``NETSPEC_LOADER_WORKERS`` workers (default
+1; threads, or processes with ``NETSPEC_LOADER_KIND=process``; see ``netspec.data.workers``), keeping
+``data_param.prefetch`` batches in flight (default 4, Caffe's prefetch queue depth). Records are read
+strictly in order and a batch's random crops and flips come from a generator seeded with (the transformer's
+seed, the batch index), so the batches are the same with any number of workers, and without any
+(``NETSPEC_LOADER_WORKERS=0``, ``NETSPEC_DATA_PREFETCH=0`` or ``prefetch: 0`` load in the calling thread).
+For a CUDA net the workers write pinned memory and the copy to the GPU is non-blocking. Errors raised while
+loading surface at the ``forward`` that needs the batch, naming the record.
 
 Relative paths (``source``, ``mean_file``) are resolved against the working directory, as Caffe does. When
 a path does not exist there but does relative to the prototxt's directory, that one is used with a warning.
@@ -16,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
-import threading
 import weakref
 from typing import Optional
 
@@ -29,6 +31,7 @@ from torch import nn
 from ..data.datum import key_str, parse_datum, read_image, read_image_list
 from ..data.lmdb_io import LMDBReader, WrapCursor, check_lmdb
 from ..data.transform import DataTransformer
+from ..data.workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 from ..errors import DataError, LayerError, NetspecError
 from ..fillers import fill_
 from ..proto import caffe_pb2
@@ -37,10 +40,6 @@ from ..registry import register
 log = logging.getLogger("netspec")
 
 _warned_paths = set()
-
-
-def _prefetch_enabled() -> bool:
-    return os.environ.get("NETSPEC_DATA_PREFETCH", "1") not in ("0", "", "false", "False")
 
 
 def _ident(lp, ctx) -> str:
@@ -78,60 +77,13 @@ def resolve_path(path: str, ctx, what: str, ident: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# background prefetch
+# the module: batches from a source, loaded inline or by background workers
 # ----------------------------------------------------------------------------------------------------------
-class _Prefetcher:
-    """A daemon thread that calls ``produce()`` ahead of time and keeps up to ``depth`` results in a queue."""
-
-    def __init__(self, produce, depth: int, name: str):
-        self._produce = produce
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                item = (True, self._produce())
-            except BaseException as e:  # delivered to the consumer
-                item = (False, e)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not item[0]:
-                return
-
-    def get(self):
-        while True:
-            try:
-                ok, value = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if not self._thread.is_alive():
-                    raise DataError("the data prefetch thread stopped unexpectedly") from None
-                continue
-            if not ok:
-                raise value
-            return value
-
-    def close(self, wait: bool = False):
-        """Stop the thread. ``wait`` joins it for sure (it finishes the batch it is loading), so the source
-        may be touched afterwards; otherwise wait at most a few seconds (garbage collection)."""
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=None if wait else 5)
-
-
 class _DataModule(nn.Module):
-    """Base of the data-layer modules: batches from ``self.source`` (optionally prefetched), as tensors."""
+    """Base of the data-layer modules: batches from ``self.source``, as tensors.
+
+    A source with ``plan``/``build`` (see ``netspec.data.workers``) is loaded by background workers when
+    ``prefetch > 0``; any source loads inline with ``load_batch()``."""
 
     def __init__(self, source, ident: str, prefetch: int = 0):
         super().__init__()
@@ -140,8 +92,7 @@ class _DataModule(nn.Module):
         self.source = source
         self.ident = ident
         self.prefetch = int(prefetch)
-        self._prefetcher: Optional[_Prefetcher] = None
-        self._consumed = None      # source state after the last batch handed out (prefetching reads ahead)
+        self._loader: Optional[Loader] = None
         self._finalizer = None
 
     def top_shapes(self, bottom_shapes):
@@ -150,41 +101,38 @@ class _DataModule(nn.Module):
         except NetspecError as e:
             raise type(e)(f"{self.ident}: {e}") from e
 
+    def _workers(self):
+        if self.prefetch <= 0 or not hasattr(self.source, "plan"):
+            return 0, None
+        n = loader_workers()
+        return n, (loader_kind() if n else None)
+
     def _next_batch(self):
-        if self.prefetch <= 0 or not _prefetch_enabled():
-            if self._prefetcher is not None:
-                self.rewind_prefetch()
+        n, kind = self._workers()
+        pin = self._anchor.device.type == "cuda" and torch.cuda.is_available()
+        loader = self._loader
+        if loader is not None and (loader.workers != n or loader.kind != kind or loader.pin != pin):
+            self.rewind_prefetch()
+        if n == 0:
             return self.source.load_batch()
-        if self._prefetcher is None:
-            src = self.source  # the thread must not hold the module, or it could never be collected
-
-            def produce():
-                arrays = src.load_batch()
-                return arrays, src.get_state()
-            self._prefetcher = _Prefetcher(produce, self.prefetch, f"netspec-prefetch-{self.ident}")
-            self._finalizer = weakref.finalize(self, self._prefetcher.close)
+        if self._loader is None:
+            self._loader = Loader(self.source, n, self.prefetch, kind, pin, name=f"netspec-prefetch-{self.ident}")
+            self._finalizer = weakref.finalize(self, self._loader.close, False)
         try:
-            arrays, state = self._prefetcher.get()
+            return self._loader.next()
         except BaseException:
-            self._stop_prefetch()
+            self.rewind_prefetch()  # a failed batch counts as read: the next forward continues after it
             raise
-        self._consumed = state
-        return arrays
-
-    def _stop_prefetch(self):
-        if self._prefetcher is not None:
-            self._prefetcher.close(wait=True)
-            self._prefetcher = None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-                self._finalizer = None
 
     def rewind_prefetch(self):
-        """Stop the prefetch thread and put the source back where the consumer is (drops read-ahead)."""
-        had = self._prefetcher is not None
-        self._stop_prefetch()
-        if had and self._consumed is not None:
-            self.source.set_state(self._consumed)
+        """Stop the loader workers and put the source back where the consumer is (drops read-ahead)."""
+        loader, self._loader = self._loader, None
+        if loader is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        loader.rewind()
 
     def forward(self):
         try:
@@ -192,13 +140,15 @@ class _DataModule(nn.Module):
         except NetspecError as e:
             raise type(e)(f"{self.ident}: {e}") from e
         dev = self._anchor.device
-        outs = tuple(torch.from_numpy(a).to(dev) for a in arrays)
+        # Pinned batches (CUDA) copy asynchronously; the pinned block is kept until the copy has run.
+        outs = tuple((a if isinstance(a, torch.Tensor) else torch.from_numpy(a)).to(dev, non_blocking=True)
+                     for a in arrays)
         return outs if len(outs) > 1 else outs[0]
 
     def __getstate__(self):
         self.rewind_prefetch()
         state = self.__dict__.copy()
-        state["_prefetcher"] = None
+        state["_loader"] = None
         state["_finalizer"] = None
         return state
 
@@ -210,12 +160,17 @@ class _DataModule(nn.Module):
 # Data (LMDB)
 # ----------------------------------------------------------------------------------------------------------
 class _LMDBSource:
+    """Batches of an LMDB in key order with wrap-around: ``plan`` takes the next keys off a cursor, ``build``
+    reads, decodes and transforms them (in any worker: values are fetched by key)."""
+
     def __init__(self, path: str, batch_size: int, transformer: DataTransformer, labels: bool):
         self.path = check_lmdb(path)
         self.batch_size = batch_size
         self.transformer = transformer
         self.labels = labels
         self.cursor = WrapCursor(self.path)
+        self.reader = LMDBReader(self.path)
+        self.index = 0  # batches planned so far
 
     def describe(self):
         return f"source={self.path!r}, batch_size={self.batch_size}"
@@ -239,27 +194,40 @@ class _LMDBSource:
             shapes.append((self.batch_size,))
         return shapes
 
-    def load_batch(self):
+    def plan(self) -> BatchTask:
+        try:
+            keys = [self.cursor.next(values=False)[0] for _ in range(self.batch_size)]
+        except DataError as e:
+            raise DataError(self._where() + str(e)) from None
+        self.reader.env  # opened here, in the consumer's thread, before worker threads share it
+        task = BatchTask(self.index, keys)
+        self.index += 1
+        return task
+
+    def item_name(self, task, i) -> str:
+        return f"{self._where()}record '{key_str(task.items[i])}'"
+
+    def build(self, task, out):
         n = self.batch_size
         data = None
-        label = np.empty(n, dtype=np.float32) if self.labels else None
+        label = out.array((n,)) if self.labels else None
         t = self.transformer
+        rng = t.batch_rng(task.index)
         key = None
         try:
-            for i in range(n):
-                key = None
-                key, value = self.cursor.next()
-                d = parse_datum(value, key)
+            for i, key in enumerate(task.items):
+                out.item(i)
+                d = parse_datum(self.reader.get(key), key)
                 arr = t.datum_array(d, key)
                 shape = t.infer_shape(arr.shape)
                 if data is None:  # Caffe reshapes the batch after its first datum
-                    data = np.empty((n,) + tuple(shape), dtype=np.float32)
+                    data = out.array((n,) + tuple(shape))
                 elif tuple(shape) != data.shape[1:]:
                     raise DataError(
                         f"record '{key_str(key)}' gives a {'x'.join(map(str, shape))} item but this batch's first "
                         f"item is {'x'.join(map(str, data.shape[1:]))}; one batch needs one size (resize the "
                         "images when building the database, use crop_size, or batch_size 1)")
-                t(arr, key, out=data[i])
+                t(arr, key, out=data[i], rng=rng)
                 if label is not None:
                     label[i] = d.label
         except DataError as e:
@@ -269,13 +237,15 @@ class _LMDBSource:
             raise DataError(f"{self._where()}{what}: {type(e).__name__}: {e}") from e
         return (data, label) if label is not None else (data,)
 
+    def load_batch(self):
+        return build_inline(self)
+
     def get_state(self):
-        return self.cursor.position, self.cursor.wraps, self.transformer.get_state()
+        return self.cursor.position, self.cursor.wraps, self.index
 
     def set_state(self, state):
         self.cursor.close()
-        self.cursor.position, self.cursor.wraps, ts = state
-        self.transformer.set_state(ts)
+        self.cursor.position, self.cursor.wraps, self.index = state
 
 
 def _transformer(lp, ctx, ident) -> DataTransformer:
@@ -344,6 +314,7 @@ class _ImageListSource:
             log.info("Shuffling data")
             self._rng.shuffle(self.order)
         self.pos = 0
+        self.index = 0  # batches planned so far
         if rand_skip:
             skip = int(self._rng.integers(rand_skip))
             if skip >= len(self.lines):
@@ -354,8 +325,8 @@ class _ImageListSource:
     def describe(self):
         return f"source={self.list_path!r}, {len(self.lines)} images, batch_size={self.batch_size}"
 
-    def _read(self, idx):
-        name, label, lineno = self.lines[self.order[idx]]
+    def _read(self, line):
+        name, label, lineno = self.lines[line]
         full = self.root + name
         where = f"{self.list_path}:{lineno}: "
         try:
@@ -369,7 +340,7 @@ class _ImageListSource:
         return np.ascontiguousarray(img.transpose(2, 0, 1)), label, f"{self.list_path}:{lineno}"
 
     def top_shapes(self):
-        arr, _, _ = self._read(self.pos)
+        arr, _, _ = self._read(int(self.order[self.pos]))
         shape = self.transformer.infer_shape(arr.shape)
         if arr.shape[1] < shape[1] or arr.shape[2] < shape[2]:
             raise DataError(f"image is {arr.shape[1]}x{arr.shape[2]}, smaller than crop_size "
@@ -379,45 +350,57 @@ class _ImageListSource:
             shapes.append((self.batch_size,))
         return shapes
 
-    def load_batch(self):
-        n = self.batch_size
-        data = None
-        label = np.empty(n, dtype=np.float32)
-        for i in range(n):
-            try:
-                arr, lab, where = self._read(self.pos)
-            except NetspecError:
-                raise
-            except Exception as e:  # a decoder's own failure: name the list line it was reading
-                name, _, lineno = self.lines[self.order[self.pos]]
-                raise DataError(f"{self.list_path}:{lineno}: image '{self.root + name}': {type(e).__name__}: "
-                                f"{e}") from e
-            shape = self.transformer.infer_shape(arr.shape)
-            if data is None:
-                data = np.empty((n,) + tuple(shape), dtype=np.float32)
-            elif tuple(shape) != data.shape[1:]:
-                raise DataError(f"{where}: image gives a {'x'.join(map(str, shape))} item but this batch's first "
-                                f"item is {'x'.join(map(str, data.shape[1:]))}; set new_height/new_width or "
-                                "crop_size, or use batch_size 1")
-            self.transformer(arr, where, out=data[i])
-            label[i] = lab
+    def plan(self) -> BatchTask:
+        lines = []
+        for _ in range(self.batch_size):
+            lines.append(int(self.order[self.pos]))
             self.pos += 1
             if self.pos >= len(self.lines):
                 self.pos = 0
                 if self.shuffle:
-                    self._rng.shuffle(self.order)
+                    self.order = self._rng.permutation(self.order)  # a new array: saved states keep theirs
+        task = BatchTask(self.index, lines)
+        self.index += 1
+        return task
+
+    def item_name(self, task, i) -> str:
+        name, _, lineno = self.lines[task.items[i]]
+        return f"{self.list_path}:{lineno}: image '{self.root + name}'"
+
+    def build(self, task, out):
+        n = self.batch_size
+        data = None
+        label = out.array((n,))
+        rng = self.transformer.batch_rng(task.index)
+        for i, line in enumerate(task.items):
+            out.item(i)
+            try:
+                arr, lab, where = self._read(line)
+            except NetspecError:
+                raise
+            except Exception as e:  # a decoder's own failure: name the list line it was reading
+                raise DataError(f"{self.item_name(task, i)}: {type(e).__name__}: {e}") from e
+            shape = self.transformer.infer_shape(arr.shape)
+            if data is None:
+                data = out.array((n,) + tuple(shape))
+            elif tuple(shape) != data.shape[1:]:
+                raise DataError(f"{where}: image gives a {'x'.join(map(str, shape))} item but this batch's first "
+                                f"item is {'x'.join(map(str, data.shape[1:]))}; set new_height/new_width or "
+                                "crop_size, or use batch_size 1")
+            self.transformer(arr, where, out=data[i], rng=rng)
+            label[i] = lab
         return (data, label) if self.labels else (data,)
 
+    def load_batch(self):
+        return build_inline(self)
+
     def get_state(self):
-        return (self.pos, self.order.copy(), None if self._rng is None else self._rng.bit_generator.state,
-                self.transformer.get_state())
+        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index)
 
     def set_state(self, state):
-        self.pos, order, rs, ts = state
-        self.order = order.copy()
+        self.pos, self.order, rs, self.index = state
         if rs is not None:
             self._rng.bit_generator.state = rs
-        self.transformer.set_state(ts)
 
 
 @register("ImageData", bottoms=0, tops=(1, 2))
