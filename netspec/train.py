@@ -66,6 +66,10 @@ def build_parser():
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of forward/backward (the solver update stays fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D activations")
+    p.add_argument("--loader-workers", type=int, metavar="N",
+                   help="loader workers per data layer (default: $NETSPEC_LOADER_WORKERS or 1; 0 = load in forward)")
+    p.add_argument("--loader-kind", choices=["thread", "process"],
+                   help="loader workers as threads (default; decoding releases the GIL) or forked processes")
     p.add_argument("--checkpoint-activations", action="store_true",
                    help="keep ~sqrt(layers) blobs for backward and recompute the rest (less memory, ~1/3 slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the built net")
@@ -146,6 +150,12 @@ def main(argv=None) -> int:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         stages = [s for s in args.stage.split(",") if s] or None
+        if args.loader_workers is not None:
+            if args.loader_workers < 0:
+                raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
+            os.environ["NETSPEC_LOADER_WORKERS"] = str(args.loader_workers)
+        if args.loader_kind:
+            os.environ["NETSPEC_LOADER_KIND"] = args.loader_kind
         solver = Solver(args.solver, level=args.level, stages=stages, device=device)
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter
