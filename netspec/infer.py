@@ -193,6 +193,9 @@ def build_parser():
     p.add_argument("--scale", type=float, default=1.0, help="multiplier after mean subtraction")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default 0.5)")
     p.add_argument("--gpu", help="GPU id; default CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the net with its weights frozen in (faster on CPU for many images of one "
+                        "size; the first image pays the compile, each new size a recompile)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
             raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) in {' '.join(args.images)}")
         device = tool_device(args.gpu)
         net = Net(args.model, TEST, weights=args.weights, device=device)
+        if args.compile:
+            net.configure(compile=True, freeze=True)
         infer_images(net, files, args.out, args.mean, args.scale, args.layer, args.alpha,
                      progress=not args.no_progress)
         log.info("wrote %d label maps, colour masks and overlays under %s", len(files), args.out)

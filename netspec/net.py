@@ -58,6 +58,11 @@ def load_net_param(source, *, upgrade_log: Optional[list] = None):
     return net, where
 
 
+def _freezing():
+    import torch._inductor.config as inductor
+    return inductor.patch(freezing=True)
+
+
 class _LazyFeed(dict):
     """The Input blobs, read from ``net.blobs`` when the Input layer runs (after before_forward hooks)."""
 
@@ -276,10 +281,14 @@ class Net:
                 self.blobs[o]._set(env[o].float())
 
     def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                  checkpoint: bool = False):
+                  checkpoint: bool = False, freeze: bool = False):
         """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile, and
         activation checkpointing (training keeps ~sqrt(n) blobs for backward and recomputes the rest: less
-        memory for large inputs, about one more forward of compute)."""
+        memory for large inputs, about one more forward of compute).
+
+        ``freeze`` (with ``compile``): inference without autograd compiles with the weights folded in as
+        constants (inductor's freezing: pre-packed oneDNN convolutions on CPU). Only for a net whose weights no
+        longer change: load them first, and never freeze a net that shares weights with a training net."""
         dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
         if precision not in dtypes:
             raise NetspecError(f"precision {precision!r}: use fp32, bf16 or fp16")
@@ -288,6 +297,9 @@ class Net:
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.checkpoint = checkpoint
+        if freeze and not compile:
+            raise NetspecError("freeze=True needs compile=True (freezing is a torch.compile setting)")
+        self._freeze = freeze
         self._compiled = torch.compile(self.module) if compile else None
 
     def _autocast(self):
@@ -302,8 +314,11 @@ class Net:
         feed.channels_last = getattr(self, "_channels_last", False)
         with self._autocast():
             compiled = getattr(self, "_compiled", None)
-            if compiled is not None and not self._before and not self._after:
-                env = dict(compiled({n: feed[n] for n in self.inputs}))
+            if (compiled is not None and not self._before and not self._after
+                    and set(retain) <= set(self.module.output_blobs)):
+                frozen = getattr(self, "_freeze", False) and not torch.is_grad_enabled()
+                with _freezing() if frozen else contextlib.nullcontext():
+                    env = dict(compiled({n: feed[n] for n in self.inputs}))
                 loss = env.pop("__loss__", None)
             else:
                 env, loss = self.module.run(feed, before=self._call(self._before),
