@@ -25,6 +25,7 @@ and ``NETSPEC_LOADER_KIND`` (``thread``, the default, or ``process``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -287,11 +288,8 @@ class _ThreadWorker:
 
 
 def _process_main(source, tasks, results, progress):
-    try:
-        import cv2
-        cv2.setNumThreads(1)  # one worker, one core: OpenCV's own thread pool would oversubscribe
-    except Exception:  # pragma: no cover
-        pass
+    # No cv2 call that touches OpenCV's thread pool here: the pool was forked mid-state (see _opencv_forkable);
+    # the worker runs OpenCV serially, as the parent had it at fork time.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     pool = _SegmentPool()
     try:
@@ -356,6 +354,28 @@ def _context():
     if "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")  # pragma: no cover - not POSIX
+
+
+@contextlib.contextmanager
+def _opencv_forkable():
+    """Fork with OpenCV's thread pool shut down, then give the parent its threads back.
+
+    OpenCV's pthreads pool does not survive fork: its worker threads are gone in the child but their condition
+    variables still count them as waiters, so the child's first call that reconfigures the pool
+    (cv2.setNumThreads, or a parallel_for_ after it) blocks for ever in pthread_cond_destroy. With the pool at
+    one thread during the fork the child inherits none, and one worker process runs OpenCV on one core.
+    """
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - a dependency
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class _ProcessWorker:
@@ -491,8 +511,11 @@ class Loader:
         self.in_flight = max(int(depth), int(workers), 1)
         self.consumed_state = source.get_state()
         self._pending = collections.deque()  # (index, task, state after planning it)
-        worker = _ThreadWorker if kind == "thread" else _ProcessWorker
-        self._workers = [worker(source, pin, f"{name}-{i}") for i in range(workers)]
+        if kind == "thread":
+            self._workers = [_ThreadWorker(source, pin, f"{name}-{i}") for i in range(workers)]
+        else:
+            with _opencv_forkable():
+                self._workers = [_ProcessWorker(source, pin, f"{name}-{i}") for i in range(workers)]
         self._closed = False
 
     @property

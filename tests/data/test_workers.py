@@ -285,6 +285,60 @@ def test_loader_order_and_rewind(kind):
     assert src.index == 5 and loader.consumed_state == 5
 
 
+_OPENCV_AFTER_FORK = """
+import cv2, numpy as np
+from netspec.data.workers import BatchTask, Loader
+
+class Blur:  # a source whose batches use OpenCV's parallel code, as the image transforms do
+    def __init__(self):
+        self.index = 0
+    def plan(self):
+        self.index += 1
+        return BatchTask(self.index - 1, [self.index - 1])
+    def build(self, task, out):
+        img = np.full((1200, 1200), task.items[0], np.float32)
+        a = out.array((2,))
+        a[:] = (cv2.GaussianBlur(img, (9, 9), 0).mean(), cv2.getNumThreads())
+        return (a,)
+    def item_name(self, task, i):
+        return str(task.items[i])
+    def get_state(self):
+        return self.index
+    def set_state(self, s):
+        self.index = s
+
+big = np.random.rand(2000, 2000).astype(np.float32)
+for _ in range(5):  # start OpenCV's thread pool in the parent, as a TEST net or an inline loader does
+    cv2.GaussianBlur(big, (9, 9), 0)
+    cv2.resize(big, (3000, 3000))
+before = cv2.getNumThreads()
+loader = Loader(Blur(), workers=2, depth=2, kind="process")
+got = [loader.next()[0].tolist() for _ in range(4)]
+loader.close()
+assert [g[0] for g in got] == [0.0, 1.0, 2.0, 3.0], got
+assert all(g[1] == 1 for g in got), got  # serial OpenCV in a worker process: one worker, one core
+assert cv2.getNumThreads() == before  # the parent keeps its threads
+print("ok")
+"""
+
+
+def test_process_workers_survive_a_forked_opencv_thread_pool(tmp_path):
+    # OpenCV's pthreads pool forked mid-use left every worker hung in its first OpenCV call (CI hang, stop 14).
+    # Its own interpreter, with a deadline: a hang is a failure here, not a stuck suite.
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", _OPENCV_AFTER_FORK], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the interpreter and its hung workers
+        proc.communicate()
+        pytest.fail("a process loader hung after OpenCV's thread pool had run in the parent")
+    assert proc.returncode == 0 and out.strip() == "ok", err[-3000:]
+
+
 def test_loader_settings_are_checked(monkeypatch):
     monkeypatch.setenv("NETSPEC_LOADER_WORKERS", "two")
     with pytest.raises(DataError, match="NETSPEC_LOADER_WORKERS"):
