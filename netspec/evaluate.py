@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .errors import DataError, NetspecError
-from .metrics import fast_hist, format_group_scores, format_scores, group_scores, scores, seg_tests
+from .metrics import (fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores,
+                      seg_tests)
 
 log = logging.getLogger("netspec")
 
@@ -35,9 +36,10 @@ KITTI_ROAD_CLASSES = ("not road", "road")
 
 def known_classes() -> Dict[str, Tuple[str, ...]]:
     """Built-in class names by dataset key (``--classes demo`` etc.)."""
+    from .data.packers import IDD_CLASSES
     from .data.synthetic import CLASSES as DEMO
     return OrderedDict([("demo", tuple(DEMO)), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
-                        ("kitti_road", KITTI_ROAD_CLASSES)])
+                        ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES)])
 
 
 def tool_device(gpu: Optional[str]) -> torch.device:
@@ -182,9 +184,12 @@ def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
 
 
 def guess_dataset(info: Optional[dict], dataset_dir: Optional[str] = None) -> Optional[str]:
-    """A known-dataset key from the data source or the layer's module (demo, voc, siftflow, kitti_road)."""
+    """A known-dataset key from the data source or the layer's module (demo, voc, siftflow, kitti_road, idd)."""
+    import re
     text = " ".join(str(x) for x in (dataset_dir or "", (info or {}).get("source") or "",
                                      (info or {}).get("module") or "")).lower()
+    if re.search(r"(?<![a-z0-9])idd(?![a-z0-9])", text):  # data/idd/val, IDD_Segmentation; not "hidden"
+        return "idd"
     for key, pats in (("demo", ("demo",)), ("siftflow", ("siftflow", "sift-flow", "sift_flow")),
                       ("kitti_road", ("kitti",)), ("voc", ("voc", "pascal", "sbd"))):
         if any(p in text for p in pats) and not (key == "voc" and "context" in text):
@@ -361,6 +366,8 @@ def score_parser():
                    + ", ".join(known_classes()))
     p.add_argument("--groups", help="class groups file ('group: class class ...'); default: a groups.txt "
                    "beside the data, if any")
+    p.add_argument("--table", action="store_true", help="after the summary lines, a per-class table: IoU and "
+                   "accuracy in percent and each class's share of the labelled pixels, then the means")
     p.add_argument("--save-dir", help="write confusion.npy, confusion.png, per_class.csv, scores.txt here")
     p.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"),
                    default=(104.00699, 116.66877, 122.67892), help="deploy nets: BGR mean to subtract")
@@ -420,6 +427,8 @@ def score_main(argv=None, out=None) -> int:
         print(format_scores(s, names, loss=loss), file=out)
         if group_rows:
             print(format_group_scores(group_rows), file=out)
+        if args.table:
+            print(format_class_table(s, names, hist), file=out)
         out.flush()
         if args.save_dir:
             for p in save_results(args.save_dir, hist, s, names, group_rows):

@@ -50,6 +50,30 @@ def format_scores(s: Dict[str, object], class_names: Optional[Sequence[str]] = N
     return "\n".join(lines)
 
 
+def format_class_table(s: Dict[str, object], class_names: Sequence[str], hist: Optional[np.ndarray] = None) -> str:
+    """Per-class scores as papers print them: one row per class with its IoU and accuracy in percent (and,
+    given the confusion ``hist``, its share of the labelled pixels), then a ``mean`` row (mean IU and mean
+    accuracy over the classes that count, as :func:`scores`). ``n/a``: absent from truth and prediction."""
+    iu = np.asarray(s["per_class_iu"], np.float64)
+    acc = np.asarray(s["per_class_acc"], np.float64)
+    share = None
+    if hist is not None:
+        rows = np.asarray(hist, np.float64).sum(1)
+        share = rows / max(rows.sum(), 1.0)
+    width = max([len("class"), len("mean")] + [len(n) for n in class_names])
+
+    def pct(v):
+        return f"{'n/a':>7}" if np.isnan(v) else f"{100.0 * v:7.2f}"
+
+    head = f"{'#':>3}  {'class':<{width}}  {'IoU %':>7}  {'acc %':>7}"
+    lines = [head + (f"  {'share %':>7}" if share is not None else "")]
+    for c, name in enumerate(class_names):
+        lines.append(f"{c:3d}  {name:<{width}}  {pct(iu[c])}  {pct(acc[c])}"
+                     + (f"  {100.0 * share[c]:7.2f}" if share is not None else ""))
+    lines.append(f"{'':3}  {'mean':<{width}}  {pct(s['mean IU'])}  {pct(s['mean accuracy'])}")
+    return "\n".join(lines)
+
+
 def seg_tests(net, iterations: int, layer: str = "score", gt: str = "label", num_classes: Optional[int] = None,
               progress=None):
     """Run ``net`` forward ``iterations`` times and accumulate the confusion of argmax(layer) vs gt.

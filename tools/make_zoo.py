@@ -28,7 +28,12 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="compare the files under --out with the code instead of writing")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--class-weights-from-data", action="store_true",
+                        help="put the packed training split's class_weights.txt (e.g. data/idd/train) into the "
+                             "losses of the nets that use one (default: weights of 1, independent of local data)")
     args = parser.parse_args(argv)
+    from netspec.zoo import common
+    common.CLASS_WEIGHTS_FROM_DATA = args.class_weights_from_data
 
     if args.list:
         for name in zoo.names():

@@ -17,6 +17,9 @@ DATASET            ROOT holds                                                   
                    ``annotations/.../*.png`` (split train/val or the folder name)     k -> k - 1
 ``cityscapes``     ``leftImg8bit/{split}/{city}/*_leftImg8bit.png``,                 19 trainIds; other
                    ``gtFine/{split}/{city}/*_gtFine_labelIds.png``                   labelIds -> 255
+``idd``            IDD_Segmentation (ROOT or its parent): ``leftImg8bit/{split}/{seq}/``  26 level-3 ids kept,
+                   ``*_leftImg8bit.png``, ``gtFine/{split}/{seq}/*_gtFine_``          255 (void) kept
+                   ``labellevel3Ids.png`` (made by IDD's ``createLabels.py``)
 ``kitti-road``     data_road: ``training/image_2/*.png``, ``training/gt_image_2/``    2: road (blue > 0) 1,
                    ``*_road_*.png`` (ROOT may be ``training``; ``ROOT/{split}.txt``   other 0, outside the
                    of image names limits the set)                                    valid area (red = 0) 255
@@ -34,7 +37,11 @@ Bad input stops the packing before anything is written where it can be found up 
 does not exist, named with its list line) and otherwise names the file (image/label size mismatch, label
 values outside the dataset's range). At the end a summary gives the images, the pixels per class and the
 ignored share, and ``OUT/class_weights.txt`` holds ``w_c = 1 - n_c / sum(n)`` over the labelled pixels of the
-split, one per line, ready for ``loss_param { class_weight: ... }``.
+split, one per line; ``OUT/loss_param.prototxt`` holds the same as a ``loss_param { class_weight: ... }`` block
+to paste into a SoftmaxWithLoss layer. The zoo's IDD nets (``unet_idd``, ``deeplabv3_resnet101_idd[_head]``)
+take ``data/idd/train/class_weights.txt`` into their loss when generated with ``--class-weights-from-data``: pack
+IDD's training split there, then run ``python tools/make_zoo.py --class-weights-from-data unet_idd
+deeplabv3_resnet101_idd deeplabv3_resnet101_idd_head``.
 """
 from __future__ import annotations
 
@@ -57,7 +64,7 @@ from .lmdb_io import LMDBWriter
 log = logging.getLogger("netspec")
 
 __all__ = ["Sample", "Spec", "DATASETS", "pack", "format_summary", "class_weights", "loss_param_snippet", "main",
-           "VOC_CLASSES", "CITYSCAPES_CLASSES", "CITYSCAPES_TRAIN_ID"]
+           "VOC_CLASSES", "CITYSCAPES_CLASSES", "CITYSCAPES_TRAIN_ID", "IDD_CLASSES", "IDD_ZOO_MODELS"]
 
 IGNORE = 255
 
@@ -71,6 +78,17 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
 CITYSCAPES_TRAIN_ID = (255, 255, 255, 255, 255, 255, 255, 0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5, 255, 6, 7, 8, 9,
                        10, 11, 12, 13, 14, 15, 255, 255, 16, 17, 18)
 SIFTFLOW_GEO_CLASSES = ("sky", "horizontal", "vertical")
+# IDD (Indian Driving Dataset) level-3 classes, index = level3Id of AutoNUE's helpers/anue_labels.py; 255 = void
+# (unlabeled, ego vehicle, rectification border, out of roi, license plate). Merged labels take the name of
+# the group: 1 = parking + drivable fallback, 3 = rail track + non-drivable fallback, 4 = person + animal,
+# 12 = caravan, trailer, train + vehicle fallback, 20 = pole + polegroup, 23 = bridge + tunnel,
+# 25 = sky + fallback background.
+IDD_CLASSES = ("road", "drivable fallback", "sidewalk", "non-drivable fallback", "person/animal", "rider",
+               "motorcycle", "bicycle", "autorickshaw", "car", "truck", "bus", "vehicle fallback", "curb", "wall",
+               "fence", "guard rail", "billboard", "traffic sign", "traffic light", "pole", "obs-str-bar-fallback",
+               "building", "bridge/tunnel", "vegetation", "sky")
+#: The zoo models whose loss takes the class weights of ``data/idd/train``.
+IDD_ZOO_MODELS = ("unet_idd", "deeplabv3_resnet101_idd", "deeplabv3_resnet101_idd_head")
 
 
 @dataclass
@@ -91,6 +109,7 @@ class Spec:
     samples: List[Sample]
     class_names: Optional[Sequence[str]] = None
     notes: List[str] = field(default_factory=list)
+    hints: List[str] = field(default_factory=list)  # printed after the class weights
 
 
 # -- label conversions with range checks ----------------------------------------------------------------------
@@ -132,6 +151,12 @@ _CITY_LUT = np.array(CITYSCAPES_TRAIN_ID, np.uint8)
 def _cityscapes_reader(path, where):
     raw = _check_range(F.read_index_png(path, where), 0, len(_CITY_LUT) - 1, path, where, "Cityscapes labelId")
     return _CITY_LUT[raw.astype(np.int64)]
+
+
+def _idd_reader(path, where):
+    raw = _check_range(F.read_index_png(path, where), 0, len(IDD_CLASSES) - 1, path, where, "IDD level3Id",
+                       extra=(IGNORE,))
+    return raw.astype(np.uint8)
 
 
 def _kitti_reader(path, where):
@@ -245,6 +270,23 @@ def cityscapes(root, split) -> Spec:
     return Spec("cityscapes", split, 19, samples, CITYSCAPES_CLASSES)
 
 
+def idd(root, split) -> Spec:
+    iroot = _find_dir(root, "gtFine", ["IDD_Segmentation"], "idd")
+    samples = []
+    for img in sorted(_scan(os.path.join(iroot, "leftImg8bit", split, "*", "*_leftImg8bit.*"), "idd")):
+        seq = os.path.basename(os.path.dirname(img))
+        base = os.path.basename(img).rsplit("_leftImg8bit.", 1)[0]
+        samples.append(Sample(f"{seq}_{base}", img,
+                              os.path.join(iroot, "gtFine", split, seq, f"{base}_gtFine_labellevel3Ids.png"), img,
+                              _idd_reader))
+    hints = []
+    if split == "train":
+        hints.append(f"the zoo's IDD nets ({', '.join(IDD_ZOO_MODELS)}) take their class_weight from "
+                     "data/idd/train/class_weights.txt when generated; with this split packed there, run: "
+                     f"python tools/make_zoo.py --class-weights-from-data {' '.join(IDD_ZOO_MODELS)}")
+    return Spec("idd", split, len(IDD_CLASSES), samples, IDD_CLASSES, hints=hints)
+
+
 def kitti_road(root, split) -> Spec:
     if split in ("test", "testing"):
         raise DataError("kitti-road: the testing set has no ground truth; pack 'train' (the training folder)")
@@ -313,7 +355,8 @@ def siftflow(root, split, target: str = "semantic") -> Spec:
 
 
 DATASETS: Dict[str, Callable[..., Spec]] = {
-    "voc": voc, "sbd": sbd, "ade20k": ade20k, "cityscapes": cityscapes, "kitti-road": kitti_road, "nyud": nyud,
+    "voc": voc, "sbd": sbd, "ade20k": ade20k, "cityscapes": cityscapes, "idd": idd, "kitti-road": kitti_road,
+    "nyud": nyud,
     "pascal-context": pascal_context, "siftflow": siftflow,
 }
 
@@ -384,10 +427,12 @@ def pack(dataset: str, root, out, split: str = "train", *, overwrite: bool = Fal
     weights = class_weights(counts[:C])
     with open(os.path.join(out, "class_weights.txt"), "w") as f:
         f.write("".join(f"{w:.6f}\n" for w in weights))
+    with open(os.path.join(out, "loss_param.prototxt"), "w") as f:
+        f.write(loss_param_snippet(weights) + "\n")
     return {"dataset": dataset, "split": split, "out": out, "images": len(samples), "num_classes": C,
             "class_names": list(spec.class_names) if spec.class_names else None, "pixels": int(counts.sum()),
             "class_pixels": counts[:C].tolist(), "ignored": int(counts[IGNORE]), "class_weights": weights.tolist(),
-            "notes": spec.notes}
+            "notes": spec.notes, "hints": spec.hints}
 
 
 def format_summary(s: dict) -> str:
@@ -403,8 +448,9 @@ def format_summary(s: dict) -> str:
     for c, (name, n, w) in enumerate(zip(names, s["class_pixels"], s["class_weights"])):
         lines.append(f"  {c:3d} {name:<{width}}  {n:12d}  {100.0 * n / labelled:6.2f}%  {w:.6f}")
     lines.append(f"class weights w_c = 1 - n_c / sum(n) written to {os.path.join(s['out'], 'class_weights.txt')}; "
-                 "for SoftmaxWithLoss:")
+                 f"for SoftmaxWithLoss ({os.path.join(s['out'], 'loss_param.prototxt')}):")
     lines.append(loss_param_snippet(s["class_weights"]))
+    lines += s.get("hints", [])
     return "\n".join(lines)
 
 
@@ -414,7 +460,8 @@ def main(argv=None) -> int:
                                             "SegDataLayer reads.")
     p.add_argument("dataset", metavar="DATASET", choices=sorted(DATASETS), help=", ".join(DATASETS))
     p.add_argument("root", metavar="ROOT", help="the dataset's folder, in its usual layout")
-    p.add_argument("out", metavar="OUT", help="output folder: OUT/images, OUT/labels, OUT/class_weights.txt")
+    p.add_argument("out", metavar="OUT", help="output folder: OUT/images, OUT/labels, OUT/class_weights.txt, "
+                                              "OUT/loss_param.prototxt")
     p.add_argument("--split", default="train", help="split name (default train)")
     p.add_argument("--sbd", metavar="DIR", help="voc: add SBD (benchmark_RELEASE/dataset) train+val, less VOC val")
     p.add_argument("--voc-dir", metavar="DIR", help="pascal-context: the folder holding VOC2010")

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional
 
 from .. import prototxt
+from .attention import CITYSCAPES, VOC, attention_fcn, attention_solver
 from .common import VOC_MEAN, solver as _solver
 from .demo import demo as _demo
 from .dilated import fcn2s_dilated
-from .fcn import Head, InputData, PyData, fcn
+from .fcn import Head, InputData, PyData, fcn, fcn_late_fusion
 
 __all__ = ["ZooModel", "MODELS", "names", "get", "net", "solver", "files", "write", "SPLITS"]
 
@@ -147,12 +148,53 @@ _add("fcn8s_kitti_road", "FCN-8s VGG16, KITTI road (2 classes)", "fcn",
      lambda: _solver("fcn8s_kitti_road", type="Adam", base_lr=1e-4, momentum=0.9,
                      momentum2=0.999, max_iter=16000, snapshot=2000, test_iter=50))
 
+# -- NYUDv2 FCN-32s with two inputs: color-d (early fusion), color-hha (late fusion) -----------------
+# Upstream's solvers: base_lr 1e-10 for color-d (one trunk) and 1e-12 for color-hha (two summed
+# streams), 300k iterations, snapshot every 2,000, 654 test images.
+_NYUD_INPUTS = {"color_d": ("color", "depth"), "color_hha": ("color", "hha")}
+_NYUD_CHANNELS = {"color": 3, "depth": 1, "hha": 3}
+for _fusion, _inputs in _NYUD_INPUTS.items():
+    _data = _split_data(*(
+        _py("nyud_layers", "NYUDSegDataLayer", tops=[*_inputs, "label"], seed=1337,
+            nyud_dir="data/nyud", split=split, _tops=(*_inputs, "label"))
+        for split in ("trainval", "test")),
+        deploy=InputData(tops=_inputs, channels=tuple(_NYUD_CHANNELS[t] for t in _inputs)))
+    _early = _fusion == "color_d"
+    _add(f"fcn32s_nyud_{_fusion}", f"FCN-32s VGG16, NYUDv2 {' + '.join(_inputs)} "
+         f"({'early' if _early else 'late'} fusion, 40 classes)", "fcn",
+         lambda split, d=_data, i=_inputs, e=_early: (
+             fcn(32, d(split), [Head(40)], concat=i) if e
+             else fcn_late_fusion(d(split), i, Head(40))),
+         lambda f=_fusion, e=_early: _solver(f"fcn32s_nyud_{f}", base_lr=1e-10 if e else 1e-12,
+                                             max_iter=300000, snapshot=2000, test_iter=654))
+
+# -- FCN with attention: stride-2 VGG16 encoder, ASPP, SE decoder (Cityscapes, PASCAL VOC) ----------
+# See netspec/zoo/attention.py for the design, the data and the solver settings.
+_add("attention_fcn_cityscapes", "FCN with ASPP and SE attention, Cityscapes (19 classes)",
+     "attention", lambda split: attention_fcn(split, CITYSCAPES),
+     lambda: attention_solver(CITYSCAPES))
+_add("attention_fcn_voc", "FCN with ASPP and SE attention, PASCAL VOC (21 classes)",
+     "attention", lambda split: attention_fcn(split, VOC), lambda: attention_solver(VOC))
+
 # -- demo: a small FCN for CPU training on synthetic shapes ------------------------------------------
 _add("demo", "A small FCN (4 classes, 64×64 synthetic shapes) that trains on CPU in minutes",
      "demo", _demo,
      lambda: _solver("demo", type="Adam", base_lr=1e-3, momentum=0.9, momentum2=0.999,
                      weight_decay=1e-4, max_iter=2000, snapshot=1000, test_iter=20,
                      test_interval=500, snapshot_name="demo"))
+
+# -- IDD (Indian Driving Dataset), 26 level-3 classes: U-Net and DeepLabv3 ResNet-101 -----------------
+# Flip / rotation / scale augmentation and a class-weighted loss whose weights come from the packed
+# training split; see netspec/zoo/unet.py and netspec/zoo/deeplab.py.
+from .deeplab import deeplab_solver as _deeplab_solver, deeplabv3 as _deeplabv3  # noqa: E402
+from .unet import unet as _unet, unet_solver as _unet_solver  # noqa: E402
+
+_add("unet_idd", "U-Net (BatchNorm), IDD level 3 (26 classes)", "unet", _unet, _unet_solver)
+_add("deeplabv3_resnet101_idd", "DeepLabv3 ResNet-101 (output stride 16, ASPP), IDD level 3 (26 classes)",
+     "deeplab", _deeplabv3, lambda: _deeplab_solver("deeplabv3_resnet101_idd"))
+_add("deeplabv3_resnet101_idd_head", "DeepLabv3 ResNet-101, IDD: ImageNet trunk frozen, only the head learns",
+     "deeplab", lambda split: _deeplabv3(split, train_trunk=False),
+     lambda: _deeplab_solver("deeplabv3_resnet101_idd_head"))
 
 
 def names() -> List[str]:

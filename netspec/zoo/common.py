@@ -43,16 +43,26 @@ def upsample(bottom, nout, ks, stride):
                            param=list(FROZEN))
 
 
-def vgg_trunk(n, data, arch="vgg16", first_pad=100):
-    """conv1_1 … pool5 of VGG16/VGG19 into NetSpec ``n`` (conv1_1 padded by 100 as in FCN)."""
+def vgg_trunk(n, data, arch="vgg16", first_pad=100, *, suffix="",
+              rename: Optional[Dict[str, str]] = None):
+    """conv1_1 … pool5 of VGG16/VGG19 into NetSpec ``n`` (conv1_1 padded by 100 as in FCN).
+
+    Every name gets ``suffix`` (``conv1_1color``: one stream of NYUDv2 color-hha); ``rename`` maps
+    a name to another before that (NYUDv2 color-d's 4-channel ``conv1_1`` is ``conv1_1_bgrd``)."""
+    rename = rename or {}
+
+    def name(base):
+        return rename.get(base, base) + suffix
+
     bottom = data
     for stage, (count, width) in enumerate(zip(VGG_STAGES[arch], VGG_WIDTHS), start=1):
         for i in range(1, count + 1):
             pad = first_pad if (stage, i) == (1, 1) else 1
-            n[f"conv{stage}_{i}"], n[f"relu{stage}_{i}"] = conv_relu(bottom, width, pad=pad)
-            bottom = n[f"relu{stage}_{i}"]
-        n[f"pool{stage}"] = max_pool(bottom)
-        bottom = n[f"pool{stage}"]
+            conv, relu = name(f"conv{stage}_{i}"), name(f"relu{stage}_{i}")
+            n[conv], n[relu] = conv_relu(bottom, width, pad=pad)
+            bottom = n[relu]
+        n[name(f"pool{stage}")] = max_pool(bottom)
+        bottom = n[name(f"pool{stage}")]
     return bottom
 
 
@@ -106,3 +116,74 @@ def solver(name: str, *, base_lr, lr_policy="fixed", momentum=0.99, weight_decay
         else:
             setattr(sp, key, value)
     return sp
+
+
+# -- BatchNorm nets and the IDD models (U-Net, DeepLabv3) ----------------------------------------------
+
+#: BatchNorm's three blobs (mean, variance, scale factor) are statistics, never learned.
+BN_PARAM = (dict(lr_mult=0, decay_mult=0),) * 3
+#: A blob that neither learns nor decays (a frozen trunk, Caffe-era DeepLab's frozen Scale layers).
+FIXED = dict(lr_mult=0, decay_mult=0)
+#: A bias-free convolution's one weight blob.
+WEIGHT = dict(lr_mult=1, decay_mult=1)
+
+#: Where ``tools/build_seg_lmdb.py idd IDD_Segmentation data/idd/train`` writes the training split's class
+#: weights ``w_c = 1 - n_c / sum(n)``; the IDD nets' loss takes them from here when the zoo is generated with
+#: ``tools/make_zoo.py --class-weights-from-data``.
+IDD_CLASS_WEIGHTS = "data/idd/train/class_weights.txt"
+#: Set by ``make_zoo.py --class-weights-from-data``. Off, the generated nets carry weights of 1 whatever is
+#: on disk, so that generating the zoo never depends on local data (the committed files are reproducible).
+CLASS_WEIGHTS_FROM_DATA = False
+
+
+def batch_norm(bottom, use_global_stats: Optional[bool] = None):
+    """In-place BatchNorm (statistics blobs lr_mult 0). ``use_global_stats`` unset: batch statistics in
+    TRAIN, the accumulated ones in TEST (Caffe's default); ``True`` freezes them (a pretrained trunk)."""
+    extra = {} if use_global_stats is None else dict(batch_norm_param=dict(use_global_stats=use_global_stats))
+    return L.BatchNorm(bottom, in_place=True, param=list(BN_PARAM), **extra)
+
+
+def scale_bias(bottom, param=None):
+    """In-place Scale with a bias (BatchNorm's affine part, as Caffe nets write it)."""
+    extra = {} if param is None else dict(param=list(param))
+    return L.Scale(bottom, in_place=True, scale_param=dict(bias_term=True), **extra)
+
+
+def seg_data(source: str, **fields):
+    """``netspec.data.seg.SegDataLayer`` reading the LMDB pair ``source`` (tops data, label); ``fields`` are
+    further param_str keys, written in the given order."""
+    body = ", ".join(f"{k!r}: {v!r}" for k, v in dict(source=source, **fields).items())
+    return python_data("netspec.data.seg", "SegDataLayer", "{" + body + "}")
+
+
+def read_class_weights(path: Optional[str], num_classes: int) -> Tuple[float, ...]:
+    """The class weights in ``path`` (one per line, as the packers write ``class_weights.txt``; relative
+    paths are taken from the repository root), or ``num_classes`` ones -- the unweighted loss -- when the
+    file does not exist. ``path`` None: ``IDD_CLASS_WEIGHTS`` under ``CLASS_WEIGHTS_FROM_DATA``, else ones."""
+    import os
+    if path is None:
+        if not CLASS_WEIGHTS_FROM_DATA:
+            return (1.0,) * num_classes
+        path = IDD_CLASS_WEIGHTS
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    full = path if os.path.isabs(path) else os.path.join(root, path)
+    if not os.path.isfile(full):
+        return (1.0,) * num_classes
+    with open(full, encoding="utf-8") as f:
+        values = [line.split("#", 1)[0].strip() for line in f]
+    try:
+        weights = tuple(float(v) for v in values if v)
+    except ValueError as e:
+        raise ValueError(f"{full}: not a class weight per line ({e})") from None
+    if len(weights) != num_classes:
+        raise ValueError(f"{full}: {len(weights)} class weights for {num_classes} classes; repack the "
+                         "training split with tools/build_seg_lmdb.py")
+    return weights
+
+
+def weighted_softmax_loss(score_top, label, class_weight: Sequence[float]):
+    """SoftmaxWithLoss over valid pixels (ignore_label 255), each pixel weighted by its class's weight
+    (``loss_param.class_weight``, a netspec extension: the sum is divided by the summed weights of the valid
+    pixels)."""
+    return L.SoftmaxWithLoss(score_top, label, loss_param=dict(
+        ignore_label=255, normalization="VALID", class_weight=list(class_weight)))

@@ -5,6 +5,11 @@ blob names, parameters and order; the Crop offsets are computed by :func:`netspe
 rather than written down), so the generated ``voc-fcn*`` train/val nets equal upstream's but for
 the data paths, and the FCN-8s deploy net equals ``voc-fcn8s/deploy.prototxt`` (no Dropout, an
 ``Input`` layer named ``input`` of 1×3×500×500).
+
+NYUDv2 takes color with depth or HHA in two ways (Gupta et al.'s encodings, FCN paper §5): early
+fusion (``fcn(..., concat=("color", "depth"))``: a 4-channel ``data`` Concat into one trunk whose
+first convolution is ``conv1_1_bgrd``) and late fusion (:func:`fcn_late_fusion`: one whole VGG
+stream per input, every layer name suffixed with its input, the streams' ``score_fr`` averaged).
 """
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -23,8 +28,11 @@ class PyData(NamedTuple):
 
 
 class InputData(NamedTuple):
-    """A deploy net's ``Input`` layer (top ``data``)."""
+    """A deploy net's ``Input`` layer: top ``data`` of ``shape``, or one top per name in ``tops``
+    of ``shape`` with that top's entry of ``channels``."""
     shape: Tuple[int, ...] = (1, 3, 500, 500)
+    tops: Tuple[str, ...] = ("data",)
+    channels: Optional[Tuple[int, ...]] = None
 
 
 class Head(NamedTuple):
@@ -41,7 +49,14 @@ Data = Union[PyData, InputData]
 def add_data(n: NetSpec, data: Data):
     """The net's data layer; returns whether it is a deploy net."""
     if isinstance(data, InputData):
-        n.data = deploy_input(data.shape)
+        if data.tops == ("data",):
+            n.data = deploy_input(data.shape)
+            return True
+        batch, _, *hw = data.shape
+        shapes = [dict(dim=[batch, c, *hw]) for c in data.channels]
+        tops = L.Input(name="input", ntop=len(data.tops), input_param=dict(shape=shapes))
+        for name, top in zip(data.tops, tops if isinstance(tops, tuple) else (tops,)):
+            n[name] = top
         return True
     tops = python_data(data.module, data.layer, data.param_str, ntop=len(data.tops))
     tops = tops if isinstance(tops, tuple) else (tops,)
@@ -51,19 +66,21 @@ def add_data(n: NetSpec, data: Data):
 
 
 def fc_layers(n: NetSpec, bottom, *, fc6_kernel=7, fc6_dilation=1, dropout_ratio=0.5,
-              dropout=True):
-    """fc6 (as a convolution), relu6, drop6, fc7, relu7, drop7; returns the last top."""
+              dropout=True, suffix=""):
+    """fc6 (as a convolution), relu6, drop6, fc7, relu7, drop7 (names + ``suffix``); returns the
+    last top."""
+    s = suffix
     extra = dict(dilation=fc6_dilation) if fc6_dilation != 1 else {}
-    n.fc6, n.relu6 = conv_relu(bottom, 4096, ks=fc6_kernel, pad=0, **extra)
-    top = n.relu6
+    n[f"fc6{s}"], n[f"relu6{s}"] = conv_relu(bottom, 4096, ks=fc6_kernel, pad=0, **extra)
+    top = n[f"relu6{s}"]
     if dropout:
-        n.drop6 = L.Dropout(n.relu6, dropout_ratio=dropout_ratio, in_place=True)
-        top = n.drop6
-    n.fc7, n.relu7 = conv_relu(top, 4096, ks=1, pad=0)
-    top = n.relu7
+        n[f"drop6{s}"] = L.Dropout(top, dropout_ratio=dropout_ratio, in_place=True)
+        top = n[f"drop6{s}"]
+    n[f"fc7{s}"], n[f"relu7{s}"] = conv_relu(top, 4096, ks=1, pad=0)
+    top = n[f"relu7{s}"]
     if dropout:
-        n.drop7 = L.Dropout(n.relu7, dropout_ratio=dropout_ratio, in_place=True)
-        top = n.drop7
+        n[f"drop7{s}"] = L.Dropout(top, dropout_ratio=dropout_ratio, in_place=True)
+        top = n[f"drop7{s}"]
     return top
 
 
@@ -111,15 +128,46 @@ def fcn_head(n: NetSpec, fc7, stride: int, head: Head, *, atonce=False, loss=Tru
 
 
 def fcn(stride: int, data: Data, heads: Sequence[Head], *, arch="vgg16", atonce=False,
-        dropout_ratio=0.5, normalize: Optional[bool] = False):
+        dropout_ratio=0.5, normalize: Optional[bool] = False, concat: Sequence[str] = ()):
     """An FCN net: VGG trunk (conv1_1 pad 100), fc6/fc7 as convolutions, one or more heads.
 
     Deploy nets (``InputData``) have no Dropout and no loss, as voc-fcn8s/deploy.prototxt.
+    ``concat`` (early fusion): the data layer's tops of these names are concatenated on channels
+    into ``data``, and the first convolution, whose input is no longer BGR, is ``conv1_1_bgrd`` (so
+    a VGG transplant leaves it to be learned; upstream's name).
     """
     n = NetSpec()
     deploy = add_data(n, data)
-    pool5 = vgg_trunk(n, n.data, arch)
+    rename = {}
+    if concat:
+        n.data = L.Concat(*(n[t] for t in concat))
+        rename = {"conv1_1": "conv1_1_bgrd"}
+    pool5 = vgg_trunk(n, n.data, arch, rename=rename)
     fc7 = fc_layers(n, pool5, dropout_ratio=dropout_ratio, dropout=not deploy)
     for head in heads:
         fcn_head(n, fc7, stride, head, atonce=atonce, loss=not deploy, normalize=normalize)
+    return n.to_proto()
+
+
+def fcn_late_fusion(data: Data, streams: Sequence[str], head: Head, *, arch="vgg16",
+                    normalize: Optional[bool] = False):
+    """FCN-32s late fusion: one VGG stream and ``score_fr`` per input top in ``streams``, every
+    layer name suffixed with its top (``conv1_1hha``), the scores averaged (Eltwise SUM with
+    coefficients 1/len(streams)) into ``score_fused``, then FCN-32s' upscore and a Crop to the
+    first stream's input (NYUDv2 color-hha, where the coefficients are 0.5)."""
+    n = NetSpec()
+    deploy = add_data(n, data)
+    k = head.num_classes
+    scores = []
+    for s in streams:
+        pool5 = vgg_trunk(n, n[s], arch, suffix=s)
+        fc7 = fc_layers(n, pool5, dropout=not deploy, suffix=s)
+        n[f"score_fr{s}"] = score(fc7, k)
+        scores.append(n[f"score_fr{s}"])
+    n.score_fused = L.Eltwise(*scores, operation=P.Eltwise.SUM,
+                              coeff=[1 / len(streams)] * len(streams))
+    n.upscore = upsample(n.score_fused, k, 64, 32)
+    n.score = crop(n.upscore, n[streams[0]])
+    if not deploy:
+        n[head.loss] = softmax_loss(n.score, n[head.label], normalize=normalize)
     return n.to_proto()

@@ -29,6 +29,10 @@ UPSTREAM = {
     ("fcn8s_pascalcontext", "val"): UP_FCN + "pascalcontext-fcn8s/val.prototxt",
     ("fcn32s_nyud_color", "train"): UP_FCN + "nyud-fcn32s-color/trainval.prototxt",
     ("fcn32s_nyud_hha", "val"): UP_FCN + "nyud-fcn32s-hha/test.prototxt",
+    ("fcn32s_nyud_color_d", "train"): UP_FCN + "nyud-fcn32s-color-d/trainval.prototxt",
+    ("fcn32s_nyud_color_d", "val"): UP_FCN + "nyud-fcn32s-color-d/test.prototxt",
+    ("fcn32s_nyud_color_hha", "train"): UP_FCN + "nyud-fcn32s-color-hha/trainval.prototxt",
+    ("fcn32s_nyud_color_hha", "val"): UP_FCN + "nyud-fcn32s-color-hha/test.prototxt",
     ("fcn32s_siftflow", "train"): UP_FCN + "siftflow-fcn32s/trainval.prototxt",
     ("fcn16s_siftflow", "val"): UP_FCN + "siftflow-fcn16s/test.prototxt",
     ("fcn8s_siftflow", "train"): UP_FCN + "siftflow-fcn8s/trainval.prototxt",
@@ -72,7 +76,9 @@ def test_nets_parse_and_their_crops_are_consistent(name):
     for split, net in nets.items():
         assert net == zoo.net(name, split)
         checks = check_crops(net)
-        assert checks and all(c.ok for c in checks), (split, checks)
+        assert all(c.ok for c in checks), (split, checks)
+        # every net aligns its score with the input by Crop, except those that resize by Interp (DeepLab)
+        assert checks or any(l.type == "Interp" for l in net.layer), split
     # train and val differ only in the data layer's python_param (layer class, param_str)
     train, val = nets["train"], nets["val"]
     assert train.layer[0].type == val.layer[0].type == "Python"
@@ -97,6 +103,83 @@ def test_nets_equal_upstream(shared_dir, key):
         if net.layer[0].type == "Python":  # paths differ: ours are repository-relative
             net.layer[0].python_param.param_str = ""
     assert mine == upstream
+
+
+# (zoo model) -> upstream solver with the same settings (the paths aside)
+UPSTREAM_SOLVERS = {
+    "fcn32s_nyud_color": UP_FCN + "nyud-fcn32s-color/solver.prototxt",
+    "fcn32s_nyud_color_d": UP_FCN + "nyud-fcn32s-color-d/solver.prototxt",
+    "fcn32s_nyud_color_hha": UP_FCN + "nyud-fcn32s-color-hha/solver.prototxt",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_SOLVERS))
+def test_solvers_equal_upstream(shared_dir, name):
+    mine = zoo.solver(name)
+    upstream = prototxt.parse_solver((shared_dir / UPSTREAM_SOLVERS[name]).read_text())
+    assert (mine.train_net, list(mine.test_net)) == (f"prototxt/{name}/train.prototxt",
+                                                     [f"prototxt/{name}/val.prototxt"])
+    assert mine.snapshot_prefix == f"snapshots/{name}/train"
+    for sp in (mine, upstream):
+        for path in ("train_net", "test_net", "snapshot_prefix"):
+            sp.ClearField(path)
+    assert mine == upstream
+
+
+def _fake_nyud(root, i="5001", h=7, w=9):
+    """One NYUDv2 sample in FCN's layout; returns its 16-bit depth."""
+    import cv2
+    import numpy as np
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    depth = rng.integers(1, 10000, (h, w)).astype(np.uint16)
+    images = {"images": rng.integers(0, 256, (h, w, 3)).astype(np.uint8), "depth": depth,
+              "hha": rng.integers(0, 256, (h, w, 3)).astype(np.uint8)}
+    for folder, image in images.items():
+        (root / "data" / folder).mkdir(parents=True)
+        cv2.imwrite(str(root / "data" / folder / f"img_{i}.png"), image)
+    (root / "segmentation").mkdir()
+    savemat(str(root / "segmentation" / f"img_{i}.mat"),
+            {"segmentation": rng.integers(0, 41, (h, w)).astype(np.uint8)})
+    for split in ("trainval", "test"):
+        (root / f"{split}.txt").write_text(f"{i}\n")
+    return depth
+
+
+@pytest.mark.parametrize("name, inputs", [("fcn32s_nyud_color_d", ["color", "depth"]),
+                                          ("fcn32s_nyud_color_hha", ["color", "hha"])])
+def test_nyud_fusion_nets_get_their_tops_from_the_builtin_data_layer(tmp_path, name, inputs):
+    """The fusion nets name their inputs in param_str 'tops', as upstream, and the built-in
+    nyud_layers.NYUDSegDataLayer makes exactly those blobs (color and HHA 3 channels, depth 1:
+    log(depth) - 7.844), which color-d concatenates into a 4-channel ``data``."""
+    import numpy as np
+    pytest.importorskip("scipy.io")
+    from netspec.layers.python import parse_param_str
+    depth = _fake_nyud(tmp_path / "nyud")
+    channels = {"color": 3, "depth": 1, "hha": 3}
+    for split in ("train", "val"):
+        net = zoo.net(name, split)
+        p = parse_param_str(net.layer[0].python_param.param_str)
+        assert list(net.layer[0].top) == p["tops"] == inputs + ["label"]
+        assert p["nyud_dir"] == "data/nyud"
+        assert p["split"] == {"train": "trainval", "val": "test"}[split]
+        front = type(net)()
+        front.layer.extend(net.layer[:2 if name.endswith("_d") else 1])
+        front.layer[0].python_param.param_str = net.layer[0].python_param.param_str.replace(
+            "data/nyud", str(tmp_path / "nyud"))
+        data = netspec.Net(front, netspec.TRAIN if split == "train" else netspec.TEST)
+        data.forward(blobs=list(data.blobs))
+        for top in inputs:
+            assert data.blobs[top].data.shape == (1, channels[top], 7, 9)
+        assert data.blobs["label"].data.shape == (1, 1, 7, 9)
+        if name.endswith("_d"):
+            np.testing.assert_allclose(data.blobs["depth"].data[0, 0],
+                                       np.log(depth) - np.float32(7.844), rtol=1e-5)
+            assert data.blobs["data"].data.shape == (1, 4, 7, 9)
+    deploy = zoo.net(name, "deploy").layer[0]
+    assert list(deploy.top) == inputs
+    assert [list(s.dim) for s in deploy.input_param.shape] == [[1, channels[t], 500, 500]
+                                                               for t in inputs]
 
 
 def test_voc_data_layers_keep_upstream_param_str_keys():
@@ -130,6 +213,12 @@ FCN_COMMON = dict(momentum=0.99, weight_decay=0.0005, iter_size=1, display=20, a
                                 stepvalue=[100000])),
     ("fcn8s_kitti_road", dict(type="Adam", base_lr=1e-4, lr_policy="fixed")),
     ("demo", dict(display=20)),
+    ("fcn32s_nyud_color_d", dict(FCN_COMMON, base_lr=1e-10, max_iter=300000, snapshot=2000)),
+    ("fcn32s_nyud_color_hha", dict(FCN_COMMON, base_lr=1e-12, max_iter=300000, snapshot=2000)),
+    ("attention_fcn_cityscapes", dict(type="SGD", lr_policy="poly", base_lr=1e-3, power=0.95,
+                                      momentum=0.9, weight_decay=5e-4, max_iter=90000)),
+    ("attention_fcn_voc", dict(type="SGD", lr_policy="poly", base_lr=1e-3, power=0.95,
+                               momentum=0.9, weight_decay=5e-4, max_iter=50000)),
 ])
 def test_solver_settings(name, expect):
     sp = prototxt.parse_solver((ROOT / f"solvers/{name}.prototxt").read_text())
@@ -162,9 +251,12 @@ def test_demo_solver_trains_a_normalised_loss():
 
 
 def _with_input(net, shape):
-    dims = net.layer[0].input_param.shape[0].dim
-    del dims[:]
-    dims.extend(shape)
+    """``net`` with every blob of its Input layer resized to ``shape``'s N, H, W (channels kept:
+    the NYUDv2 fusion nets have a 3-channel color and a 1-channel depth input)."""
+    for blob in net.layer[0].input_param.shape:
+        channels = blob.dim[1]
+        del blob.dim[:]
+        blob.dim.extend([shape[0], channels, *shape[2:]])
     return net
 
 
@@ -205,6 +297,8 @@ def _table(shared_dir, title):
     ("fcn8s_voc", "voc-fcn8s (deploy)"),
     ("fcn32s_voc", "voc-fcn32s (train; val identical except data layer)"),
     ("fcn2s_vgg19_voc", "Dilated FCN-2s VGG19 (deploy, HEAD)"),
+    ("fcn32s_nyud_color_d", "nyud-fcn32s-color-d (trainval; early fusion, 4-ch Concat)"),
+    ("fcn32s_nyud_color_hha", "nyud-fcn32s-color-hha (trainval; late fusion)"),
 ])
 def test_deploy_shapes_at_375x500_equal_the_published_tables(shared_dir, name, title):
     net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
@@ -224,7 +318,8 @@ def test_deploy_shapes_at_375x500_equal_the_published_tables(shared_dir, name, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in zoo.names()
-                                  if n not in ("demo", "fcn8s_voc", "fcn32s_voc", "fcn2s_vgg19_voc")])
+                                  if n not in ("demo", "fcn8s_voc", "fcn32s_voc", "fcn2s_vgg19_voc",
+                                               "fcn32s_nyud_color_d", "fcn32s_nyud_color_hha")])
 def test_every_deploy_net_builds(name):
     net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
     for out in net.outputs:
