@@ -1,6 +1,7 @@
 """Loss layers (Caffe LossLayer family): top 0 is the unweighted scalar loss; the net applies loss_weight.
 Labels are cast to int by truncation (Caffe's static_cast<int>) and get no gradient. Label range checks
 read values (one device sync per forward), so they are skipped under torch.compile and on fake tensors."""
+import functools
 import math
 from typing import Optional
 
@@ -73,7 +74,26 @@ def _labels(name, x, label, axis, ignore, num_classes):
     return lab, valid, safe, outer, inner
 
 
+def _float32(forward):
+    """Run ``forward`` with autocast off and floating bottoms in float32, as Caffe computes every loss: in half
+    precision a score map's log-softmax and pixel sum overflow (fp16's max is 65504) or lose the small terms."""
+    @functools.wraps(forward)
+    def run(self, *bottoms):
+        device = next((b.device.type for b in bottoms if torch.is_tensor(b)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return forward(self, *(b.float() if torch.is_tensor(b) and b.is_floating_point() else b
+                                   for b in bottoms))
+    return run
+
+
 class _Loss(nn.Module):
+    """Base of the loss modules: each subclass's forward runs in float32 (``_float32``)."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "forward" in cls.__dict__:
+            cls.forward = _float32(cls.__dict__["forward"])
+
     def __init__(self, name: str, n_tops: int = 1):
         super().__init__()
         self.name, self.n_tops = name, n_tops

@@ -80,6 +80,27 @@ def test_softmax_with_loss_normalizations(mode, cw):
     np.testing.assert_allclose(xt.grad.numpy(), grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_losses_compute_in_float32_under_autocast(dtype):
+    # a 64x64 score map with large scores, as an untrained net gives: in float16 the pixel sum overflows
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(1, 5, 64, 64)) * 40).astype(np.float32)
+    label = rng.integers(0, 5, size=(1, 1, 64, 64)).astype(np.float32)
+    xh = torch.tensor(x).to(dtype)
+    ref, grad = _swl_reference(xh.float().numpy(), label, None, "FULL", None)  # exact maths on the rounded scores
+    m = build('type: "SoftmaxWithLoss" loss_param { normalization: FULL }', x.shape, label.shape)
+    xt = xh.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = m(xt, torch.tensor(label))
+        eu = build('type: "EuclideanLoss"', x.shape, x.shape)(xh, torch.zeros_like(xh))
+    loss.backward()
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(ref, rel=1e-5)
+    assert xt.grad.dtype == dtype
+    np.testing.assert_allclose(xt.grad.float().numpy(), grad, rtol=1e-2, atol=1e-7)  # rounded to dtype
+    # Euclidean: sum of squares / 2N with N = 1, about 4e6 here: past float16's 65504
+    assert eu.dtype == torch.float32 and eu.item() == pytest.approx(float((xh.double() ** 2).sum() / 2), rel=1e-5)
+
+
 def test_softmax_with_loss_legacy_normalize_and_defaults():
     x = torch.randn(2, 3, 4)
     label = torch.tensor([[0., 1, 255, 2], [255, 255, 1, 0]])
