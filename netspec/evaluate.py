@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .cli import parse_args
 from .errors import DataError, NetspecError
 from .metrics import (fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores,
                       seg_tests)
@@ -108,7 +109,7 @@ def test_parser():
 def test_main(argv=None) -> int:
     from . import TEST, Net
     from .train import setup_logging
-    args = test_parser().parse_args(argv)
+    args = parse_args(test_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if not args.weights:
         log.error("Need model weights to score (--weights).")
@@ -386,7 +387,7 @@ def score_main(argv=None, out=None) -> int:
     from . import TEST, Net
     from .net import load_net_param
     from .train import setup_logging
-    args = score_parser().parse_args(argv)
+    args = parse_args(score_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     out = out or sys.stdout
     try:

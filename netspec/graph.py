@@ -29,7 +29,7 @@ def state_meets_rule(state: "caffe_pb2.NetState", rule: "caffe_pb2.NetStateRule"
 def net_state(net: "caffe_pb2.NetParameter", phase=None, level: Optional[int] = None,
               stages: Optional[Iterable[str]] = None) -> "caffe_pb2.NetState":
     """The NetState a net is built for: the prototxt's ``state`` overridden by the caller's choices."""
-    state = caffe_pb2.NetState()
+    state = type(net.state)()  # the net's own schema: a fork's caffe.proto (load_proto) has its own classes
     state.CopyFrom(net.state)
     if phase is not None:
         state.phase = phase
@@ -46,7 +46,7 @@ def filter_net(net: "caffe_pb2.NetParameter", state: "caffe_pb2.NetState",
     """Keep the layers included for ``state`` (a layer may carry include rules or exclude rules, not both).
 
     ``kept``, when given, receives the original index of every layer kept (for file:line messages)."""
-    out = caffe_pb2.NetParameter()
+    out = type(net)()
     out.CopyFrom(net)
     del out.layer[:]
     out.state.CopyFrom(state)
@@ -125,7 +125,7 @@ def insert_splits(net: "caffe_pb2.NetParameter", where=lambda i: "",
             if layer.loss_weight[j]:
                 consumers[src] = consumers.get(src, 0) + 1
 
-    out = caffe_pb2.NetParameter()
+    out = type(net)()
     out.CopyFrom(net)
     del out.layer[:]
     next_split = {}

@@ -73,6 +73,12 @@ def layer_name(key: str) -> str:
     return "" if key == "%00" else key.replace("%2E", ".").replace("%25", "%")
 
 
+def _blank_param_spec(layer):
+    """A default ParamSpec of ``layer``'s own schema (the bundled caffe.proto or a fork's, see load_proto)."""
+    from google.protobuf import message_factory
+    return message_factory.GetMessageClass(layer.DESCRIPTOR.fields_by_name["param"].message_type)()
+
+
 @dataclass
 class BuildContext:
     """What a builder may know besides its LayerParameter."""
@@ -279,7 +285,7 @@ class CaffeNet(nn.Module):
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
-                spec = node.param.param[j] if j < len(node.param.param) else caffe_pb2.ParamSpec()
+                spec = node.param.param[j] if j < len(node.param.param) else _blank_param_spec(node.param)
                 out.append((p, spec.lr_mult, spec.decay_mult, node.name, j))
         return out
 

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .cli import parse_args
 from .errors import DataError, NetspecError
 
 log = logging.getLogger("netspec")
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     from . import TEST, Net
     from .evaluate import tool_device
     from .train import setup_logging
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         files = list_images(args.images)

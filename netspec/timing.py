@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .cli import parse_args
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -188,7 +189,7 @@ def main(argv=None, out=None) -> int:
     from . import TEST, TRAIN, Net
     from .evaluate import _stages, tool_device
     from .train import setup_logging
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.iterations < 1:
         log.error("--iterations must be at least 1")

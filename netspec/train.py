@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import torch
 
+from .cli import parse_args
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -134,7 +135,7 @@ def choose_device(args, solver_param) -> torch.device:
 def main(argv=None) -> int:
     from . import prototxt
     from .solver import Solver
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cli import parse_args
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -376,7 +377,7 @@ def draw_net_main(argv=None, out=None) -> int:
     import sys
     from .proto import caffe_pb2
     from .train import setup_logging
-    args = draw_net_parser().parse_args(argv)
+    args = parse_args(draw_net_parser(), argv)
     setup_logging(logging.WARNING)
     out = out or sys.stdout
     stages = [s for s in args.stage.split(",") if s] or None

@@ -202,10 +202,6 @@ def test_coming_from_caffe_resume_plot_draw(demo, tmp_path):
     assert (w / "demo_train.png").stat().st_size > 0 and (w / "demo_net.txt").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug,
-                   reason="after netspec.proto.load_proto('their/caffe.proto') no Net can be built: "
-                   "graph.net_state copies the fork's NetState into the bundled caffe_pb2.NetState (TypeError: "
-                   "Parameter to CopyFrom() must be instance of same class)")
 def test_coming_from_caffe_own_proto_fields(tmp_path):
     w = D.workdir(tmp_path)
     D.save_files("coming_from_caffe.md", w)
@@ -217,8 +213,7 @@ def test_coming_from_caffe_own_proto_fields(tmp_path):
         + "\nmessage NormalizeParameter {\n  optional bool across_spatial = 1 [default = true];\n"
           "  optional FillerParameter scale_filler = 2;\n  optional bool channel_shared = 3 [default = true];\n"
           "  optional float eps = 4 [default = 1e-10];\n}\n")
-    out = _known_bug(D.find("coming_from_caffe.md", "normalize_layer.py"), w,
-                     "Parameter to CopyFrom() must be instance of same class").stdout
+    out = D.run(D.find("coming_from_caffe.md", "normalize_layer.py"), w).stdout
     assert re.search(r"channel norm at one pixel: 19\.9\d+|channel norm at one pixel: 20\.0", out), out
     assert (w / "conv4_3_norm.caffemodel").exists()
 

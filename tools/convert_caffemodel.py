@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netspec import convert  # noqa: E402
-from netspec.cli import run_tool  # noqa: E402
+from netspec.cli import parse_args, run_tool  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--strict", action="store_true",
                         help="fail when the caffemodel lacks blobs for a layer of the prototxt")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     def run():

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from netspec import binary, prototxt, upgrade  # noqa: E402
-from netspec.cli import run_tool  # noqa: E402
+from netspec.cli import parse_args, run_tool  # noqa: E402
 
 _TEXT_EXT = {".prototxt", ".pt", ".txt", ".pbtxt"}
 _BINARY_EXT = {".caffemodel", ".binaryproto", ".pb", ".protobin"}
@@ -48,7 +48,7 @@ def main(argv=None):
     parser.add_argument("output", help="where to write the upgraded net (same format)")
     parser.add_argument("--format", choices=("text", "binary"),
                         help="format of the input and output (default: detected)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
 
     def run():
         fmt = args.format or detect_format(args.input)
