@@ -771,7 +771,7 @@ def caffemodel_to_state_dict(caffemodel: str, prototxt_path: Optional[str] = Non
     report = report if report is not None else ConvertReport(os.fspath(caffemodel), "")
     net, weights = read_caffemodel_weights(caffemodel, report.upgraded)
     where = lambda i: ""  # noqa: E731
-    net_src = f"the net of {caffemodel}'s own layer list"
+    net_src = f"{caffemodel}'s own layer list"
     allow = True
     if prototxt_path:
         net, where = _read_net_def(prototxt_path, report.upgraded)
@@ -815,7 +815,7 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
     where = lambda i: ""  # noqa: E731
     if src_kind == "caffemodel":
         net, weights = read_caffemodel_weights(src, report.upgraded)
-        net_src, own = f"the net of {src}'s own layer list", True
+        net_src, own = f"{src}'s own layer list", True
         if prototxt_path:
             net, where = _read_net_def(prototxt_path, report.upgraded)
             net_src, own = prototxt_path, False
