@@ -209,6 +209,7 @@ class Solver:
 
     def __init__(self, solver, *, level: Optional[int] = None, stages=None, device=None):
         from . import prototxt, runtime
+        from .data.shard import Shard
         from .net import Net
         self.source = None
         base_dir = None
@@ -232,12 +233,18 @@ class Solver:
             raise SolverError("Momentum cannot be used with AdaGrad.")
         self._rule, self._nhist = rule
         self._warned: set = set()
-        if param.random_seed >= 0:
-            runtime.set_random_seed(param.random_seed)
         self.device = torch.device(device) if device is not None else runtime.device()
+        shard = Shard.current(train=True)
+        seed = param.random_seed if param.random_seed >= 0 else None
+        if shard.world > 1 and seed is None:
+            seed = self._shared_seed()
+        if seed is not None:
+            runtime.set_random_seed(seed)  # data parallel: the same initial weights and data streams everywhere
         log.info("Initializing solver from parameters:\n%s", prototxt.to_text(param))
         self.net = self._make_train_net(base_dir, level, stages)
         self.test_nets: List[Net] = self._make_test_nets(base_dir, level, stages)
+        if shard.rank:
+            runtime.set_random_seed(seed + shard.rank)  # Caffe: random_seed + solver_rank for what runs (Dropout)
         if param.snapshot_prefix:
             param.snapshot_prefix = _resolve(param.snapshot_prefix, base_dir, "snapshot_prefix", self._warned)
         self.iter = 0
@@ -326,6 +333,14 @@ class Solver:
         for t in self.test_nets:
             t.configure(precision, channels_last, False)
         self._loss_scale = 2.0 ** 16 if precision == "fp16" else 1.0
+
+    def _shared_seed(self) -> int:
+        """Rank 0's draw of a seed, sent to every process (no random_seed in a multi-process run)."""
+        import torch.distributed as dist
+        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.randint(0, 2 ** 31 - 1, (1,), dtype=torch.int64).to(dev)
+        dist.broadcast(t, 0)
+        return int(t.item())
 
     def forward_backward(self) -> float:
         return self.net.forward_backward(getattr(self, "_loss_scale", 1.0))

@@ -71,6 +71,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..layers.python import BUILTIN, Layer, parse_param_str
+from ..proto import caffe_pb2
+from .shard import Shard
 
 log = logging.getLogger("netspec")
 
@@ -409,6 +411,16 @@ class _FCNSegLayer(Layer):
         self._rng = random.Random(self.seed)
         self.idx = self._rng.randint(0, len(self.indices) - 1) if self.random else 0
         self._loaded = None
+        # data parallelism (netspec.data.shard): sample k of the shared stream is rank k mod world's
+        self._shard = Shard.current(self.phase == caffe_pb2.TRAIN)
+        for _ in range(self._shard.rank):
+            self._advance()
+
+    def _advance(self):
+        if self.random:
+            self.idx = self._rng.randint(0, len(self.indices) - 1)
+        else:
+            self.idx = (self.idx + 1) % len(self.indices)
 
     def _randomize(self, p: dict) -> bool:
         r = p.get("randomize", True)
@@ -455,10 +467,8 @@ class _FCNSegLayer(Layer):
         for t, a in zip(top, self._loaded[1]):
             t.reshape(1, *a.shape)
             t.data[...] = a
-        if self.random:
-            self.idx = self._rng.randint(0, len(self.indices) - 1)
-        else:
-            self.idx = (self.idx + 1) % len(self.indices)
+        for _ in range(getattr(self, "_shard", Shard()).world):  # (a layer pickled before sharding)
+            self._advance()
 
     def backward(self, top, propagate_down, bottom):
         pass

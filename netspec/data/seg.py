@@ -30,6 +30,7 @@ from ..layers.python import Layer, parse_param_str
 from ..proto import caffe_pb2
 from .datum import decode_datum, parse_datum
 from .lmdb_io import LMDBReader
+from .shard import Shard
 from .workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 
 DEMO_ROOT = os.path.join("data", "demo")
@@ -42,6 +43,8 @@ class _SegSource:
     def __init__(self, source, batch_size, shuffle, mirror, mean, scale, crop, ignore, jitter, rotate, seed,
                  train):
         self.source = source
+        self.shard = Shard.current(train)
+        self.offset = 0  # items of the (shuffled) stream read so far, by this process and the other ranks
         self.batch_size = batch_size
         self.shuffle, self.mirror, self.mean, self.scale = shuffle, mirror, mean, scale
         self.crop, self.ignore, self.jitter, self.rotate, self.train = crop, ignore, jitter, rotate, train
@@ -63,13 +66,14 @@ class _SegSource:
             self.order = self.rng.permutation(self.order)  # a new array: saved states keep theirs
         self.pos = 0
 
+    def _advance(self) -> int:
+        if self.pos >= len(self.order):
+            self._epoch()
+        self.pos += 1
+        return int(self.order[self.pos - 1])
+
     def plan(self) -> BatchTask:
-        items = []
-        for _ in range(self.batch_size):
-            if self.pos >= len(self.order):
-                self._epoch()
-            items.append(int(self.order[self.pos]))
-            self.pos += 1
+        items, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
         for r in (self.images, self.labels):
             r.keys()  # listed here, in the consumer's thread, before worker threads share the readers
         task = BatchTask(self.index, items)
@@ -80,7 +84,7 @@ class _SegSource:
         return f"SegDataLayer: {self.source}: record {task.items[i]}"
 
     def build(self, task, out):
-        rng = np.random.default_rng([self.seed, task.index])
+        rng = np.random.default_rng(self.shard.rng_key(self.seed, task.index))
         imgs, labs = [], []
         for j, i in enumerate(task.items):
             out.item(j)
@@ -99,10 +103,11 @@ class _SegSource:
         return build_inline(self)
 
     def get_state(self):
-        return self.pos, self.order, self.rng.bit_generator.state, self.index
+        return self.pos, self.order, self.rng.bit_generator.state, self.index, self.offset
 
     def set_state(self, state):
-        self.pos, self.order, rs, self.index = state
+        self.pos, self.order, rs, self.index, *rest = state
+        self.offset = rest[0] if rest else 0  # a state pickled before sharding
         self.rng.bit_generator.state = rs
 
     def _pair(self, i, rng):

@@ -5,6 +5,7 @@ family, a per-class stripe texture and Gaussian noise, so a small FCN must use c
 together. ``pack(root)`` writes ``root/{train,val}/{images,labels}`` LMDBs of PNG-encoded Datums (image BGR,
 label single-channel), the layout ``netspec.data.seg.SegDataLayer`` reads.
 """
+import fcntl
 import logging
 import os
 from typing import Tuple
@@ -46,22 +47,28 @@ def make_sample(rng: np.random.Generator, size: int = 64) -> Tuple[np.ndarray, n
 
 
 def pack(root: str, n_train: int = 400, n_val: int = 50, size: int = 64, seed: int = 1) -> str:
-    """Generate and pack the dataset under ``root`` (atomically per LMDB). Returns ``root``."""
-    for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 1000)):
-        d = os.path.join(root, split)
-        if os.path.isdir(os.path.join(d, "images")) and os.path.isdir(os.path.join(d, "labels")):
-            continue
-        os.makedirs(d, exist_ok=True)
-        rng = np.random.default_rng(s)
-        samples = [make_sample(rng, size) for _ in range(n)]
-        for what, idx in (("labels", 1), ("images", 0)):
-            path = os.path.join(d, what)
-            if os.path.isdir(path):
+    """Generate and pack the dataset under ``root`` (atomically per LMDB). Returns ``root``.
+
+    Safe to call from several processes at once (the ranks of a torchrun that all find the demo data missing):
+    one packs while the others wait on a lock in ``root`` and then find the databases there."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".pack.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 1000)):
+            d = os.path.join(root, split)
+            if os.path.isdir(os.path.join(d, "images")) and os.path.isdir(os.path.join(d, "labels")):
                 continue
-            with LMDBWriter(path) as w:
-                for i, pair in enumerate(samples):
-                    w.put(f"{i:08d}", encoded_datum(encode_image(pair[idx], "png")).SerializeToString())
-        log.info("packed %d %s samples of %dx%d into %s", n, split, size, size, d)
+            os.makedirs(d, exist_ok=True)
+            rng = np.random.default_rng(s)
+            samples = [make_sample(rng, size) for _ in range(n)]
+            for what, idx in (("labels", 1), ("images", 0)):
+                path = os.path.join(d, what)
+                if os.path.isdir(path):
+                    continue
+                with LMDBWriter(path) as w:
+                    for i, pair in enumerate(samples):
+                        w.put(f"{i:08d}", encoded_datum(encode_image(pair[idx], "png")).SerializeToString())
+            log.info("packed %d %s samples of %dx%d into %s", n, split, size, size, d)
     return root
 
 

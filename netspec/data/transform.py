@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import DataError
 from ..proto import caffe_pb2
 from .datum import decode_datum, key_str, parse_datum
+from .shard import Shard
 
 log = logging.getLogger("netspec")
 
@@ -120,11 +121,12 @@ class DataTransformer:
         if state is not None and self._rng is not None:
             self._rng.bit_generator.state = state
 
-    def batch_rng(self, index: int) -> Optional[np.random.Generator]:
-        """The generator for batch ``index``: seeded with (seed, index); None without randomness."""
+    def batch_rng(self, index: int, rank: int = 0) -> Optional[np.random.Generator]:
+        """The generator for batch ``index`` of data-parallel ``rank``: seeded with (seed, index[, rank]), see
+        :mod:`netspec.data.shard`; None without randomness."""
         if self.seed is None:
             return None
-        return np.random.default_rng([self.seed, int(index)])
+        return np.random.default_rng(Shard(rank).rng_key(self.seed, index))
 
     # -- decoding ------------------------------------------------------------------------------------------
     def datum_array(self, value, key=None) -> np.ndarray:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..data.datum import key_str, parse_datum, read_image, read_image_list
 from ..data.lmdb_io import LMDBReader, WrapCursor, check_lmdb
+from ..data.shard import Shard
 from ..data.transform import DataTransformer
 from ..data.workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 from ..errors import DataError, LayerError, NetspecError
@@ -163,14 +164,17 @@ class _LMDBSource:
     """Batches of an LMDB in key order with wrap-around: ``plan`` takes the next keys off a cursor, ``build``
     reads, decodes and transforms them (in any worker: values are fetched by key)."""
 
-    def __init__(self, path: str, batch_size: int, transformer: DataTransformer, labels: bool):
+    def __init__(self, path: str, batch_size: int, transformer: DataTransformer, labels: bool,
+                 shard: Shard = Shard()):
         self.path = check_lmdb(path)
         self.batch_size = batch_size
         self.transformer = transformer
         self.labels = labels
+        self.shard = shard
         self.cursor = WrapCursor(self.path)
         self.reader = LMDBReader(self.path)
         self.index = 0  # batches planned so far
+        self.offset = 0  # records of the DB stream read so far, this process's and the other ranks'
 
     def describe(self):
         return f"source={self.path!r}, batch_size={self.batch_size}"
@@ -196,7 +200,8 @@ class _LMDBSource:
 
     def plan(self) -> BatchTask:
         try:
-            keys = [self.cursor.next(values=False)[0] for _ in range(self.batch_size)]
+            keys, self.offset = self.shard.take(lambda: self.cursor.next(values=False)[0], self.offset,
+                                                self.batch_size)
         except DataError as e:
             raise DataError(self._where() + str(e)) from None
         self.reader.env  # opened here, in the consumer's thread, before worker threads share it
@@ -212,7 +217,7 @@ class _LMDBSource:
         data = None
         label = out.array((n,)) if self.labels else None
         t = self.transformer
-        rng = t.batch_rng(task.index)
+        rng = t.batch_rng(task.index, self.shard.rank)
         key = None
         try:
             for i, key in enumerate(task.items):
@@ -241,11 +246,12 @@ class _LMDBSource:
         return build_inline(self)
 
     def get_state(self):
-        return self.cursor.position, self.cursor.wraps, self.index
+        return self.cursor.position, self.cursor.wraps, self.index, self.offset
 
     def set_state(self, state):
         self.cursor.close()
-        self.cursor.position, self.cursor.wraps, self.index = state
+        self.cursor.position, self.cursor.wraps, self.index, *rest = state
+        self.offset = rest[0] if rest else 0  # a state pickled before sharding
 
 
 def _transformer(lp, ctx, ident) -> DataTransformer:
@@ -284,7 +290,8 @@ def data_layer(lp, bottom_shapes, ctx):
         log.warning("%s: backend is LEVELDB but '%s' is an LMDB; reading it as LMDB (set backend: LMDB)",
                     ident, source)
     try:
-        src = _LMDBSource(source, p.batch_size, _transformer(lp, ctx, ident), len(lp.top) > 1)
+        src = _LMDBSource(source, p.batch_size, _transformer(lp, ctx, ident), len(lp.top) > 1,
+                          Shard.current(ctx.phase == caffe_pb2.TRAIN))
     except DataError as e:
         msg = str(e)
         raise DataError(msg if msg.startswith(ident) else f"{ident}: {msg}") from None
@@ -296,8 +303,10 @@ def data_layer(lp, bottom_shapes, ctx):
 # ----------------------------------------------------------------------------------------------------------
 class _ImageListSource:
     def __init__(self, list_path, root_folder, batch_size, shuffle, new_height, new_width, is_color,
-                 rand_skip, transformer: DataTransformer, labels: bool):
+                 rand_skip, transformer: DataTransformer, labels: bool, shard: Shard = Shard()):
         self.list_path = list_path
+        self.shard = shard
+        self.offset = 0  # lines of the (shuffled) list stream read so far, by this process and the other ranks
         self.lines = read_image_list(list_path)
         self.root = root_folder
         self.batch_size = batch_size
@@ -350,15 +359,17 @@ class _ImageListSource:
             shapes.append((self.batch_size,))
         return shapes
 
+    def _advance(self) -> int:
+        line = int(self.order[self.pos])
+        self.pos += 1
+        if self.pos >= len(self.lines):
+            self.pos = 0
+            if self.shuffle:
+                self.order = self._rng.permutation(self.order)  # a new array: saved states keep theirs
+        return line
+
     def plan(self) -> BatchTask:
-        lines = []
-        for _ in range(self.batch_size):
-            lines.append(int(self.order[self.pos]))
-            self.pos += 1
-            if self.pos >= len(self.lines):
-                self.pos = 0
-                if self.shuffle:
-                    self.order = self._rng.permutation(self.order)  # a new array: saved states keep theirs
+        lines, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
         task = BatchTask(self.index, lines)
         self.index += 1
         return task
@@ -371,7 +382,7 @@ class _ImageListSource:
         n = self.batch_size
         data = None
         label = out.array((n,))
-        rng = self.transformer.batch_rng(task.index)
+        rng = self.transformer.batch_rng(task.index, self.shard.rank)
         for i, line in enumerate(task.items):
             out.item(i)
             try:
@@ -395,10 +406,12 @@ class _ImageListSource:
         return build_inline(self)
 
     def get_state(self):
-        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index)
+        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index,
+                self.offset)
 
     def set_state(self, state):
-        self.pos, self.order, rs, self.index = state
+        self.pos, self.order, rs, self.index, *rest = state
+        self.offset = rest[0] if rest else 0  # a state pickled before sharding
         if rs is not None:
             self._rng.bit_generator.state = rs
 
@@ -421,7 +434,8 @@ def image_data_layer(lp, bottom_shapes, ctx):
         root = resolve_path(root, ctx, "image_data_param.root_folder", ident)
     try:
         src = _ImageListSource(source, root, p.batch_size, p.shuffle, p.new_height, p.new_width, p.is_color,
-                               p.rand_skip, _transformer(lp, ctx, ident), len(lp.top) > 1)
+                               p.rand_skip, _transformer(lp, ctx, ident), len(lp.top) > 1,
+                               Shard.current(ctx.phase == caffe_pb2.TRAIN))
     except DataError as e:
         msg = str(e)
         raise DataError(msg if msg.startswith(ident) else f"{ident}: {msg}") from None

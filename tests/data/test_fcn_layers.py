@@ -237,6 +237,22 @@ def test_voc_layer_random_order_is_seeded_randint(tmp_path):
         np.testing.assert_allclose(net.blobs["data"].data[0], bgr_chw(img, VOC_MEAN), atol=1e-4)
 
 
+@pytest.mark.parametrize("split", ["train", "seg11valid"])
+def test_voc_layer_rank_reads_every_worldth_sample_of_the_shared_stream(tmp_path, monkeypatch, split):
+    # data parallelism (netspec.data.shard): rank 1 of 3 takes draws 1, 4, 7, ... of the seeded stream
+    from netspec.data.shard import Shard
+    monkeypatch.setattr(Shard, "current", classmethod(lambda cls, train: cls(1, 3) if train else cls()))
+    gt = make_voc(tmp_path / "voc", ids=[f"id{k}" for k in range(6)], split=split)
+    params = {"voc_dir": str(tmp_path / "voc"), "seed": 7, "split": split, "mean": F.VOC_MEAN}
+    net = data_net(tmp_path, "voc_layers", "VOCSegDataLayer", params)
+    r = random.Random(7)
+    stream = ([r.randint(0, 5) for _ in range(13)] if split == "train"   # sequential: 'train' not in the name
+              else [k % 6 for k in range(13)])
+    for j in range(4):
+        net.forward()
+        assert np.array_equal(net.blobs["label"].data[0, 0], gt[f"id{stream[1 + 3 * j]}"][1])
+
+
 def test_randomize_string_false_is_random_as_upstream_with_a_warning(tmp_path, caplog):
     gt = make_voc(tmp_path / "voc", ids=[f"id{k}" for k in range(6)], split="train")
     params = {"voc_dir": str(tmp_path / "voc"), "seed": 1337, "split": "train", "randomize": "False",
