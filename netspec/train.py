@@ -75,6 +75,8 @@ def build_parser():
                    help="keep ~sqrt(layers) blobs for backward and recompute the rest (less memory, ~1/3 slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the built net")
     p.add_argument("--cudnn-benchmark", action="store_true", help="cudnn autotune (fixed input sizes)")
+    p.add_argument("--no-tf32", action="store_true", help="on CUDA, keep float32 products in full float32 (as "
+                   "Caffe computes them) instead of TF32 tensor cores on Ampere and later GPUs")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries)")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p
@@ -132,11 +134,47 @@ def choose_device(args, solver_param) -> torch.device:
     return dev
 
 
+def launch(nproc: int, argv: List[str]) -> int:
+    """Run this training command in ``nproc`` processes on this machine, as ``torchrun --standalone
+    --nproc_per_node nproc -m netspec.train ARGV`` would (what ``caffe train --gpu 0,1`` does by itself): process
+    k uses the k-th listed GPU and reads its own part of the data. Returns 0, or 1 when a process failed."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+    log.info("Starting %d training processes (one per GPU), as torchrun would", nproc)
+    targs = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(nproc), "--module",
+                                          "netspec.train", *argv])
+    try:
+        run(targs)
+    except ChildFailedError as e:
+        log.error("a training process failed: %s", e)
+        return 1
+    return 0
+
+
+def _wants_launch(args) -> int:
+    """How many processes to start for ``--gpu`` outside torchrun: one per listed GPU when there are several
+    and CUDA has them; 0 (train here) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ:
+        return 0
+    gpus = parse_gpus(args.gpu)
+    if len(gpus) < 2 or not torch.cuda.is_available():
+        return 0
+    return len(gpus)
+
+
 def main(argv=None) -> int:
     from . import prototxt
     from .solver import Solver
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        nproc = _wants_launch(args)
+    except NetspecError as e:
+        log.error("%s", e)
+        return 1
+    if nproc:
+        return launch(nproc, argv)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         sparam = prototxt.read_solver(args.solver)
@@ -148,8 +186,8 @@ def main(argv=None) -> int:
                 logging.getLogger("netspec").setLevel(logging.WARNING)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+            torch.backends.cudnn.allow_tf32 = not args.no_tf32
         stages = [s for s in args.stage.split(",") if s] or None
         if args.loader_workers is not None:
             if args.loader_workers < 0:
@@ -179,3 +217,7 @@ def main(argv=None) -> int:
             if dist.is_initialized():
                 dist.destroy_process_group()
     return 0
+
+
+if __name__ == "__main__":  # the worker processes of launch() (python -m netspec.train)
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The model zoo: FCN, Dilated FCN-2s and a CPU demo net as NetSpec code.
+"""The model zoo as NetSpec code: FCN (VOC, PASCAL-Context, SIFT Flow, NYUD, ADE20K, KITTI road), Dilated FCN-2s,
+the attention FCN, U-Net and DeepLabv3 ResNet-101 (IDD), and a CPU demo net.
 
 ``tools/make_zoo.py`` writes every model's ``prototxt/<name>/{train,val,deploy}.prototxt`` and
 ``solvers/<name>.prototxt`` from here; all paths inside (data, nets, snapshots) are relative to the

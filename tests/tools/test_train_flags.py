@@ -45,3 +45,30 @@ def test_loader_and_checkpoint_flags_train_the_same_net(in_demo, tmp_path, monke
 def test_negative_loader_workers_is_refused(in_demo, netspec_log):
     assert train.main(["--solver", os.path.join(ROOT, "solvers", "demo.prototxt"), "--loader-workers", "-1"]) != 0
     assert any("--loader-workers -1" in m for m in netspec_log)
+
+
+def test_several_gpus_outside_torchrun_start_one_process_each(monkeypatch):
+    import torch
+    args = lambda gpu: train.build_parser().parse_args(["--solver", "s.prototxt"] + (["--gpu", gpu] if gpu else []))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert train._wants_launch(args("0,1")) == 2
+    assert train._wants_launch(args("all")) == 4
+    assert train._wants_launch(args("2")) == 0 and train._wants_launch(args(None)) == 0
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a process started by torchrun (or by launch) trains itself
+    assert train._wants_launch(args("0,1")) == 0
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no CUDA: one CPU process, as before
+    assert train._wants_launch(args("0,1")) == 0
+
+
+def test_launch_runs_the_command_in_several_processes(in_demo, tmp_path, monkeypatch):
+    # what --gpu 0,1 does on a CUDA machine, here with two CPU processes (gloo)
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    solver = _solver_copy(tmp_path, "multi")
+    assert train.launch(2, ["--solver", solver, "--quiet"]) == 0
+    assert os.path.exists(tmp_path / "multi_iter_3.caffemodel")  # rank 0 snapshots
+    assert train.launch(2, ["--solver", str(tmp_path / "missing.prototxt"), "--quiet"]) == 1
