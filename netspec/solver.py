@@ -386,7 +386,8 @@ class Solver:
         if not _is_root():
             return results
         for i, net in enumerate(self.test_nets):
-            if "score" not in net.blobs or "label" not in net.blobs or len(net.blobs["score"].shape) != 4:
+            if ("score" not in net.blobs or "label" not in net.blobs or len(net.blobs["score"].shape) != 4
+                    or self.param.test_iter[i] == 0):
                 continue
             with torch.no_grad():
                 hist, loss = seg_tests(net, self.param.test_iter[i])

@@ -78,6 +78,8 @@ def build_parser():
     p.add_argument("--no-tf32", action="store_true", help="on CUDA, keep float32 products in full float32 (as "
                    "Caffe computes them) instead of TF32 tensor cores on Ampere and later GPUs")
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries)")
+    p.add_argument("--test-iter", type=int, metavar="N", help="override the solver's test_iter: N test batches "
+                   "per test pass, for every test net (quick tries; 0 skips testing)")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     return p
 
@@ -198,6 +200,10 @@ def main(argv=None) -> int:
         solver = Solver(args.solver, level=args.level, stages=stages, device=device)
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter
+        if args.test_iter is not None:
+            if args.test_iter < 0:
+                raise NetspecError(f"--test-iter {args.test_iter}: give 0 (no testing) or more batches")
+            solver.param.test_iter[:] = [args.test_iter] * len(solver.param.test_iter)
         solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                          checkpoint=args.checkpoint_activations)
         if args.weights:

@@ -72,3 +72,18 @@ def test_launch_runs_the_command_in_several_processes(in_demo, tmp_path, monkeyp
     assert train.launch(2, ["--solver", solver, "--quiet"]) == 0
     assert os.path.exists(tmp_path / "multi_iter_3.caffemodel")  # rank 0 snapshots
     assert train.launch(2, ["--solver", str(tmp_path / "missing.prototxt"), "--quiet"]) == 1
+
+
+def test_test_iter_overrides_the_solvers_test_passes(in_demo, tmp_path, capsys, netspec_log, monkeypatch):
+    from netspec import metrics
+    batches, real = [], metrics.seg_tests
+    monkeypatch.setattr(metrics, "seg_tests", lambda net, n: batches.append(n) or real(net, n))
+    solver = _solver_copy(tmp_path, "ti")
+    assert train.main(["--solver", solver, "--test-iter", "2"]) == 0
+    assert batches == [2]  # the final scoring pass over 2 batches, not the solver's test_iter
+    assert "mean IU" in capsys.readouterr().out
+    netspec_log.clear()
+    assert train.main(["--solver", solver, "--test-iter", "0", "--quiet"]) == 0
+    assert "mean IU" not in capsys.readouterr().out  # no test batches: no final scores
+    assert train.main(["--solver", solver, "--test-iter", "-1"]) != 0
+    assert any("--test-iter -1" in m for m in netspec_log)
