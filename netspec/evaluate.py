@@ -23,10 +23,6 @@ from .metrics import (fast_hist, format_class_table, format_group_scores, format
 
 log = logging.getLogger("netspec")
 
-#: PASCAL VOC's 21 classes (index 0 background; 255 is void).
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
 #: SIFT Flow's 33 semantic classes (FCN's siftflow_layers subtracts 1, so 0 = awning).
 SIFTFLOW_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
                     "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole",
@@ -37,10 +33,11 @@ KITTI_ROAD_CLASSES = ("not road", "road")
 
 def known_classes() -> Dict[str, Tuple[str, ...]]:
     """Built-in class names by dataset key (``--classes demo`` etc.)."""
-    from .data.packers import IDD_CLASSES
+    from .data.packers import CITYSCAPES_CLASSES, IDD_CLASSES, VOC_CLASSES
     from .data.synthetic import CLASSES as DEMO
     return OrderedDict([("demo", tuple(DEMO)), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
-                        ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES)])
+                        ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES),
+                        ("cityscapes", CITYSCAPES_CLASSES)])
 
 
 def tool_device(gpu: Optional[str]) -> torch.device:
@@ -185,13 +182,15 @@ def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
 
 
 def guess_dataset(info: Optional[dict], dataset_dir: Optional[str] = None) -> Optional[str]:
-    """A known-dataset key from the data source or the layer's module (demo, voc, siftflow, kitti_road, idd)."""
+    """A known-dataset key from the data source or the layer's module (demo, voc, siftflow, kitti_road, idd,
+    cityscapes)."""
     import re
     text = " ".join(str(x) for x in (dataset_dir or "", (info or {}).get("source") or "",
                                      (info or {}).get("module") or "")).lower()
     if re.search(r"(?<![a-z0-9])idd(?![a-z0-9])", text):  # data/idd/val, IDD_Segmentation; not "hidden"
         return "idd"
-    for key, pats in (("demo", ("demo",)), ("siftflow", ("siftflow", "sift-flow", "sift_flow")),
+    for key, pats in (("demo", ("demo",)), ("cityscapes", ("cityscapes",)),
+                      ("siftflow", ("siftflow", "sift-flow", "sift_flow")),
                       ("kitti_road", ("kitti",)), ("voc", ("voc", "pascal", "sbd"))):
         if any(p in text for p in pats) and not (key == "voc" and "context" in text):
             return key

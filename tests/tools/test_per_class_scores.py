@@ -107,3 +107,10 @@ def test_idd_is_guessed_from_paths_only_as_a_word():
     assert evaluate.guess_dataset(None, "/data/IDD_Segmentation") == "idd"
     assert evaluate.guess_dataset({"source": "data/hidden_set/val"}) is None
     assert evaluate.known_classes()["idd"][:3] == ("road", "drivable fallback", "sidewalk")
+
+
+def test_cityscapes_names_are_the_19_train_ids():
+    assert evaluate.guess_dataset({"source": "data/cityscapes/val"}) == "cityscapes"
+    names = evaluate.load_class_names(None, 19, "cityscapes")
+    assert len(names) == 19 and names[0] == "road" and names[11] == "person" and names[18] == "bicycle"
+    assert evaluate.load_class_names("cityscapes", 19) == names
