@@ -156,6 +156,17 @@ def seg_data(source: str, **fields):
     return python_data("netspec.data.seg", "SegDataLayer", "{" + body + "}")
 
 
+def seg_split_inputs(n, split: str, source: str, deploy_shape: Sequence[int], train_fields: dict):
+    """Set ``n.data`` (and ``n.label``) of a SegDataLayer net's split: the deploy ``Input`` of ``deploy_shape``,
+    ``source``/train with the augmentation ``train_fields``, or ``source``/``split`` read plainly."""
+    if split == "deploy":
+        n.data = deploy_input(deploy_shape)
+    elif split == "train":
+        n.data, n.label = seg_data(f"{source}/train", **train_fields)
+    else:
+        n.data, n.label = seg_data(f"{source}/{split}", seed=1337)
+
+
 def read_class_weights(path: Optional[str], num_classes: int) -> Tuple[float, ...]:
     """The class weights in ``path`` (one per line, as the packers write ``class_weights.txt``; relative
     paths are taken from the repository root), or ``num_classes`` ones -- the unweighted loss -- when the

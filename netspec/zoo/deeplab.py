@@ -47,8 +47,8 @@ from typing import Optional, Sequence
 
 from ..data.packers import IDD_CLASSES
 from ..dsl import NetSpec, layers as L, params as P
-from .common import (BN_PARAM, CONV_PARAM, FIXED, WEIGHT, batch_norm, deploy_input,
-                     read_class_weights, scale_bias, seg_data, solver, weighted_softmax_loss)
+from .common import (BN_PARAM, CONV_PARAM, FIXED, WEIGHT, batch_norm,
+                     read_class_weights, scale_bias, seg_split_inputs, solver, weighted_softmax_loss)
 
 __all__ = ["deeplabv3", "deeplab_solver", "resnet101", "resnet101_deploy", "RESNET101_STAGES", "block_names",
            "NUM_CLASSES", "INPUT_SHAPE"]
@@ -157,12 +157,7 @@ def deeplabv3(split: str, *, train_trunk: bool = True, output_stride: int = 16, 
     """The ``train``, ``val`` or ``deploy`` net. ``train_trunk=False`` freezes the trunk's convolutions too
     (``lr_mult: 0``, ``decay_mult: 0``); ``class_weights``: the weights file the loss takes."""
     n = NetSpec()
-    if split == "deploy":
-        n.data = deploy_input(INPUT_SHAPE)
-    elif split == "train":
-        n.data, n.label = seg_data(f"{source}/train", **TRAIN_AUGMENT)
-    else:
-        n.data, n.label = seg_data(f"{source}/{split}", seed=1337)
+    seg_split_inputs(n, split, source, INPUT_SHAPE, TRAIN_AUGMENT)
     res5c = resnet101(n, n.data, output_stride=output_stride, conv_param=(WEIGHT if train_trunk else FIXED,),
                       frozen_bn=True)
     branches = [_head_conv(n, res5c, "aspp_b0")]

@@ -29,8 +29,8 @@ from typing import Optional
 from ..coord_map import crop
 from ..data.packers import IDD_CLASSES
 from ..dsl import NetSpec, layers as L
-from .common import (CONV_PARAM, WEIGHT, batch_norm, deploy_input, max_pool,
-                     read_class_weights, scale_bias, seg_data, solver, weighted_softmax_loss)
+from .common import (CONV_PARAM, WEIGHT, batch_norm, max_pool,
+                     read_class_weights, scale_bias, seg_split_inputs, solver, weighted_softmax_loss)
 
 __all__ = ["unet", "unet_solver", "conv_bn_relu", "NUM_CLASSES", "INPUT_SHAPE"]
 
@@ -55,12 +55,7 @@ def unet(split: str, *, num_classes: int = NUM_CLASSES, source: str = "data/idd"
          class_weights: Optional[str] = None):
     """The ``train``, ``val`` or ``deploy`` net; ``class_weights``: the weights file the loss takes."""
     n = NetSpec()
-    if split == "deploy":
-        n.data = deploy_input(INPUT_SHAPE)
-    elif split == "train":
-        n.data, n.label = seg_data(f"{source}/train", **TRAIN_AUGMENT)
-    else:
-        n.data, n.label = seg_data(f"{source}/{split}", seed=1337)
+    seg_split_inputs(n, split, source, INPUT_SHAPE, TRAIN_AUGMENT)
     bottom, skips = n.data, []
     for level, width in enumerate(WIDTHS, start=1):
         for i in (1, 2):
