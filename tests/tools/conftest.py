@@ -1,5 +1,4 @@
-"""Fixtures of the tool tests: a tiny demo dataset with random demo-net weights, and a log collector."""
-import logging
+"""Fixtures of the tool tests: a tiny demo dataset with random demo-net weights."""
 import os
 
 import pytest
@@ -33,26 +32,3 @@ def demo_dir(tmp_path_factory):
 def in_demo(demo_dir, monkeypatch):
     monkeypatch.chdir(demo_dir)
     return demo_dir
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def netspec_log():
-    """The messages the 'netspec' logger emits during the test; its handlers, level and propagation are put
-    back afterwards (the tools call setup_logging, which would otherwise outlive the test)."""
-    logger = logging.getLogger("netspec")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    h = _Collect()
-    logger.addHandler(h)
-    yield h.messages
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
