@@ -366,13 +366,20 @@ class Solver:
         return True
 
     def warn_zero_layers(self):
-        """Warn by name about learnable layers whose every blob is still zero (loss stuck at ln(C))."""
+        """Warn by name about layers whose every blob is still zero: a learnable one learns nothing while its
+        inputs are zero too (loss stuck at ln(C)); a frozen one (every lr_mult 0) stays zero for good, which for
+        FCN's upsampling Deconvolutions means a net that outputs zeros (they need surgery's bilinear kernels)."""
         for layer, blobs in self.net.params.items():
             node = self.net.layer_dict[layer]
+            if not all(not b._param.detach().any() for b in blobs):
+                continue
             lrs = [s.lr_mult for s in self.net.module.nodes[self.net._layer_names.index(layer)].param.param]
             if lrs and all(lr == 0 for lr in lrs):
-                continue
-            if all(not b._param.detach().any() for b in blobs):
+                hint = ("bilinear kernels: tools/surgery.py, or netspec.surgery.interp(net)"
+                        if node.type == "Deconvolution" else "--weights, or a weight_filler")
+                log.warning("Layer '%s' (%s) is frozen (lr_mult 0) and all zero: it stays zero and so does "
+                            "everything it feeds; initialise it (%s)", layer, node.type, hint)
+            else:
                 log.warning("Layer '%s' (%s) has all-zero weights and will learn nothing useful if its "
                             "inputs are all zero too; initialise it (--weights, a weight_filler, or surgery)",
                             layer, node.type)

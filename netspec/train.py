@@ -209,7 +209,8 @@ def main(argv=None) -> int:
         if args.weights:
             for w in args.weights.split(","):
                 solver.net.copy_from(w.strip())
-        solver.warn_zero_layers()
+        if not args.snapshot:  # a snapshot's weights are restored later, in solve()
+            solver.warn_zero_layers()
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
             solver.set_action_function(sig.action)
             solver.solve(args.snapshot)

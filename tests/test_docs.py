@@ -406,7 +406,6 @@ def test_dataset_page_end_to_end(page, vgg, tmp_path):
     _dataset_downloads(page, w)
     for f in vgg.iterdir():
         os.symlink(f, w / "downloads" / f.name)
-    D.save_files("voc_sbd.md", w)                         # surgery.py lives there
     done = _run_page(page, w)
     for cmd, r in done.items():
         if "surgery.py" in cmd:
@@ -432,11 +431,10 @@ def test_heavy_demo_and_fcn8s_commands(demo, vgg, tmp_path):
     D.fake_cityscapes(w / "downloads" / "cityscapes")
     for f in vgg.iterdir():
         os.symlink(f, w / "downloads" / f.name)
-    D.save_files("voc_sbd.md", w)
     for cmd in D.commands("voc_sbd.md"):
         if "ln -s" in cmd or "mkdir" in cmd or cmd.startswith("cp "):
             D.run(cmd, w)
-    D.run("python surgery.py prototxt/fcn8s_voc/deploy.prototxt downloads/VGG_ILSVRC_16_layers.caffemodel "
+    D.run("python tools/surgery.py prototxt/fcn8s_voc/deploy.prototxt downloads/VGG_ILSVRC_16_layers.caffemodel "
           "fcn16s-fcn8s.caffemodel", w)
     (w / "snapshots" / "fcn8s_voc").mkdir(parents=True)
     os.symlink(w / "fcn16s-fcn8s.caffemodel", w / "snapshots" / "fcn8s_voc" / f"train_iter_{ITERS}.caffemodel")

@@ -236,3 +236,46 @@ def test_zoo_deconvolutions_are_interp_compatible():
                 k = cp.kernel_size[0]
                 w = surgery.bilinear_weights((cp.num_output, cp.num_output, k, k))
                 assert w.shape == (21, 21, k, k)
+
+
+def test_surgery_tool_writes_the_transplanted_net(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    src = v1_vgg_like(tmp_path / "vgg.caffemodel", np.random.RandomState(1))
+    from netspec import prototxt
+    prototxt.write_text(tiny_fcn(fc6_kernel=5).net_param, str(tmp_path / "new.prototxt"))
+    r = subprocess.run([sys.executable, str(repo / "tools" / "surgery.py"), str(tmp_path / "new.prototxt"),
+                        str(tmp_path / "vgg.caffemodel"), str(tmp_path / "out.caffemodel")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "dropping fc8" in r.stdout and "bilinear: upscore" in r.stdout and "still zero: score_fr" in r.stdout
+    out = netspec.Net(str(tmp_path / "new.prototxt"), netspec.TEST, weights=str(tmp_path / "out.caffemodel"))
+    np.testing.assert_array_equal(out.params["fc6"][0].data, src["fc6"][0].reshape(8, 4, 5, 5))
+    np.testing.assert_allclose(out.params["upscore"][0].data, surgery.bilinear_weights((3, 3, 4, 4)))
+    # a source whose fc6 cannot be coerced (another kernel size): exit 2 with the blob named
+    prototxt.write_text(tiny_fcn(fc6_kernel=3).net_param, str(tmp_path / "k3.prototxt"))
+    r = subprocess.run([sys.executable, str(repo / "tools" / "surgery.py"), str(tmp_path / "k3.prototxt"),
+                        str(tmp_path / "vgg.caffemodel"), str(tmp_path / "bad.caffemodel")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "fc6" in r.stderr and not (tmp_path / "bad.caffemodel").exists()
+
+
+def test_training_warns_about_zero_layers_frozen_or_not(tmp_path, caplog):
+    import logging
+    from netspec.solver import Solver
+    (tmp_path / "net.prototxt").write_text(str(tiny_fcn().net_param))
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\n')
+    s = Solver(str(tmp_path / "solver.prototxt"))
+    with caplog.at_level(logging.WARNING, logger="netspec"):
+        s.warn_zero_layers()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("'upscore' (Deconvolution) is frozen (lr_mult 0) and all zero" in m and "tools/surgery.py" in m
+               for m in msgs)
+    assert any("'score_fr' (Convolution) has all-zero weights" in m for m in msgs)
+    caplog.clear()
+    surgery.interp(s.net)
+    with caplog.at_level(logging.WARNING, logger="netspec"):
+        s.warn_zero_layers()
+    assert not any("upscore" in r.getMessage() for r in caplog.records)
