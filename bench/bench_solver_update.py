@@ -6,7 +6,7 @@
 Update: seconds per ``Solver.apply_update`` (Caffe's update rule over every parameter: FCN-8s has 134M) after one
 forward/backward, median of ``--iters``. A trunk frozen with lr_mult 0 is also timed for SGD (its blobs are
 skipped while their history is zero). Memory: bytes of the tensors autograd keeps for the backward pass
-(saved-tensor hooks) in one training forward, without and with ``configure(checkpoint=True)``.
+(saved-tensor hooks, parameters excluded) in one training forward, without and with ``configure(checkpoint=True)``.
 """
 import argparse
 import os
@@ -52,11 +52,13 @@ def make_solver(model, size, solver_type="SGD", frozen_trunk=False):
 
 
 def _saved_bytes(solver) -> int:
-    seen, total = set(), 0
+    """Bytes of the activations autograd saves (the parameters it saves too are held anyway: not counted)."""
+    seen = {p.untyped_storage().data_ptr() for p in solver.net.module.parameters()}
+    total = 0
 
     def pack(t):
         nonlocal total
-        key = (t.untyped_storage().data_ptr(), t.dtype)
+        key = t.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)
             total += t.untyped_storage().nbytes()
