@@ -129,6 +129,22 @@ for _arch in ("vgg16", "vgg19"):
          "dilated", lambda split, a=_arch: fcn2s_dilated(_DILATED(split), 21, arch=a),
          lambda a=_arch: _solver(f"fcn2s_{a}_voc", base_lr=1e-10, snapshot=5000, test_iter=346))
 
+# -- Dilated FCN-2s, VGG16 and VGG19, PASCAL-Context (60 classes) and NYUDv2 color (40 classes) ------
+# The VOC nets' architecture and solver on the FCN releases' data layers and splits (no upstream prototxt
+# exists for these; the layer names follow the VOC release).
+_NYUD_COLOR = _split_data(*(
+    _py("nyud_layers", "NYUDSegDataLayer", tops=["color", "label"], seed=1337, nyud_dir="data/nyud",
+        split=split) for split in ("trainval", "test")))
+for _arch in ("vgg16", "vgg19"):
+    _add(f"fcn2s_{_arch}_pascalcontext", f"Dilated FCN-2s {_arch.upper()}, PASCAL-Context (60 classes)",
+         "dilated", lambda split, a=_arch: fcn2s_dilated(_CONTEXT(split), 60, arch=a),
+         lambda a=_arch: _solver(f"fcn2s_{a}_pascalcontext", base_lr=1e-10, max_iter=300000, snapshot=5000,
+                                 test_iter=5105))
+    _add(f"fcn2s_{_arch}_nyud", f"Dilated FCN-2s {_arch.upper()}, NYUDv2 color (40 classes)",
+         "dilated", lambda split, a=_arch: fcn2s_dilated(_NYUD_COLOR(split), 40, arch=a),
+         lambda a=_arch: _solver(f"fcn2s_{a}_nyud", base_lr=1e-10, max_iter=300000, snapshot=2000,
+                                 test_iter=654))
+
 # -- ADE20K: FCN-8s VGG19, 150 classes (0 = "other" is void) -----------------------------------------
 # Normalised loss (mean over valid pixels), so the learning rate is an ordinary one: SGD 1e-4,
 # then 1e-5 from iteration 100k; 2,000 validation images.

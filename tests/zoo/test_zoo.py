@@ -209,6 +209,9 @@ FCN_COMMON = dict(momentum=0.99, weight_decay=0.0005, iter_size=1, display=20, a
     ("fcn8s_atonce_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=300000, snapshot=4000)),
     ("fcn2s_vgg16_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=100000, snapshot=5000)),
     ("fcn2s_vgg19_voc", dict(FCN_COMMON, base_lr=1e-10, max_iter=100000, snapshot=5000)),
+    ("fcn2s_vgg16_pascalcontext", dict(FCN_COMMON, base_lr=1e-10, max_iter=300000, snapshot=5000,
+                                       test_iter=[5105])),
+    ("fcn2s_vgg19_nyud", dict(FCN_COMMON, base_lr=1e-10, max_iter=300000, snapshot=2000, test_iter=[654])),
     ("fcn8s_vgg19_ade20k", dict(lr_policy="multistep", base_lr=1e-4, gamma=0.1,
                                 stepvalue=[100000])),
     ("fcn8s_kitti_road", dict(type="Adam", base_lr=1e-4, lr_policy="fixed")),
@@ -224,13 +227,29 @@ def test_solver_settings(name, expect):
     sp = prototxt.parse_solver((ROOT / f"solvers/{name}.prototxt").read_text())
     for key, value in expect.items():
         got = getattr(sp, key)
-        got = list(got) if key == "stepvalue" else got
+        got = list(got) if key in ("stepvalue", "test_iter") else got
         assert got == (pytest.approx(value) if isinstance(value, float) else value), key
     assert sp.train_net == f"prototxt/{name}/train.prototxt"
     assert list(sp.test_net) == [f"prototxt/{name}/val.prototxt"]
     assert sp.snapshot_prefix.startswith(f"snapshots/{name}/")
     for path in (sp.train_net, *sp.test_net):
         assert (ROOT / path).is_file()
+
+
+@pytest.mark.parametrize("name, layer, classes, top_param", [
+    ("fcn2s_vgg19_pascalcontext", "PASCALContextSegDataLayer", 60, None),
+    ("fcn2s_vgg16_nyud", "NYUDSegDataLayer", 40, "'tops': ['color', 'label']"),
+])
+def test_dilated_fcn2s_on_context_and_nyud(name, layer, classes, top_param):
+    vgg = zoo.net(name.replace("pascalcontext", "voc").replace("nyud", "voc"), "train")
+    net = zoo.net(name, "train")
+    assert net.layer[0].python_param.layer == layer
+    if top_param:
+        assert top_param in net.layer[0].python_param.param_str
+    # the VOC net's architecture, layer for layer, with the class count of the dataset
+    assert [(l.name, l.type) for l in net.layer[1:]] == [(l.name, l.type) for l in vgg.layer[1:]]
+    assert {l.convolution_param.num_output for l in net.layer if l.name.startswith(("score_", "upscore"))} == \
+        {classes}
 
 
 def test_voc_test_iters():
