@@ -1,7 +1,8 @@
-"""netspec's prototxt-built FCN-8s vs the same net written by hand in PyTorch: forward+backward time and peak
-memory, measured side by side in one run, printed as ratios (target <= 1.02).
+"""netspec's prototxt-built FCN-8s or Dilated FCN-2s VGG19 vs the same net written by hand in PyTorch:
+forward+backward time and peak memory, measured side by side in one run, printed as ratios (target <= 1.02).
 
-    python bench/bench_vs_handwritten.py                      # CPU, 256x256, 3 interleaved iterations
+    python bench/bench_vs_handwritten.py                      # CPU, FCN-8s, 256x256, 3 interleaved iterations
+    python bench/bench_vs_handwritten.py --net fcn2s_vgg19 --size 160
     python bench/bench_vs_handwritten.py --size 500 --device cuda --iters 20 [--bf16] [--channels-last]
 
 The hand-written net uses the same torch ops (Conv2d, ReLU, MaxPool2d(ceil_mode=True), ConvTranspose2d,
@@ -63,6 +64,59 @@ class HandFCN8s(nn.Module):
         return up8[:, :, 31:31 + x.shape[2], 31:31 + x.shape[3]]
 
 
+VGG19 = [(2, 64), (2, 128), (4, 256), (4, 512), (4, 512)]
+
+
+class HandFCN2sVGG19(nn.Module):
+    """Dilated FCN-2s VGG19 (conv1_1 pad 100, fc6 3x3 dilation 3, four skip branches through fixed Scale layers,
+    crops 5/9/17/33, final crop 34) written directly in PyTorch; modules named as the Caffe layers."""
+
+    SKIPS = (("pool4", 512, 5), ("pool3", 256, 9), ("pool2", 128, 17), ("pool1", 64, 33))
+    UPS = ("upscore_pool4", "upscore_pool3", "upscore_pool2", "upscore_2")
+
+    def __init__(self, n_cl=21):
+        super().__init__()
+        layers, c_in = {}, 3
+        for i, (n, c) in enumerate(VGG19):
+            for j in range(n):
+                layers[f"conv{i + 1}_{j + 1}"] = nn.Conv2d(c_in, c, 3, padding=100 if (i, j) == (0, 0) else 1)
+                c_in = c
+        layers["fc6"] = nn.Conv2d(512, 4096, 3, dilation=3)
+        layers["fc7"] = nn.Conv2d(4096, 4096, 1)
+        layers["score_fr"] = nn.Conv2d(4096, n_cl, 1)
+        layers["upscore2"] = nn.ConvTranspose2d(n_cl, n_cl, 4, 2, bias=False)
+        for pool, c, _ in self.SKIPS:
+            layers[f"score_{pool}"] = nn.Conv2d(c, n_cl, 1)
+        for name in self.UPS:
+            layers[name] = nn.ConvTranspose2d(n_cl, n_cl, 4, 2, bias=False)
+        self.layers = nn.ModuleDict(layers)
+        self.scales = nn.ParameterDict({f"scale_{p}": nn.Parameter(torch.empty(c)) for p, c, _ in self.SKIPS})
+
+    def forward(self, x):
+        L, h, pools = self.layers, x, {}
+        for i, (n, _) in enumerate(VGG19):
+            for j in range(n):
+                h = F.relu(L[f"conv{i + 1}_{j + 1}"](h))
+            h = F.max_pool2d(h, 2, 2, ceil_mode=True)
+            pools[f"pool{i + 1}"] = h
+        h = F.relu(L["fc7"](F.relu(L["fc6"](h))))
+        up = L["upscore2"](L["score_fr"](h))
+        for (pool, _, off), name in zip(self.SKIPS, self.UPS):
+            s = L[f"score_{pool}"](pools[pool] * self.scales[f"scale_{pool}"].view(1, -1, 1, 1))
+            up = L[name](up + s[:, :, off:off + up.shape[2], off:off + up.shape[3]])
+        return up[:, :, 34:34 + x.shape[2], 34:34 + x.shape[3]]
+
+
+def load_hand_named(hand, net):
+    """Copy netspec's blobs into a hand-written net whose modules carry the Caffe layer names."""
+    with torch.no_grad():
+        pairs = [(p, q._param) for name, m in hand.layers.items() for p, q in zip(m.parameters(), net.params[name])]
+        pairs += [(p, net.params[name][0]._param) for name, p in hand.scales.items()]
+        for p, q in pairs:
+            p.copy_(q.reshape(p.shape))
+            p.requires_grad_(q.requires_grad)
+
+
 def load_hand(hand, net):
     names = [f"conv{i + 1}_{j + 1}" for i, (n, _) in enumerate(VGG) for j in range(n)]
     with torch.no_grad():
@@ -101,6 +155,7 @@ def timeit_pair(fa, fb, iters, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", choices=("fcn8s", "fcn2s_vgg19"), default="fcn8s")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--device", default="cpu")
@@ -109,13 +164,20 @@ def main():
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    net = Net(os.path.join(REPO, "prototxt", "fcn8s_voc", "deploy.prototxt"), netspec.TEST, device=dev)
+    model = {"fcn8s": "fcn8s_voc", "fcn2s_vgg19": "fcn2s_vgg19_voc"}[a.net]
+    net = Net(os.path.join(REPO, "prototxt", model, "deploy.prototxt"), netspec.TEST, device=dev)
     for layer, blobs in net.params.items():   # random weights (deploy nets are zero-initialised)
+        if layer.startswith("scale_"):
+            continue  # the fixed Scale layers keep their constant 0.01 filler
         for b in blobs:
             with torch.no_grad():
                 b._param.normal_(0, 0.01)
-    hand = HandFCN8s().to(dev)
-    load_hand(hand, net)
+    if a.net == "fcn8s":
+        hand = HandFCN8s().to(dev)
+        load_hand(hand, net)
+    else:
+        hand = HandFCN2sVGG19().to(dev)
+        load_hand_named(hand, net)
     mf = torch.channels_last if a.channels_last else torch.contiguous_format
     net.module.to(memory_format=mf)
     hand.to(memory_format=mf)
@@ -137,7 +199,7 @@ def main():
         return run
 
     t_h, m_h, t_n, m_n = timeit_pair(step(hand, False), step(net.module, True), a.iters, dev)
-    print(f"device {dev}, input {a.size}x{a.size}, bf16={a.bf16}, channels_last={a.channels_last}, "
+    print(f"{a.net}, device {dev}, input {a.size}x{a.size}, bf16={a.bf16}, channels_last={a.channels_last}, "
           f"threads={torch.get_num_threads()}")
     print(f"hand-written PyTorch : {t_h * 1000:9.1f} ms/iter (fwd+bwd), peak {m_h:8.1f} MiB")
     print(f"netspec (prototxt)   : {t_n * 1000:9.1f} ms/iter (fwd+bwd), peak {m_n:8.1f} MiB")

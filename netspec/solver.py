@@ -486,7 +486,10 @@ class Solver:
 
     # -- testing (Solver::TestAll / Test) ---------------------------------------------------------------------
     def test_all(self):
+        """Caffe's TestAll; in a multi-process run only the root process tests (as Caffe's root solver)."""
         results = []
+        if not _is_root():
+            return results
         for i in range(len(self.test_nets)):
             results.append(self.test(i))
         return results
