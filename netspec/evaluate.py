@@ -252,13 +252,12 @@ def load_groups(path: str, names: Sequence[str]) -> "OrderedDict[str, List[int]]
     return groups
 
 
-def find_groups_file(*dirs) -> Optional[str]:
-    """A ``groups.txt`` beside the data: in the split directory or its parent."""
+def find_groups_file(*dirs, name: str = "groups.txt") -> Optional[str]:
+    """A ``groups.txt`` (or another ``name``) beside the data: in the split directory or its parent."""
     for d in dirs:
         if not d:
             continue
-        for cand in (os.path.join(d, "groups.txt"), os.path.join(os.path.dirname(os.path.normpath(d)),
-                                                                  "groups.txt")):
+        for cand in (os.path.join(d, name), os.path.join(os.path.dirname(os.path.normpath(d)), name)):
             if os.path.isfile(cand):
                 return cand
     return None
@@ -363,7 +362,8 @@ def score_parser():
     p.add_argument("--layer", default="score", help="score blob (argmax over channels) (default score)")
     p.add_argument("--gt", default="label", help="label blob for nets with a data layer (default label)")
     p.add_argument("--classes", help="class names: a file (one per line) or a known dataset: "
-                   + ", ".join(known_classes()))
+                   + ", ".join(known_classes()) + " (default: the class_names.txt that tools/build_seg_lmdb.py "
+                   "wrote beside the data, else the dataset guessed from its path)")
     p.add_argument("--groups", help="class groups file ('group: class class ...'); default: a groups.txt "
                    "beside the data, if any")
     p.add_argument("--table", action="store_true", help="after the summary lines, a per-class table: IoU and "
@@ -420,7 +420,9 @@ def score_main(argv=None, out=None) -> int:
             if not net.loss_outputs():
                 loss = None
         n_cl = hist.shape[0]
-        names = load_class_names(args.classes, n_cl, guess_dataset(info, args.dataset))
+        # --classes; else the class_names.txt the packer wrote beside the data; else a known dataset's names
+        classes = args.classes or find_groups_file(args.dataset, (info or {}).get("source"), name="class_names.txt")
+        names = load_class_names(classes, n_cl, guess_dataset(info, args.dataset))
         s = scores(hist)
         groups_file = args.groups or find_groups_file(args.dataset, (info or {}).get("source"))
         group_rows = group_scores(s, load_groups(groups_file, names)) if groups_file else None

@@ -46,9 +46,11 @@ deeplabv3_resnet101_idd deeplabv3_resnet101_idd_head``.
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -257,7 +259,29 @@ def ade20k(root, split) -> Spec:
     for img in _scan(os.path.join(aroot, "images", sub, "*.jpg"), "ade20k"):
         stem = os.path.splitext(os.path.basename(img))[0]
         samples.append(Sample(stem, img, os.path.join(aroot, "annotations", sub, f"{stem}.png"), img, _ade_reader))
-    return Spec("ade20k", split, 150, samples)
+    return Spec("ade20k", split, 150, samples, _ade_names(aroot))
+
+
+def _ade_names(aroot: str) -> Optional[List[str]]:
+    """The 150 class names of the SceneParsing release's ``objectInfo150.csv`` / ``.txt`` (in the dataset
+    directory or beside it): the first synonym of the Name column, by Idx 1..150. None when absent or odd."""
+    for d in (aroot, os.path.dirname(os.path.normpath(aroot))):
+        for fname in ("objectInfo150.csv", "objectInfo150.txt"):
+            path = os.path.join(d, fname)
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8", newline="") as f:
+                text = f.read()
+            rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text else ","))
+            names = {}
+            for row in rows:
+                if len(row) >= 2 and row[0].strip().isdigit():
+                    names[int(row[0])] = re.split(r"[;,]", row[-1])[0].strip()
+            if sorted(names) == list(range(1, 151)):
+                return [names[i] for i in range(1, 151)]
+            log.warning("%s: expected Idx 1..150 with a Name column; class names not taken from it", path)
+            return None
+    return None
 
 
 def cityscapes(root, split) -> Spec:
@@ -425,6 +449,9 @@ def pack(dataset: str, root, out, split: str = "train", *, overwrite: bool = Fal
             wi.put(key, encoded_datum(encode_image(img, "png")).SerializeToString())
             wl.put(key, encoded_datum(encode_image(lab, "png")).SerializeToString())
     weights = class_weights(counts[:C])
+    if spec.class_names:  # score.py reads it beside the data when --classes is not given
+        with open(os.path.join(out, "class_names.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(f"{name}\n" for name in spec.class_names))
     with open(os.path.join(out, "class_weights.txt"), "w") as f:
         f.write("".join(f"{w:.6f}\n" for w in weights))
     with open(os.path.join(out, "loss_param.prototxt"), "w") as f:

@@ -97,6 +97,13 @@ def test_ade20k(tmp_path):
     s = P.pack("ade20k", tmp_path, tmp_path / "out", "val", progress=False)
     check(s, tmp_path / "out", expected, 150)
     assert expected[0][2][0, 0] == 255 and expected[0][2][0, 1] == 149
+    assert not (tmp_path / "out" / "class_names.txt").exists()  # no objectInfo150: no names
+    # the release's objectInfo150.csv (Idx,Ratio,Train,Val,Name; names with synonyms) gives the 150 names
+    rows = ["Idx,Ratio,Train,Val,Name"] + [f'{k},0.01,10,1,"name{k};synonym{k}"' for k in range(1, 151)]
+    (root / "objectInfo150.csv").write_text("\n".join(rows) + "\n")
+    s = P.pack("ade20k", tmp_path, tmp_path / "out2", "val", progress=False)
+    assert s["class_names"][:2] == ["name1", "name2"] and len(s["class_names"]) == 150
+    assert (tmp_path / "out2" / "class_names.txt").read_text().splitlines()[149] == "name150"
 
 
 def test_cityscapes(tmp_path):

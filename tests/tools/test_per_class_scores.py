@@ -114,3 +114,18 @@ def test_cityscapes_names_are_the_19_train_ids():
     names = evaluate.load_class_names(None, 19, "cityscapes")
     assert len(names) == 19 and names[0] == "road" and names[11] == "person" and names[18] == "bicycle"
     assert evaluate.load_class_names("cityscapes", 19) == names
+
+
+def test_class_names_file_beside_the_data_is_used_without_classes(idd_like, tmp_path):
+    tmp, root, _ = idd_like
+    other = tmp_path / "mine" / "val"   # a dataset whose path names no known dataset
+    other.parent.mkdir()
+    root.rename(other)
+    names = [f"thing {k}" for k in range(C)]
+    common = ["--model", str(tmp / "deploy.prototxt"), "--weights", str(tmp / "w.caffemodel"), "--dataset",
+              str(other), "--mean", "0", "0", "0"]
+    assert any(l.startswith("IU class_17 ") for l in _score(common))
+    (other / "class_names.txt").write_text("".join(f"{n}\n" for n in names))   # as tools/build_seg_lmdb.py writes
+    lines = _score(common)
+    assert any(l.startswith("IU thing 17 ") for l in lines)
+    assert any(l.startswith("IU billboard ") for l in _score(common + ["--classes", "idd"]))  # --classes wins
