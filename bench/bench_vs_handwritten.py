@@ -4,6 +4,12 @@ forward+backward time and peak memory, measured side by side in one run, printed
     python bench/bench_vs_handwritten.py                      # CPU, FCN-8s, 256x256, 3 interleaved iterations
     python bench/bench_vs_handwritten.py --net fcn2s_vgg19 --size 160
     python bench/bench_vs_handwritten.py --size 500 --device cuda --iters 20 [--bf16] [--channels-last]
+    python bench/bench_vs_handwritten.py --memory --size 160     # CPU: peak live tensor memory of one fwd+bwd
+
+On CUDA the peak is torch.cuda.max_memory_allocated. On the CPU (where the process RSS moves by ±30% from run to
+run with the allocator's caching) ``--memory`` counts tensor storages instead: every storage an op creates during
+one forward+backward is added when made and removed when freed, and the peak of that sum is reported (weights
+excluded; their gradients included), along with what autograd saves for the backward pass.
 
 The hand-written net uses the same torch ops (Conv2d, ReLU, MaxPool2d(ceil_mode=True), ConvTranspose2d,
 slicing for Crop, addition for Eltwise) and receives netspec's weights, so both compute the same function
@@ -13,10 +19,12 @@ import argparse
 import os
 import sys
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -161,6 +169,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--memory", action="store_true", help="CPU: peak live tensor memory of one fwd+bwd per net")
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.manual_seed(0)
@@ -198,6 +207,14 @@ def main():
             out.float().sum().backward()
         return run
 
+
+    if a.memory:
+        m_h, m_n = memory_of(step(hand, False)), memory_of(step(net.module, True))
+        print(f"{a.net}, input {a.size}x{a.size}: peak live tensor memory of one fwd+bwd (weights excluded)")
+        print(f"hand-written PyTorch : {m_h / 2 ** 20:8.1f} MiB")
+        print(f"netspec (prototxt)   : {m_n / 2 ** 20:8.1f} MiB")
+        print(f"memory ratio netspec/hand = {m_n / m_h:.3f}")
+        return
     t_h, m_h, t_n, m_n = timeit_pair(step(hand, False), step(net.module, True), a.iters, dev)
     print(f"{a.net}, device {dev}, input {a.size}x{a.size}, bf16={a.bf16}, channels_last={a.channels_last}, "
           f"threads={torch.get_num_threads()}")
@@ -205,6 +222,40 @@ def main():
     print(f"netspec (prototxt)   : {t_n * 1000:9.1f} ms/iter (fwd+bwd), peak {m_n:8.1f} MiB")
     print(f"time ratio netspec/hand = {t_n / t_h:.3f}" + (f", memory ratio = {m_n / m_h:.3f}"
                                                             if dev.type == "cuda" else ""))
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Bytes of the tensor storages created while active and still alive; ``peak`` is their largest sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen = set()
+
+    def _gone(self, key, n):
+        self._seen.discard(key)
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key and key not in self._seen:
+                    self._seen.add(key)
+                    self.live += st.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(st, self._gone, key, st.nbytes())
+        return out
+
+
+def memory_of(run) -> int:
+    """Peak live tensor bytes of ``run()`` (one forward+backward), after one warm-up call."""
+    run()
+    with _LiveTensors() as m:
+        run()
+    return m.peak
 
 
 if __name__ == "__main__":
