@@ -10,6 +10,7 @@ import functools
 import logging
 import math
 import os
+import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -184,7 +185,6 @@ def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
 def guess_dataset(info: Optional[dict], dataset_dir: Optional[str] = None) -> Optional[str]:
     """A known-dataset key from the data source or the layer's module (demo, voc, siftflow, kitti_road, idd,
     cityscapes)."""
-    import re
     text = " ".join(str(x) for x in (dataset_dir or "", (info or {}).get("source") or "",
                                      (info or {}).get("module") or "")).lower()
     if re.search(r"(?<![a-z0-9])idd(?![a-z0-9])", text):  # data/idd/val, IDD_Segmentation; not "hidden"
@@ -252,8 +252,9 @@ def load_groups(path: str, names: Sequence[str]) -> "OrderedDict[str, List[int]]
     return groups
 
 
-def find_groups_file(*dirs, name: str = "groups.txt") -> Optional[str]:
-    """A ``groups.txt`` (or another ``name``) beside the data: in the split directory or its parent."""
+def find_beside_data(name: str, *dirs) -> Optional[str]:
+    """The file ``name`` (``groups.txt``, ``class_names.txt``) beside the data: in a split directory or its
+    parent."""
     for d in dirs:
         if not d:
             continue
@@ -420,11 +421,12 @@ def score_main(argv=None, out=None) -> int:
             if not net.loss_outputs():
                 loss = None
         n_cl = hist.shape[0]
+        data_dirs = (args.dataset, (info or {}).get("source"))
         # --classes; else the class_names.txt the packer wrote beside the data; else a known dataset's names
-        classes = args.classes or find_groups_file(args.dataset, (info or {}).get("source"), name="class_names.txt")
+        classes = args.classes or find_beside_data("class_names.txt", *data_dirs)
         names = load_class_names(classes, n_cl, guess_dataset(info, args.dataset))
         s = scores(hist)
-        groups_file = args.groups or find_groups_file(args.dataset, (info or {}).get("source"))
+        groups_file = args.groups or find_beside_data("groups.txt", *data_dirs)
         group_rows = group_scores(s, load_groups(groups_file, names)) if groups_file else None
         print(format_scores(s, names, loss=loss), file=out)
         if group_rows:

@@ -121,12 +121,12 @@ class DataTransformer:
         if state is not None and self._rng is not None:
             self._rng.bit_generator.state = state
 
-    def batch_rng(self, index: int, rank: int = 0) -> Optional[np.random.Generator]:
-        """The generator for batch ``index`` of data-parallel ``rank``: seeded with (seed, index[, rank]), see
-        :mod:`netspec.data.shard`; None without randomness."""
+    def batch_rng(self, index: int, shard: Shard = Shard()) -> Optional[np.random.Generator]:
+        """The generator for batch ``index`` of this process's data-parallel ``shard``: seeded with
+        ``shard.rng_key(seed, index)`` (see :mod:`netspec.data.shard`); None without randomness."""
         if self.seed is None:
             return None
-        return np.random.default_rng(Shard(rank).rng_key(self.seed, index))
+        return np.random.default_rng(shard.rng_key(self.seed, index))
 
     # -- decoding ------------------------------------------------------------------------------------------
     def datum_array(self, value, key=None) -> np.ndarray:

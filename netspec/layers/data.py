@@ -217,7 +217,7 @@ class _LMDBSource:
         data = None
         label = out.array((n,)) if self.labels else None
         t = self.transformer
-        rng = t.batch_rng(task.index, self.shard.rank)
+        rng = t.batch_rng(task.index, self.shard)
         key = None
         try:
             for i, key in enumerate(task.items):
@@ -382,7 +382,7 @@ class _ImageListSource:
         n = self.batch_size
         data = None
         label = out.array((n,))
-        rng = self.transformer.batch_rng(task.index, self.shard.rank)
+        rng = self.transformer.batch_rng(task.index, self.shard)
         for i, line in enumerate(task.items):
             out.item(i)
             try:

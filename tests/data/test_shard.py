@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec.data.datum import encode_image, encoded_datum
-from netspec.data.lmdb_io import LMDBWriter
 from netspec.data.shard import Shard
 from netspec.data.synthetic import pack
 from netspec.net import Net
+
+from test_workers import write_labelled_db
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,13 +35,7 @@ def test_take_deals_the_stream_round_robin():
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("shard") / "db"
-    rng = np.random.default_rng(0)
-    with LMDBWriter(path) as w:
-        for i in range(7):
-            w.put(f"{i:08d}", encoded_datum(encode_image(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), "png"),
-                                            label=i).SerializeToString())
-    return path
+    return write_labelled_db(tmp_path_factory.mktemp("shard") / "db", 7, 12, 12)
 
 
 def _as_rank(monkeypatch, rank, world):
@@ -87,7 +81,7 @@ def test_rank_zero_draws_as_one_process_and_other_ranks_differ(db, tmp_path, mon
     from netspec.proto import caffe_pb2
     tp = caffe_pb2.TransformationParameter(crop_size=8, mirror=True)
     t = DataTransformer(tp, caffe_pb2.TRAIN, seed=11)
-    draws = {r: t.batch_rng(3, r).integers(0, 1 << 30, 8).tolist() for r in range(3)}
+    draws = {r: t.batch_rng(3, Shard(r, 3)).integers(0, 1 << 30, 8).tolist() for r in range(3)}
     assert draws[0] == np.random.default_rng([11, 3]).integers(0, 1 << 30, 8).tolist()
     assert draws[1] != draws[0] and draws[2] != draws[1]
 

@@ -23,15 +23,19 @@ def _image(rng, h=12, w=14):
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def write_labelled_db(path, n, h=12, w=14):
+    """An LMDB of ``n`` random PNG-encoded Datums, record i labelled i (keys in label order); returns ``path``."""
+    rng = np.random.default_rng(0)
+    with LMDBWriter(path) as writer:
+        for i in range(n):
+            d = encoded_datum(encode_image(_image(rng, h, w), "png"), label=i)
+            writer.put(f"{i:08d}", d.SerializeToString())
+    return path
+
+
 @pytest.fixture(scope="module")
 def jpeg_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("workers") / "db"
-    rng = np.random.default_rng(0)
-    with LMDBWriter(path) as w:
-        for i in range(10):
-            d = encoded_datum(encode_image(_image(rng), "png"), label=i)
-            w.put(f"{i:08d}", d.SerializeToString())
-    return path
+    return write_labelled_db(tmp_path_factory.mktemp("workers") / "db", 10)
 
 
 def _data_net(tmp_path, db, phase=netspec.TRAIN, prefetch=2):
