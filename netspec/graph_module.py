@@ -84,8 +84,9 @@ class BuildContext:
     """What a builder may know besides its LayerParameter."""
     phase: int
     where: str = ""
-    layer_index: int = 0
-    net_name: str = ""
+    #: The Caffe fork whose meaning a type name takes where forks disagree ("pspnet", "segnet", ...; see
+    #: netspec/dialects.py), or None for BVLC / not yet decided.
+    dialect: Optional[str] = None
 
 
 @dataclass
@@ -137,9 +138,11 @@ class CaffeNet(nn.Module):
     """
 
     def __init__(self, net: "caffe_pb2.NetParameter", phase: int,
-                 where: Callable[[int], str] = lambda i: "", input_shapes: Optional[Dict] = None):
+                 where: Callable[[int], str] = lambda i: "", input_shapes: Optional[Dict] = None,
+                 dialect: Optional[str] = None):
         super().__init__()
         self.name = net.name
+        self.dialect = dialect
         self.phase = phase
         self.force_backward = net.force_backward
         self.nodes: List[Node] = []
@@ -175,7 +178,7 @@ class CaffeNet(nn.Module):
                 k += 1
             used_keys.add(key)
             bshapes = [shapes[b] for b in lp.bottom]
-            ctx = BuildContext(phase=phase, where=w, layer_index=i, net_name=net.name)
+            ctx = BuildContext(phase=phase, where=w, dialect=self.dialect)
             try:
                 with _AllocationGuard():
                     module = entry.builder(lp, bshapes, ctx)
