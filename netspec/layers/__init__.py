@@ -3,3 +3,6 @@ from . import python  # noqa: F401
 from . import shape, eltwise, loss, accuracy, recurrent  # noqa: F401
 from . import conv, pooling, inner_product, neuron, normalization, interp  # noqa: F401
 from . import data  # noqa: F401
+from . import bn  # noqa: F401  (PSPNet / SegNet / ENet BN)
+from . import upsample  # noqa: F401  (SegNet / ENet Upsample)
+from . import dense_data  # noqa: F401  (SegNet / ENet DenseImageData)
