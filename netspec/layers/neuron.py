@@ -282,4 +282,5 @@ def dropout(lp, bottom_shapes, ctx):
     ratio = lp.dropout_param.dropout_ratio
     if not 0 <= ratio < 1:
         raise fail(lp, ctx, f"dropout_ratio must be in [0, 1), got {ratio}")
-    return Dropout(ratio, ctx.phase == caffe_pb2.TRAIN)
+    # SegNet / ENet sample_weights_test: drop in TEST phase too (Bayesian SegNet's Monte Carlo dropout).
+    return Dropout(ratio, ctx.phase == caffe_pb2.TRAIN or lp.dropout_param.sample_weights_test)
