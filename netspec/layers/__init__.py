@@ -6,3 +6,4 @@ from . import data  # noqa: F401
 from . import bn  # noqa: F401  (PSPNet / SegNet / ENet BN)
 from . import upsample  # noqa: F401  (SegNet / ENet Upsample)
 from . import dense_data  # noqa: F401  (SegNet / ENet DenseImageData)
+from . import spatial_dropout  # noqa: F401  (ENet's spatial_dropout Python layer, built in)
