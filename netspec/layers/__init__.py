@@ -4,6 +4,9 @@ from . import shape, eltwise, loss, accuracy, recurrent  # noqa: F401
 from . import conv, pooling, inner_product, neuron, normalization, interp  # noqa: F401
 from . import data  # noqa: F401
 from . import bn  # noqa: F401  (PSPNet / SegNet / ENet BN)
+from . import roi_pooling, proposal, axpy, shuffle_channel  # noqa: F401  (Faster R-CNN, SENet, ShuffleNet)
+from . import ssd, mobilenet  # noqa: F401  (SSD, MobileNet-SSD / MobileNet forks)
 from . import upsample  # noqa: F401  (SegNet / ENet Upsample)
+from . import seg_data, seg_accuracy, mat_write  # noqa: F401  (DeepLab v1/v2 ImageSegData, SegAccuracy, MatWrite)
 from . import dense_data  # noqa: F401  (SegNet / ENet DenseImageData)
 from . import spatial_dropout  # noqa: F401  (ENet's spatial_dropout Python layer, built in)
