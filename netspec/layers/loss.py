@@ -116,6 +116,7 @@ def _check_first_dim(lp, ctx, bottom_shapes):
 # -- SoftmaxWithLoss ----------------------------------------------------------------------------------------
 
 class SoftmaxWithLoss(_Loss):
+    count_valid = False
     def __init__(self, name, axis, ignore, mode, class_weight, n_tops):
         super().__init__(name, n_tops)
         self.axis, self.ignore, self.mode = axis, ignore, mode
@@ -132,6 +133,8 @@ class SoftmaxWithLoss(_Loss):
             w = cw if w is None else cw * w
         per = nll if w is None else nll * w
         count = None if w is None else w.sum()  # VALID: (weighted) number of valid positions
+        if self.count_valid:  # SegNet/ENet weight_by_label_freqs: VALID counts positions, not weights
+            count = None if valid is None else valid.to(x.dtype).sum()
         loss = per.sum() / normalizer(self.mode, outer, inner, count)
         if self.n_tops == 1:
             return loss
@@ -166,7 +169,15 @@ def build_softmax_with_loss(lp, bottom_shapes, ctx):
             fail(lp, ctx, f"loss_param.class_weight has {len(lp.loss_param.class_weight)} values for {C} classes "
                           f"(axis {axis} of '{lp.bottom[0]}' {shape_str(x)}); give one per class")
         cw = torch.tensor(list(lp.loss_param.class_weight), dtype=torch.float32)
-    return SoftmaxWithLoss(ident(lp, ctx), axis, _ignore(lp), normalization(lp), cw, len(lp.top))
+    segnet = lp.loss_param.weight_by_label_freqs  # SegNet / ENet softmax_loss_layer.cpp: class_weighting
+    if segnet:
+        if cw is not None or len(lp.loss_param.class_weighting) != C:
+            raise fail(lp, ctx, f"weight_by_label_freqs needs one class_weighting per class ({C}), got "
+                                f"{len(lp.loss_param.class_weighting)}, and no class_weight")
+        cw = torch.tensor(list(lp.loss_param.class_weighting), dtype=torch.float32)
+    m = SoftmaxWithLoss(ident(lp, ctx), axis, _ignore(lp), normalization(lp), cw, len(lp.top))
+    m.count_valid = segnet
+    return m
 
 
 # -- InfogainLoss -------------------------------------------------------------------------------------------
