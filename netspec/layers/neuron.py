@@ -269,8 +269,11 @@ class Dropout(nn.Module):
         super().__init__()
         self.ratio, self.train_phase = ratio, train
 
+    keep = 1.0  # caffe-fast-rcnn's scale_train: false multiplies both phases by 1 - ratio
+
     def forward(self, x):
-        return F.dropout(x, self.ratio, training=True) if self.train_phase and self.ratio > 0 else x
+        y = F.dropout(x, self.ratio, training=True) if self.train_phase and self.ratio > 0 else x
+        return y * self.keep if self.keep != 1.0 else y
 
     def extra_repr(self):
         return f"ratio={self.ratio}, phase={'TRAIN' if self.train_phase else 'TEST'}"
@@ -283,4 +286,7 @@ def dropout(lp, bottom_shapes, ctx):
     if not 0 <= ratio < 1:
         raise fail(lp, ctx, f"dropout_ratio must be in [0, 1), got {ratio}")
     # SegNet / ENet sample_weights_test: drop in TEST phase too (Bayesian SegNet's Monte Carlo dropout).
-    return Dropout(ratio, ctx.phase == caffe_pb2.TRAIN or lp.dropout_param.sample_weights_test)
+    m = Dropout(ratio, ctx.phase == caffe_pb2.TRAIN or lp.dropout_param.sample_weights_test)
+    if not lp.dropout_param.scale_train:  # caffe-fast-rcnn dropout_layer.cpp: mask without 1/(1-p); TEST * (1-p)
+        m.keep = 1.0 - ratio
+    return m

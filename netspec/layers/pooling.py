@@ -172,6 +172,11 @@ def pooling(lp, bottom_shapes, ctx):
     if p.pool not in _NAMES:
         raise fail(lp, ctx, f"unknown pooling method {p.pool}")
     floor = "round_mode" in p.DESCRIPTOR.fields_by_name and p.round_mode == p.FLOOR
+    if "ceil_mode" in p.DESCRIPTOR.fields_by_name and p.HasField("ceil_mode"):  # BVLC PR #3057 / DenseNet forks
+        if p.HasField("round_mode") and p.ceil_mode == floor:
+            raise fail(lp, ctx, f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                                f"{p.RoundMode.Name(p.round_mode)}; give one of them")
+        floor = not p.ceil_mode
     any_pad = pad != (0, 0)
     out = [pooled_size(n, kk, ss, pp, not floor, any_pad)
            for n, kk, ss, pp in zip(bottom_shapes[0][2:], kernel, stride, pad)]
