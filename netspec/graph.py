@@ -4,6 +4,7 @@
 * ``insert_splits``: give every blob with several consumers an explicit Split layer, named exactly as Caffe
   names it, so logs, ``net.blobs`` and written caffemodels list the same layers as Caffe.
 * ``check_graph``: Caffe's wiring checks (unknown bottom, a top produced twice).
+* ``add_auto_tops``: the top Caffe gives a loss layer written without one (AutoTopBlobs).
 """
 from typing import Iterable, List, Optional
 
@@ -157,6 +158,21 @@ def insert_splits(net: "caffe_pb2.NetParameter", where=lambda i: "",
     return out
 
 
+def add_auto_tops(net: "caffe_pb2.NetParameter") -> None:
+    """Caffe's AutoTopBlobs for loss layers: a loss layer written without a top (DeepLab's prototxts do this)
+    still computes its loss; Caffe gives it an anonymous top. Here the top is named as the layer (or
+    ``<layer>_auto_top`` when that name is a blob already), so the loss shows in the outputs."""
+    from .registry import LAYERS
+    names = {b for layer in net.layer for b in list(layer.top) + list(layer.bottom)}
+    for layer in net.layer:
+        entry = LAYERS.find(layer.type)
+        if entry is None or not entry.loss or len(layer.top) >= max(entry.tops[0], 1):
+            continue
+        name = layer.name if layer.name not in names else f"{layer.name}_auto_top"
+        layer.top.append(name)
+        names.add(name)
+
+
 def prepare_net(net: "caffe_pb2.NetParameter", phase=None, level=None, stages=None,
                 where=lambda i: ""):
     """Filter for the requested state, insert Splits, check the wiring: the layer list Caffe instantiates.
@@ -165,6 +181,7 @@ def prepare_net(net: "caffe_pb2.NetParameter", phase=None, level=None, stages=No
     state = net_state(net, phase, level, stages)
     kept: List[int] = []
     filtered = filter_net(net, state, where, kept)
+    add_auto_tops(filtered)
     split_origin: List[int] = []
     split = insert_splits(filtered, lambda i: where(kept[i]), split_origin)
     origin = [kept[k] for k in split_origin]

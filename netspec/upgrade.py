@@ -87,6 +87,11 @@ V1_LAYER_TYPE_NAMES = {
     "TANH": "TanH",
     "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
+    # DeepLab v1 (netspec schema extensions)
+    "IMAGE_SEG_DATA": "ImageSegData",
+    "SEG_ACCURACY": "SegAccuracy",
+    "INTERP": "Interp",
+    "MAT_WRITE": "MatWrite",
 }
 
 # ``UpgradeV0LayerType``: V0 type string -> V1 enum name ("padding" layers are folded away
@@ -437,12 +442,34 @@ def _upgrade_v1_layer(v1, log, pb) -> tuple[caffe_pb2.LayerParameter, bool]:
     out.loss_weight.extend(v1.loss_weight)
     # Every *_param message (transform_param and loss_param included) is copied verbatim.
     for fd, value in v1.ListFields():
-        if fd.name.endswith("_param") and fd.type == FieldDescriptor.TYPE_MESSAGE:
+        if fd.name == "softmaxloss_param":
+            _upgrade_softmaxloss_param(v1, value, out, log)
+        elif fd.name.endswith("_param") and fd.type == FieldDescriptor.TYPE_MESSAGE:
             getattr(out, fd.name).CopyFrom(value)
+    if v1.HasField("strict_dim") and not v1.strict_dim:  # DeepLab v1 (netspec schema extension)
+        log.append(f"layer '{v1.name}': strict_dim: false dropped (DeepLab v1); weights must fit the layer's shape")
     if v1.HasField("layer"):
         log.append("Input NetParameter has V0 layer -- ignoring.")
         ok = False
     return out, ok
+
+
+def _upgrade_softmaxloss_param(v1, p, out, log) -> None:
+    """DeepLab v1's ``softmaxloss_param`` (netspec extension): its loss divides by the count of pixels not
+    ignored, which is BVLC's VALID normalization, so one ``ignore_label`` becomes ``loss_param.ignore_label``."""
+    where = f"layer '{v1.name}': softmaxloss_param"
+    if p.HasField("weight_source"):
+        raise PrototxtError(f"{where}.weight_source (per-class loss weights read from a file) is not supported: "
+                            "give the weights as loss_param.class_weight instead")
+    if len(p.ignore_label) > 1:
+        raise PrototxtError(f"{where} ignores {len(p.ignore_label)} labels {list(p.ignore_label)}; "
+                            "SoftmaxWithLoss ignores one (loss_param.ignore_label)")
+    if len(p.ignore_label) == 1:
+        if out.loss_param.HasField("ignore_label") and out.loss_param.ignore_label != p.ignore_label[0]:
+            raise PrototxtError(f"{where}.ignore_label {p.ignore_label[0]} conflicts with loss_param.ignore_label "
+                                f"{out.loss_param.ignore_label}")
+        out.loss_param.ignore_label = p.ignore_label[0]
+        log.append(f"{where}.ignore_label moved to loss_param.ignore_label (DeepLab v1)")
 
 
 def _upgrade_v1_net(net, v1_origin, log) -> tuple[bool, list]:
@@ -506,11 +533,29 @@ def _upgrade_batch_norm(net) -> None:
                 spec.decay_mult = 0.0
 
 
+def _check_schema(net, source: str) -> None:
+    """The passes write current-format fields (NetParameter.layer, LayerParameter.input_param, ...). An old
+    fork's caffe.proto loaded with load_proto may lack them: say so instead of failing on a missing attribute."""
+    layer = net.DESCRIPTOR.fields_by_name.get("layer")
+    need = [("NetParameter", "layer", layer is None and (len(net.layers) > 0 or len(net.input) > 0))]
+    if layer is not None:
+        fields = layer.message_type.fields_by_name
+        need.append(("LayerParameter", "input_param", "input_param" not in fields and len(net.input) > 0))
+    missing = [f"{m}.{f}" for m, f, lacking in need if lacking]
+    if missing:
+        raise PrototxtError(
+            f"{source}: the schema in use has no {', '.join(missing)}, which upgrading this net writes (an old "
+            "Caffe fork's caffe.proto loaded with netspec.proto.load_proto / --proto). netspec reads the forks "
+            "it knows with its own schema (docs/caffe_forks.md): drop --proto, or call "
+            "netspec.proto.reset_proto()")
+
+
 def _upgrade(net, source: str, v1_blob_split=None) -> tuple[list[str], list]:
     """``UpgradeNetAsNeeded`` on ``net`` in place; returns (log lines, origins).
 
     ``v1_blob_split[i]`` is the number of blobs of ``layers[i]`` itself (the arrays of a
     V0 layer's nested blobs follow them in :attr:`CaffeModel.v1_blobs`)."""
+    _check_schema(net, source)
     log: list[str] = []
     n_v1 = len(net.layers)
     split = v1_blob_split if v1_blob_split is not None else [len(l.blobs) for l in net.layers]

@@ -47,6 +47,24 @@ def _per_axis(lp, ctx, name, values, hw, n, default):
     return tuple(values) * n if len(values) == 1 else tuple(values)
 
 
+def _hole(lp, ctx, n: int):
+    """DeepLab v1's ``hole`` | ``hole_h``/``hole_w`` (its name for dilation, as deeplab-public's
+    ConvolutionLayer::LayerSetUp reads them), or None when none is set."""
+    p = lp.convolution_param
+    if not (p.HasField("hole") or p.HasField("hole_h") or p.HasField("hole_w")):
+        return None
+    if p.HasField("hole_h") != p.HasField("hole_w") or (p.HasField("hole") and p.HasField("hole_h")):
+        raise fail(lp, ctx, "give hole, or both hole_h and hole_w (DeepLab v1's dilation)")
+    if len(p.dilation):
+        raise fail(lp, ctx, "hole is DeepLab v1's name for dilation: set one of them, not both")
+    if p.HasField("hole_h"):
+        if n != 2:
+            raise fail(lp, ctx, f"hole_h & hole_w can only be used for 2-D convolution, this one has {n} "
+                                "spatial axes")
+        return (p.hole_h, p.hole_w)
+    return (p.hole,) * n
+
+
 def conv_geometry(lp, ctx, n: int):
     """(kernel, stride, pad, dilation) tuples of length n, resolved as BaseConvolutionLayer::LayerSetUp."""
     p = lp.convolution_param
@@ -58,6 +76,9 @@ def conv_geometry(lp, ctx, n: int):
         raise fail(lp, ctx, f"dilation must be given once, or once per spatial axis "
                             f"(given {len(p.dilation)} times; {n} spatial axes)")
     dilation = tuple(p.dilation) * n if len(p.dilation) == 1 else (tuple(p.dilation) or (1,) * n)
+    hole = _hole(lp, ctx, n)
+    if hole is not None:
+        dilation = hole
     for what, vals in (("kernel size", kernel), ("stride", stride), ("dilation", dilation)):
         if any(v <= 0 for v in vals):
             raise fail(lp, ctx, f"{what} must be positive in every spatial axis, got {list(vals)}")
