@@ -88,7 +88,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 s.apply_update()
                 times.append(time.perf_counter() - t0)
-            n = sum(p.numel() for p, *_ in s._params)
+            n = sum(lp.tensor.numel() for lp in s._params)
             label = f"{kind} (trunk lr_mult 0)" if frozen else kind
             print(f"update {label:<24} {statistics.median(times):7.3f} s   ({n / 1e6:.1f}M params)")
     s = make_solver(a.net, a.size)

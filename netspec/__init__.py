@@ -6,8 +6,7 @@
 from .errors import NetspecError  # noqa: F401
 from .proto import caffe_pb2  # noqa: F401
 
-TRAIN = caffe_pb2.TRAIN
-TEST = caffe_pb2.TEST
+from .proto.caffe_pb2 import TEST, TRAIN  # noqa: E402,F401
 
 from .layers.python import Layer  # noqa: E402,F401
 from .dsl import NetSpec, layers, params  # noqa: E402,F401

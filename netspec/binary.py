@@ -28,9 +28,7 @@ import contextlib
 import logging
 import mmap
 import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence, Union
 
 import numpy as np
@@ -38,6 +36,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from netspec import proto
+from netspec.atomic import atomic_write
 from netspec.errors import FormatError
 from netspec.proto import caffe_pb2  # annotations only: code uses _pb() (the schema in use)
 
@@ -748,29 +747,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto | np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_file(path: PathLike):
-    """Write to a temporary file beside ``path``; fsync and rename it into place on
-    success, remove it on failure. The file gets the usual umask-derived mode."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):
-        dfd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+_atomic_file = atomic_write
 
 
 def _split_at_field(data: bytes, number: int) -> tuple[bytes, bytes]:

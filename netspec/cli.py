@@ -1,7 +1,14 @@
-"""What every command-line tool shares: how a bad input ends the run."""
+"""What every command-line tool shares: the shared options, Caffe's log format, device choice, and how a bad
+input ends the run. Imports no torch at module level, so a tool's ``--help`` stays fast."""
+import datetime
+import logging
+import os
 import sys
+from typing import List, Optional
 
 from .errors import NetspecError
+
+log = logging.getLogger("netspec")
 
 
 def run_tool(body) -> int:
@@ -18,13 +25,24 @@ def run_tool(body) -> int:
 
 
 def parse_args(parser, argv):
-    """``parser.parse_args(argv)`` with the shared ``--proto`` option: a Caffe fork's caffe.proto (SSD,
-    DeepLab, PSPNet ...) becomes the schema every prototxt, caffemodel and solverstate is read and written with
-    (:func:`netspec.proto.load_proto`), for the rest of the process."""
+    """``parser.parse_args(argv)`` with the shared ``--dialect`` and ``--proto`` options. ``--dialect``: the
+    Caffe fork whose meaning ambiguous layer types take (:func:`netspec.runtime.set_dialect`). ``--proto``: a
+    Caffe fork's caffe.proto becomes the schema every prototxt, caffemodel and solverstate is read and written
+    with (:func:`netspec.proto.load_proto`), for the rest of the process."""
     parser.add_argument("--proto", metavar="CAFFE_PROTO",
                         help="a Caffe fork's caffe.proto, for nets that use its own fields (compiled at start; "
                              "needs grpcio-tools)")
+    parser.add_argument("--dialect", metavar="FORK",
+                        help="read every net as written for this Caffe fork where forks give one layer type "
+                             "different meanings (pspnet, segnet, ...; see docs/caffe_forks.md); default: "
+                             "recognised from each net's layers and fields")
     args = parser.parse_args(argv)
+    if args.dialect:
+        from .runtime import set_dialect
+        try:
+            set_dialect(args.dialect)
+        except NetspecError as e:
+            parser.exit(2, f"error: --dialect: {e}\n")
     if args.proto:
         from .proto import load_proto
         try:
@@ -32,3 +50,61 @@ def parse_args(parser, argv):
         except NetspecError as e:
             parser.exit(2, f"error: --proto: {e}\n")
     return args
+
+
+class GlogFormatter(logging.Formatter):
+    """``I1121 13:45:00.123456 12345 solver.py] message``, as glog prints Caffe's lines."""
+
+    def format(self, record):
+        t = datetime.datetime.fromtimestamp(record.created)
+        lvl = record.levelname[0] if record.levelname[0] in "IWEF" else "I"
+        head = f"{lvl}{t:%m%d %H:%M:%S.%f} {os.getpid()} {record.filename}:{record.lineno}] "
+        return "\n".join(head + line for line in record.getMessage().splitlines() or [""])
+
+
+def setup_logging(level=logging.INFO, stream=None):
+    root = logging.getLogger("netspec")
+    root.setLevel(level)
+    if not any(getattr(h, "_netspec", False) for h in root.handlers):
+        h = logging.StreamHandler(stream or sys.stderr)
+        h.setFormatter(GlogFormatter())
+        h._netspec = True
+        root.addHandler(h)
+    root.propagate = False
+
+
+def parse_gpus(spec: Optional[str]) -> List[int]:
+    if spec is None or spec == "":
+        return []
+    n = __import__("torch").cuda.device_count()
+    if spec == "all":
+        return list(range(n))
+    try:
+        return [int(g) for g in spec.split(",")]
+    except ValueError:
+        raise NetspecError(f"--gpu {spec!r}: give a device id, a comma-separated list (0,1) or 'all'") from None
+
+
+def cuda_or_cpu(gpus: List[int], index: int = 0):
+    """``gpus[index]`` as a CUDA device; the CPU when no GPU is asked for (Caffe's ``Use CPU.``) or none exists."""
+    import torch
+    if not gpus:
+        log.info("Use CPU.")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpus)
+        return torch.device("cpu")
+    return torch.device("cuda", gpus[index % len(gpus)])
+
+
+def tool_device(gpu: Optional[str]):
+    """The device of `caffe test/time`: the first id of ``--gpu`` (logs ``Use GPU with device ID 0``), else CPU."""
+    dev = cuda_or_cpu(parse_gpus(gpu))
+    if dev.type == "cuda":
+        log.info("Use GPU with device ID %d", dev.index)
+    return dev
+
+
+def stages(stage: str) -> Optional[List[str]]:
+    """``--stage a,b`` as a list (None when empty)."""
+    return [s for s in (stage or "").split(",") if s] or None

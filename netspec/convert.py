@@ -72,11 +72,9 @@ takes about 1.15x the file size above the interpreter (``bench/bench_convert.py`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -86,10 +84,12 @@ import torch
 from torch import nn
 
 from . import binary, prototxt, upgrade
+from .atomic import atomic_path
 from .errors import FormatError, NetspecError, WeightsError
 from .graph import prepare_net
 from .graph_module import CaffeNet, module_key
 from .proto import caffe_pb2
+from .registry import LAYERS
 from .weights import blob_fits
 
 __all__ = [
@@ -109,25 +109,10 @@ __all__ = [
 
 log = logging.getLogger("netspec")
 
-TEST = caffe_pb2.TEST
-TRAIN = caffe_pb2.TRAIN
+from .proto.caffe_pb2 import TEST, TRAIN  # noqa: E402,F401  (one definition: caffe.proto's Phase)
 
 _CAFFE_EXT = (".caffemodel",)
 _TORCH_EXT = (".pt", ".pth")
-
-#: Parameter attribute names per layer type (what netspec's modules register, in Caffe blob order),
-#: used when no net can be built. ``None``: depends on the layer (see :func:`_table_attrs`).
-_ATTRS: Dict[str, Optional[Tuple[str, ...]]] = {
-    "Convolution": ("weight", "bias"),
-    "Deconvolution": ("weight", "bias"),
-    "InnerProduct": ("weight", "bias"),
-    "Embed": ("weight", "bias"),
-    "BatchNorm": ("mean", "variance", "scale_factor"),
-    "PReLU": ("weight",),
-    "Parameter": ("weight",),
-    "Bias": ("bias",),
-    "Scale": None,
-}
 
 _FOLD_INTO = ("Convolution", "Deconvolution", "InnerProduct")
 
@@ -252,21 +237,6 @@ def _refuse_overwrite(outputs: Iterable[Optional[str]], inputs: Iterable[Optiona
                                    "write to another path")
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str):
-    """A temporary path beside ``path``, renamed over it on success, removed on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------
@@ -382,10 +352,11 @@ def _reserved_names() -> set:
 
 
 def _table_attrs(layer: caffe_pb2.LayerParameter, count: int) -> Optional[List[str]]:
-    attrs = _ATTRS.get(layer.type, ())
-    if layer.type == "Scale":
-        attrs = ("bias",) if len(layer.bottom) > 1 else ("weight", "bias")
-    if attrs is None or len(attrs) < count:
+    """Parameter names of ``count`` blobs when no net can be built: the registry's ``blobs`` for the type."""
+    entry = LAYERS.find(layer.type)
+    attrs = entry.blobs if entry is not None else None
+    attrs = (attrs(layer) if callable(attrs) else attrs) or ()
+    if len(attrs) < count:
         return None
     return list(attrs[:count])
 
@@ -754,7 +725,7 @@ def _write_caffemodel(path: str, module: CaffeNet, weights: Weights, net_param, 
 
 
 def _save_state_dict(state, path: str) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 

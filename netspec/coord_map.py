@@ -25,11 +25,12 @@ from collections import deque
 from fractions import Fraction
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import dsl
+from . import dsl, layers as _layers  # noqa: F401  (the registry's entries)
 from .errors import NetspecError
+from .registry import LAYERS
 
 __all__ = ["CoordMap", "CoordMapError", "coord_map", "coord_map_from_to", "crop", "crop_offsets",
-           "check_crops", "CropCheck", "PASS_THROUGH"]
+           "check_crops", "CropCheck", "window_map", "undefined"]
 
 
 class CoordMapError(NetspecError, ValueError):
@@ -38,14 +39,6 @@ class CoordMapError(NetspecError, ValueError):
 
 class _Undefined(Exception):
     """A layer whose spatial map is not known (the walk stops there)."""
-
-
-#: Layer types that keep every spatial coordinate where it is.
-PASS_THROUGH = frozenset({
-    "AbsVal", "BatchNorm", "Bias", "BNLL", "Clip", "Dropout", "Eltwise", "ELU", "Exp", "Log",
-    "LRN", "MVN", "Power", "PReLU", "ReLU", "Scale", "Sigmoid", "Softmax", "Split", "Swish",
-    "TanH", "Threshold",
-})
 
 
 def _vec(values) -> Tuple[Fraction, ...]:
@@ -95,30 +88,23 @@ def _repeated(values, default):
     return list(values) if len(values) else [default]
 
 
-def _window(fn) -> Tuple[int, tuple, tuple, tuple]:
-    """(axis, stride, kernel extent, pad) of a Convolution/Deconvolution/Pooling function."""
-    lp = fn.param_proto
-    if fn.type_name == "Pooling":
-        pp = lp.pooling_param
-        if pp.global_pooling:
-            raise _Undefined
-        kernel = [pp.kernel_h, pp.kernel_w] if pp.HasField("kernel_h") else [pp.kernel_size]
-        stride = [pp.stride_h, pp.stride_w] if pp.HasField("stride_h") else [pp.stride]
-        pad = [pp.pad_h, pp.pad_w] if pp.HasField("pad_h") else [pp.pad]
-        dilation = [1]
-        axis = 1
-    else:
-        cp = lp.convolution_param
-        kernel = [cp.kernel_h, cp.kernel_w] if cp.HasField("kernel_h") else list(cp.kernel_size)
-        if not kernel:
-            raise CoordMapError(f"{fn.type_name} layer without kernel_size")
-        stride = [cp.stride_h, cp.stride_w] if cp.HasField("stride_h") else _repeated(cp.stride, 1)
-        pad = [cp.pad_h, cp.pad_w] if cp.HasField("pad_h") else _repeated(cp.pad, 0)
-        dilation = _repeated(cp.dilation, 1)
-        axis = cp.axis
+def undefined(what: str = ""):
+    """Raised by a registry ``coord`` function for a layer whose spatial map is not known (the walk stops
+    there, e.g. global pooling)."""
+    return _Undefined(what)
+
+
+def window_map(axis: int, kernel, stride, pad, dilation=(1,), transposed: bool = False) -> CoordMap:
+    """The map of a sliding window (Convolution, Pooling, Im2col) or, ``transposed``, of its inverse
+    (Deconvolution). Per-axis values of length 1 broadcast."""
+    if not len(kernel):
+        raise CoordMapError("a windowed layer without kernel_size")
     k, s, p, d = _broadcast(_vec(kernel), _vec(stride), _vec(pad), _vec(dilation))
     extent = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
-    return axis, s, extent, p
+    if transposed:
+        return CoordMap(axis, s, tuple((ke - 1) / 2 - pi for ke, pi in zip(extent, p)))
+    return CoordMap(axis, tuple(1 / x for x in s),
+                    tuple((pi - (ke - 1) / 2) / si for pi, ke, si in zip(p, extent, s)))
 
 
 def coord_map(fn) -> CoordMap:
@@ -133,24 +119,17 @@ def coord_map(fn) -> CoordMap:
 
 
 def _layer_map(fn) -> CoordMap:
-    t = fn.type_name
-    if t in ("Convolution", "Pooling", "Im2col"):
-        axis, s, ke, p = _window(fn)
-        return CoordMap(axis, tuple(1 / x for x in s),
-                        tuple((pi - (k - 1) / 2) / si for pi, k, si in zip(p, ke, s)))
-    if t == "Deconvolution":
-        axis, s, ke, p = _window(fn)
-        return CoordMap(axis, s, tuple((k - 1) / 2 - pi for k, pi in zip(ke, p)))
-    if t == "Crop":
+    """The layer's own map: Crop's here (this module's subject), every other type's from its registry entry
+    (``coord="identity"`` or a function of the LayerParameter built on :func:`window_map`)."""
+    if fn.type_name == "Crop":
         cp = fn.param_proto.crop_param
         axis = cp.axis if cp.axis >= 0 else cp.axis + 4  # NCHW assumed for a negative axis
         offset = _vec(_repeated(cp.offset, 0))
         return CoordMap(axis - 1, (Fraction(1),), tuple(-o for o in offset))
-    if t in PASS_THROUGH:
-        return CoordMap.identity()
-    if t == "Concat" and fn.param_proto.concat_param.axis == 1:
-        return CoordMap.identity()
-    raise _Undefined
+    entry = LAYERS.find(fn.type_name)
+    if entry is None or entry.coord is None:
+        raise _Undefined
+    return CoordMap.identity() if entry.coord == "identity" else entry.coord(fn.param_proto)
 
 
 def _spatial_bottoms(top) -> tuple:

@@ -88,7 +88,6 @@ _PARAM_ALIASES = {
 }
 # LayerParameter fields the graph owns: set from bottoms/tops/the call, never from a keyword.
 _GRAPH_FIELDS = ("type", "bottom", "top")
-_SPECIAL_KWARGS = ("ntop", "in_place")
 
 _schema_cache: Dict[int, "_Schema"] = {}
 

@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cli import parse_args
+from .cli import parse_args, setup_logging, stages, tool_device
+from .data.transform import FCN_MEAN
 from .errors import DataError, NetspecError
 from .metrics import (fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores,
                       seg_tests)
@@ -39,19 +40,6 @@ def known_classes() -> Dict[str, Tuple[str, ...]]:
     return OrderedDict([("demo", tuple(DEMO)), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
                         ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES),
                         ("cityscapes", CITYSCAPES_CLASSES)])
-
-
-def tool_device(gpu: Optional[str]) -> torch.device:
-    """The device of `caffe test/time`: the first id of ``--gpu`` (logs ``Use GPU with device ID 0``), else CPU."""
-    from .train import cuda_or_cpu, parse_gpus
-    dev = cuda_or_cpu(parse_gpus(gpu))
-    if dev.type == "cuda":
-        log.info("Use GPU with device ID %d", dev.index)
-    return dev
-
-
-def _stages(stage: str) -> Optional[List[str]]:
-    return [s for s in (stage or "").split(",") if s] or None
 
 
 def _g(v: float) -> str:
@@ -106,7 +94,6 @@ def test_parser():
 
 def test_main(argv=None) -> int:
     from . import TEST, Net
-    from .train import setup_logging
     args = parse_args(test_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if not args.weights:
@@ -114,7 +101,7 @@ def test_main(argv=None) -> int:
         return 1
     try:
         device = tool_device(args.gpu)
-        net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=_stages(args.stage),
+        net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=stages(args.stage),
                   device=device)
         caffe_test(net, args.iterations)
     except NetspecError as e:
@@ -371,7 +358,7 @@ def score_parser():
                    "accuracy in percent and each class's share of the labelled pixels, then the means")
     p.add_argument("--save-dir", help="write confusion.npy, confusion.png, per_class.csv, scores.txt here")
     p.add_argument("--mean", type=float, nargs=3, metavar=("B", "G", "R"),
-                   default=(104.00699, 116.66877, 122.67892), help="deploy nets: BGR mean to subtract")
+                   default=FCN_MEAN, help="deploy nets: BGR mean to subtract")
     p.add_argument("--scale", type=float, default=1.0, help="deploy nets: multiplier after mean subtraction")
     p.add_argument("--gpu", help="GPU id; default CPU")
     p.add_argument("--level", type=int, default=0)
@@ -386,7 +373,6 @@ def score_main(argv=None, out=None) -> int:
     from tqdm import tqdm
     from . import TEST, Net
     from .net import load_net_param
-    from .train import setup_logging
     args = parse_args(score_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     out = out or sys.stdout
@@ -394,7 +380,7 @@ def score_main(argv=None, out=None) -> int:
         device = tool_device(args.gpu)
         net_param, _ = load_net_param(args.model)
         info = data_layer_info(net_param)
-        net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=_stages(args.stage),
+        net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=stages(args.stage),
                   device=device)
         if args.layer not in net.blobs:
             raise NetspecError(f"--layer {args.layer}: net '{net.name}' has no such blob "

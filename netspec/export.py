@@ -35,7 +35,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import NetspecError
@@ -50,159 +49,8 @@ log = logging.getLogger("netspec")
 #: Opset written when none is asked for (the torch.export-based exporter's own default).
 DEFAULT_OPSET = 18
 
-#: Layer types that cannot be part of an exported deploy graph, and why.
-NOT_EXPORTABLE = {
-    "Data": "reads an LMDB/LevelDB at run time: replace it with an Input layer (a deploy prototxt)",
-    "ImageData": "reads image files at run time: replace it with an Input layer (a deploy prototxt)",
-    "HDF5Data": "reads HDF5 files at run time: replace it with an Input layer (a deploy prototxt)",
-    "MemoryData": "is fed from Python at run time: replace it with an Input layer",
-    "WindowData": "reads image windows at run time: replace it with an Input layer",
-    "DummyData": "generates its data at run time: replace it with an Input layer",
-    "Python": "runs arbitrary Python code, which has no ONNX equivalent",
-    "HDF5Output": "writes files",
-    "Accuracy": "is an evaluation layer: export a deploy prototxt without it",
-    "Filter": "has an output size that depends on the data values",
-    "BatchReindex": "gathers by indices fed at run time (no deploy use)",
-    "LSTM": "keeps recurrent state between calls, which the exported graph cannot carry",
-    "RNN": "keeps recurrent state between calls, which the exported graph cannot carry",
-}
-
-#: Lowest ai.onnx opset that expresses a layer type's Caffe semantics, and the ONNX feature it needs.
-MIN_OPSET = {
-    "Pooling": (10, "MaxPool/AveragePool ceil_mode (Caffe's CEIL output rounding)"),
-    "Crop": (10, "Slice with starts/ends given as tensors"),
-    "Clip": (11, "Clip with min/max inputs"),
-    "Interp": (11, "Resize with coordinate_transformation_mode align_corners"),
-    "ArgMax": (11, "TopK with a tensor k and largest/sorted attributes"),
-    "Reduction": (13, "ReduceSum with axes as an input"),
-    "Softmax": (13, "Softmax over one axis (opset < 13 flattens to 2-D)"),
-}
-
-
 class ExportError(NetspecError, ValueError):
     """A net (or one of its layers) that cannot be exported as asked."""
-
-
-# ---------------------------------------------------------------------------
-# shape-generic replacements
-# ---------------------------------------------------------------------------
-
-
-class _Pool(nn.Module):
-    """Caffe Pooling without Python decisions on the input size (see :func:`_pool_replacement`)."""
-
-    def __init__(self, method: int, kernel, stride, pad, ceil: bool, global_pooling: bool):
-        super().__init__()
-        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
-        self.ceil, self.global_pooling = ceil, global_pooling
-
-    def forward(self, x):
-        if self.global_pooling:
-            if self.method == 0:
-                return x.amax(dim=(-2, -1), keepdim=True)
-            return x.mean(dim=(-2, -1), keepdim=True)
-        if self.method == 0:
-            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)
-        return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)
-
-
-class _Crop(nn.Module):
-    """Caffe Crop as slices whose lengths come from the reference blob (no Python bounds check)."""
-
-    def __init__(self, axis: int, offsets: Sequence[int]):
-        super().__init__()
-        self.axis, self.offsets = axis, list(offsets)
-
-    def forward(self, x, ref):
-        for i, off in enumerate(self.offsets):
-            x = x.narrow(self.axis + i, off, ref.shape[self.axis + i])
-        return x
-
-
-class _Eltwise(nn.Module):
-    """Caffe Eltwise forward without the custom autograd Functions (TorchScript cannot save those); the
-    values are the same (MAX ties pick equal values)."""
-
-    def __init__(self, op: str, coeffs: Sequence[float]):
-        super().__init__()
-        self.op, self.coeffs = op, list(coeffs)
-
-    def forward(self, *xs):
-        y = xs[0] * self.coeffs[0] if self.op == "SUM" and self.coeffs[0] != 1 else xs[0]
-        for i, x in enumerate(xs[1:], start=1):
-            if self.op == "SUM":
-                y = y + (x if self.coeffs[i] == 1 else x * self.coeffs[i])
-            elif self.op == "MAX":
-                y = torch.maximum(y, x)
-            else:
-                y = y * x
-        return y
-
-
-class _BNLL(nn.Module):
-    def forward(self, x):
-        return torch.where(x > 0, x + torch.log(1 + torch.exp(-x)), torch.log(1 + torch.exp(x)))
-
-
-class _MVN(nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.normalize_variance, self.across_channels, self.eps = m.normalize_variance, m.across_channels, m.eps
-
-    def forward(self, x):
-        dims = tuple(range(1 if self.across_channels else 2, x.dim()))
-        if not dims:
-            return self._run(x.unsqueeze(-1), (x.dim(),)).squeeze(-1)
-        return self._run(x, dims)
-
-    def _run(self, x, dims):
-        xc = x - x.mean(dims, keepdim=True)
-        if not self.normalize_variance:
-            return xc
-        return xc / (torch.sqrt((xc * xc).mean(dims, keepdim=True)) + self.eps)
-
-
-class _ArgMax(nn.Module):
-    """Caffe ArgMax with ``topk`` on the reversed axis instead of a stable sort (ONNX has no stable sort):
-    ONNX TopK puts the lower index first among equal values, i.e. the higher original index, as Caffe's
-    ``partial_sort`` with ``greater<pair<value, index>>`` does."""
-
-    def __init__(self, m):
-        super().__init__()
-        self.axis, self.top_k, self.out_max_val = m.axis, m.top_k, m.out_max_val
-
-    @staticmethod
-    def _topk(v, k):
-        vals, idx = torch.topk(v.flip(-1), k, dim=-1, largest=True, sorted=True)
-        return vals, (v.shape[-1] - 1) - idx
-
-    def forward(self, x):
-        if self.axis is not None:
-            vals, idx = self._topk(x.movedim(self.axis, -1), self.top_k)
-            out = vals if self.out_max_val else idx.to(x.dtype)
-            return out.movedim(-1, self.axis)
-        vals, idx = self._topk(x.reshape(x.shape[0], -1), self.top_k)
-        out = torch.stack([idx.to(x.dtype), vals], 1) if self.out_max_val else idx.to(x.dtype)[:, None]
-        return out.reshape(out.shape + (1,) * (x.dim() - 3))
-
-
-def _pool_replacement(m) -> Tuple[Optional[nn.Module], str]:
-    """(replacement, "") or (None, why the netspec module must be traced as it is)."""
-    if m.mask:
-        return None, "the argmax mask top has no shape-generic export"
-    if m.method not in (0, 1):
-        return None, "STOCHASTIC pooling is exported only at the example input size"
-    if m.global_pooling:
-        return _Pool(m.method, (1, 1), (1, 1), (0, 0), False, True), ""
-    k, s, p = m.kernel, m.stride, m.pad
-    # torch (and ONNX ceil_mode) drop a last window that starts in the padding even without padding; Caffe
-    # only with padding. That only differs when stride > kernel and pad == 0; torch also needs 2*pad <= kernel.
-    if any(2 * pp > kk for pp, kk in zip(p, k)):
-        return None, f"pad {tuple(p)} exceeds half the kernel {tuple(k)}"
-    if m.ceil and all(pp == 0 for pp in p) and any(ss > kk for ss, kk in zip(s, k)):
-        return None, (f"stride {tuple(s)} > kernel {tuple(k)} without padding: Caffe's CEIL output size then "
-                      "depends on the input size in a way ONNX's ceil_mode does not reproduce")
-    return _Pool(m.method, k, s, p, m.ceil, False), ""
 
 
 # ---------------------------------------------------------------------------
@@ -244,45 +92,31 @@ def check_exportable(net: CaffeNet, *, opset: Optional[int] = None, dynamic_hw: 
     for node in net.nodes:
         ident = f"{node.where}layer '{node.name}' ({node.type})"
         module = net.get_module(node.index)
-        entry = LAYERS.get(node.type) if node.type in LAYERS else None
-        if node.type in NOT_EXPORTABLE:
-            problems.append(f"{ident} {NOT_EXPORTABLE[node.type]}")
+        entry = LAYERS.get(node.type)
+        how = entry.export
+        if how.refuse:
+            problems.append(f"{ident} {how.refuse}")
             continue
-        if entry is not None and entry.loss:
+        if entry.loss:
             problems.append(f"{ident} is a loss layer: export a deploy prototxt (no loss, label or "
                             "accuracy layers)")
             continue
-        if node.type == "BatchNorm" and not getattr(module, "use_global_stats", True):
-            problems.append(f"{ident} uses batch statistics (use_global_stats: false) and updates its "
-                            "accumulators: set use_global_stats: true for deploy")
+        need = how.min_opset(module) if callable(how.min_opset) else how.min_opset
+        if opset is not None and opset < need:
+            problems.append(f"{ident} needs ONNX opset >= {need} ({how.needs}); --opset {opset} is too low")
             continue
-        if opset is not None and node.type in MIN_OPSET and opset < MIN_OPSET[node.type][0]:
-            need, what = MIN_OPSET[node.type]
-            if node.type != "Pooling" or getattr(module, "ceil", False):
-                problems.append(f"{ident} needs ONNX opset >= {need} ({what}); --opset {opset} is too low")
-                continue
-        if node.type == "Pooling":
-            rep, why = _pool_replacement(module)
-            if rep is not None:
-                replacements[node.key] = rep
-            elif dynamic_hw:
-                problems.append(f"{ident} cannot be exported with a dynamic H x W: {why}; export at a fixed "
-                                "input size (no --dynamic-hw)")
-            else:
-                notes.append(f"{ident}: {why}; the graph is valid for the example input size only")
-        elif node.type == "Crop":
-            replacements[node.key] = _Crop(module.axis, module.offsets)
-        elif node.type == "Eltwise":
-            replacements[node.key] = _Eltwise(module.op, module.coeffs)
-        elif node.type == "BNLL":
-            replacements[node.key] = _BNLL()
-        elif node.type == "MVN":
-            replacements[node.key] = _MVN(module)
-        elif node.type == "ArgMax":
-            replacements[node.key] = _ArgMax(module)
-        elif node.type == "SPP" and dynamic_hw:
-            problems.append(f"{ident} derives its pooling windows from the input size in Python; export at "
-                            "a fixed input size (no --dynamic-hw)")
+        try:
+            rep = how.deploy(module, dynamic_hw) if how.deploy else None
+        except ValueError as e:
+            problems.append(f"{ident} {e}")
+            continue
+        if isinstance(rep, nn.Module):
+            replacements[node.key] = rep
+        elif rep and dynamic_hw:
+            problems.append(f"{ident} cannot be exported with a dynamic H x W: {rep}; export at a fixed "
+                            "input size (no --dynamic-hw)")
+        elif rep:
+            notes.append(f"{ident}: {rep}; the graph is valid for the example input size only")
     if problems:
         raise ExportError("cannot export this net:\n  " + "\n  ".join(problems))
     return replacements, notes

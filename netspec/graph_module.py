@@ -11,7 +11,7 @@ parameters in registration order (Convolution: weight, bias; BatchNorm: mean, va
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,21 +20,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import layers as _layers  # noqa: F401  (registers every builder)
 from .errors import LayerError, NetspecError
 from .proto import caffe_pb2
-from .registry import LAYERS, accepts, describe
+from .registry import LAYERS
 
 log = logging.getLogger("netspec")
 
 
 INT_MAX = 2 ** 31 - 1
-
-#: Layer types whose forward is a pure function of bottoms and params (Dropout's mask is replayed from the
-#: saved RNG state), so activation checkpointing may run them twice. BatchNorm only with global statistics:
-#: with batch statistics its forward updates the moving averages, which a recompute would do twice.
-CHECKPOINTABLE = frozenset((
-    "Convolution", "Deconvolution", "InnerProduct", "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal",
-    "Power", "Pooling", "Eltwise", "Concat", "Crop", "Scale", "Bias", "Split", "Dropout", "Interp", "LRN",
-    "Flatten", "Reshape", "Slice", "Softmax", "BatchNorm"))
-
 
 class _TooBig(Exception):
     def __init__(self, shape, count):
@@ -64,6 +55,19 @@ class _AllocationGuard(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def describe(arity: Tuple[int, Optional[int]]) -> str:
+    """A registry arity ((min, max), max None = unbounded) in words."""
+    lo, hi = arity
+    if lo == hi:
+        return str(lo)
+    return f"at least {lo}" if hi is None else f"{lo} to {hi}"
+
+
+def accepts(arity: Tuple[int, Optional[int]], n: int) -> bool:
+    lo, hi = arity
+    return n >= lo and (hi is None or n <= hi)
+
+
 def module_key(name: str) -> str:
     """Reversible escape of a Caffe layer name into a legal ``nn.Module`` child name."""
     return name.replace("%", "%25").replace(".", "%2E") or "%00"
@@ -77,6 +81,15 @@ def _blank_param_spec(layer):
     """A default ParamSpec of ``layer``'s own schema (the bundled caffe.proto or a fork's, see load_proto)."""
     from google.protobuf import message_factory
     return message_factory.GetMessageClass(layer.DESCRIPTOR.fields_by_name["param"].message_type)()
+
+
+class LearnableParam(NamedTuple):
+    """One of Caffe's learnable blobs, with its ParamSpec multipliers and where it comes from."""
+    tensor: torch.Tensor
+    lr_mult: float
+    decay_mult: float
+    layer: str
+    index: int  # blob index within the layer
 
 
 @dataclass
@@ -142,7 +155,7 @@ class CaffeNet(nn.Module):
                  dialect: Optional[str] = None):
         super().__init__()
         self.name = net.name
-        self.dialect = dialect
+        self.dialect = self._dialect(net, dialect)
         self.phase = phase
         self.force_backward = net.force_backward
         self.nodes: List[Node] = []
@@ -230,6 +243,24 @@ class CaffeNet(nn.Module):
         self._plan()
 
     @staticmethod
+    def _dialect(net, chosen: Optional[str]) -> Optional[str]:
+        """The fork dialect to build with: ``chosen``, else the process-wide one (the tools' --dialect), else
+        the one the net's own layers and fields show (logged, with how to choose another)."""
+        from . import dialects, runtime
+        if chosen is not None:
+            return dialects.check_dialect(chosen)
+        if runtime.dialect() is not None:
+            return runtime.dialect()
+        found = dialects.detect(net)
+        if found is None:
+            return None
+        name, reason = found
+        if name != "bvlc":
+            log.info("Net '%s' reads as a %s net (%s); pass dialect= (tools: --dialect) to choose another",
+                     net.name, name, reason)
+        return name
+
+    @staticmethod
     def _as_set_up(lp, entry, module):
         """The LayerParameter as Caffe's layer setup leaves it (what Net::ToProto writes): a LossLayer's
         implicit loss_weight 1, and lr_mult 0 specs for blobs that are statistics, not learned (BatchNorm)."""
@@ -279,8 +310,8 @@ class CaffeNet(nn.Module):
         """The Caffe param blobs of layer ``index``, in Caffe's order."""
         return list(self.get_module(index).parameters())
 
-    def learnable_params(self):
-        """Caffe's learnable_params_: (tensor, lr_mult, decay_mult, layer name, blob index), shared blobs once."""
+    def learnable_params(self) -> List["LearnableParam"]:
+        """Caffe's learnable_params_ (shared blobs once), in net order."""
         seen = set()
         out = []
         for node in self.nodes:
@@ -289,7 +320,7 @@ class CaffeNet(nn.Module):
                     continue
                 seen.add(id(p))
                 spec = node.param.param[j] if j < len(node.param.param) else _blank_param_spec(node.param)
-                out.append((p, spec.lr_mult, spec.decay_mult, node.name, j))
+                out.append(LearnableParam(p, spec.lr_mult, spec.decay_mult, node.name, j))
         return out
 
     # -- execution plan -----------------------------------------------------------------------------------
@@ -366,9 +397,12 @@ class CaffeNet(nn.Module):
 
     # -- activation checkpointing ---------------------------------------------------------------------------
     def _checkpointable(self, node: Node) -> bool:
-        if node.type not in CHECKPOINTABLE or any(node.loss_weights):
+        """A pure layer (registry) that feeds no loss and updates no state in this forward (a module says so
+        with ``updates_state``: BatchNorm with batch statistics updates its moving averages, which a recompute
+        would do twice)."""
+        if not LAYERS.get(node.type).pure or any(node.loss_weights):
             return False
-        return node.type != "BatchNorm" or bool(self.get_module(node.index).use_global_stats)
+        return not getattr(self.get_module(node.index), "updates_state", False)
 
     def _checkpoint_plan(self, retain) -> list:
         """Items ``(node, None, None)`` run as usual, or ``(nodes, inputs, outputs)``: a segment whose inner

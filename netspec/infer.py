@@ -13,13 +13,13 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .cli import parse_args
+from .cli import parse_args, setup_logging, tool_device
+from .data.transform import FCN_MEAN
 from .errors import DataError, NetspecError
 
 log = logging.getLogger("netspec")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-FCN_MEAN = (104.00699, 116.66877, 122.67892)
 
 
 # -- palettes (RGB, uint8, 256 entries so any uint8 label can be indexed) ----------------------------------
@@ -204,8 +204,6 @@ def build_parser():
 
 def main(argv=None) -> int:
     from . import TEST, Net
-    from .evaluate import tool_device
-    from .train import setup_logging
     args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:

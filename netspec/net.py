@@ -23,8 +23,7 @@ from .proto import caffe_pb2
 
 log = logging.getLogger("netspec")
 
-TRAIN = caffe_pb2.TRAIN
-TEST = caffe_pb2.TEST
+from .proto.caffe_pb2 import TEST, TRAIN  # noqa: E402,F401  (one definition: caffe.proto's Phase)
 
 
 def load_net_param(source, *, upgrade_log: Optional[list] = None):
@@ -42,8 +41,12 @@ def load_net_param(source, *, upgrade_log: Optional[list] = None):
             raise PrototxtError(f"{path}: net file not found (working directory {os.getcwd()})")
         net, lines = prototxt.parse_net_with_lines(pathlib.Path(path))  # a path, whatever its name holds
     if upgrade.needs_upgrade(net):
+        before = len(net.layer) or len(net.layers)
         net, msgs = upgrade.upgrade_net(net)
-        lines = []  # V1 layer order is preserved but an Input layer may have been prepended
+        # The upgrade keeps the layer order and may prepend an Input layer (from input:/input_dim fields,
+        # which have no layer line of their own).
+        added = len(net.layer) - before
+        lines = [None] * added + lines if added >= 0 and len(lines) == before else []
         for m in msgs:
             log.info(m)
         if upgrade_log is not None:
@@ -52,7 +55,7 @@ def load_net_param(source, *, upgrade_log: Optional[list] = None):
     def where(i: int) -> str:
         if path is None:
             return ""
-        if i < len(lines):
+        if i < len(lines) and lines[i] is not None:
             return f"{path}:{lines[i]}: "
         return f"{path}: "
     return net, where
@@ -103,11 +106,13 @@ class Net:
     """pycaffe's ``caffe.Net``.
 
     Accepted forms: ``Net(proto, phase)``, ``Net(proto, weights, phase)``, ``Net(proto, phase, weights=w)``,
-    ``Net(proto, phase=TEST, weights=w)``; plus ``level=`` and ``stages=`` as pycaffe.
+    ``Net(proto, phase=TEST, weights=w)``; plus ``level=`` and ``stages=`` as pycaffe, and ``dialect=``: the
+    Caffe fork whose meaning ambiguous layer types take (``"pspnet"``, ``"segnet"``...; default: the tools'
+    ``--dialect``, else recognised from the net, see docs/caffe_forks.md).
     """
 
     def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0, stages=None,
-                 device=None):
+                 device=None, dialect=None):
         args = list(args)
         if args and isinstance(args[-1], int) and phase is None:
             phase = args.pop()
@@ -121,7 +126,7 @@ class Net:
         self.source = None if isinstance(network_file, caffe_pb2.NetParameter) else os.fspath(network_file)
         prepared, origin = prepare_net(net, phase, level, stages, where)
         self.net_param = prepared
-        self.module = CaffeNet(prepared, phase, lambda i: where(origin[i]))
+        self.module = CaffeNet(prepared, phase, lambda i: where(origin[i]), dialect=dialect)
         from . import runtime
         self.module.to(device if device is not None else runtime.device())
         log.info("Network initialization:\n%s", self.module.describe_shapes())

@@ -17,11 +17,11 @@ import difflib
 import os
 import pathlib
 import re
-import tempfile
 
 from google.protobuf import text_format
 
 from netspec import proto
+from netspec.atomic import atomic_write
 from netspec.errors import PrototxtError
 
 __all__ = [
@@ -31,9 +31,9 @@ __all__ = [
 
 _STRING_NAME = "<string>"
 _FORK_HINT = (
-    "this field is not in BVLC Caffe's schema; if your prototxt comes from a Caffe fork, load "
-    "that fork's caffe.proto with netspec.proto.load_proto('path/to/caffe.proto') / the --proto "
-    "option"
+    "this field is in neither BVLC Caffe's schema nor the forks netspec reads (docs/caffe_forks.md); if "
+    "your prototxt comes from another Caffe fork, load that fork's caffe.proto with "
+    "netspec.proto.load_proto('path/to/caffe.proto') / the --proto option"
 )
 _SOLVER_HINT = (
     "this looks like a solver prototxt; pass it to the solver (tools/train.py --solver) instead"
@@ -129,22 +129,8 @@ def write_text(message, path):
     The text goes to a temporary file beside ``path``, which is flushed, fsynced and then renamed
     over ``path``: readers see the old file or the complete new one, never a partial write.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(to_text(message))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(to_text(message))
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +256,7 @@ def _describe_parse_error(err, message, where):
         return f"{location}: {reason}"
     type_name, field = unknown.groups()
     text = f"{location}: no field named '{field}' in {type_name}"
-    hint = _kind_hint(message, type_name, field)
+    hint = _kind_hint(message, type_name, field) or _unclosed_hint(message, type_name, field)
     if hint is None:
         hint = _FORK_HINT
         close = _close_field(message, type_name, field)
@@ -290,6 +276,20 @@ def _kind_hint(message, type_name, field):
         return _SOLVER_HINT
     if top == solver_desc.full_name and field in net_desc.fields_by_name:
         return _NET_HINT
+    return None
+
+
+def _unclosed_hint(message, type_name, field):
+    """A field of an enclosing message (the layer, the net, the solver) met inside a nested block: that block
+    was not closed."""
+    pb2 = proto.pb2()
+    outers = [message.DESCRIPTOR, pb2.LayerParameter.DESCRIPTOR, pb2.V1LayerParameter.DESCRIPTOR]
+    for outer in outers:
+        if type_name != outer.full_name and field in outer.fields_by_name \
+                and _find_descriptor(outer, type_name) is not None:
+            block = type_name.rsplit(".", 1)[-1]
+            return (f"'{field}' is a field of {outer.name}, not of {block}: a '}}' is probably missing (the "
+                    f"{block} block is not closed before this line)")
     return None
 
 

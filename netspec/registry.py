@@ -3,8 +3,9 @@
 A builder is a pure function ``(LayerParameter, bottom_shapes, ctx) -> nn.Module``. Its entry also declares
 everything the rest of netspec needs to know about the type, so adding a layer touches one file:
 arity (checked by the net before any builder runs), ``loss``, ``pure`` (activation checkpointing may rerun
-it), ``coord`` (spatial coordinate map for Crop offsets), ``export`` (ONNX support), ``example`` (a net for
-the registry sweep test, with ``backward``) and ``colour`` (drawings).
+it), ``coord`` (spatial coordinate map for Crop offsets), ``export`` (ONNX support), ``blobs`` (weight
+conversion without a net), ``example`` (a net for the registry sweep test, with ``backward``) and drawing
+hints (``colour``, ``detail``).
 """
 import difflib
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ DOCS = "docs/architecture.md#add-a-layer"
 
 @dataclass(frozen=True)
 class Export:
-    """``refuse``: why the type cannot be exported ("" = it can); ``min_opset``/``needs``: lowest ai.onnx opset
-    with Caffe's semantics and the feature; ``deploy(module, dynamic_hw)``: a stand-in module, or why not."""
+    """``refuse``: why the type cannot be exported ("" = it can). ``min_opset`` (int, or module -> int) and
+    ``needs``: lowest ai.onnx opset with Caffe's semantics, and the ONNX feature. ``deploy(module, dynamic_hw)``:
+    a stand-in module, None (export as is), a str (why it is traced at the example size only), or raises
+    ValueError (why it cannot be exported)."""
     refuse: str = ""
-    min_opset: int = 0
+    min_opset: Union[int, Callable] = 0
     needs: str = ""
     deploy: Optional[Callable] = None
 
@@ -36,21 +39,11 @@ class Entry:
     pure: bool = False  # forward is a function of bottoms and params only: safe to recompute
     coord: Union[None, str, Callable] = None  # "identity", or lp -> CoordMap of bottom 0 -> top 0
     export: Export = Export()
+    blobs: Union[None, Tuple[str, ...], Callable] = None  # param names in Caffe blob order (or lp -> names)
     example: Optional[str] = None  # a small net using the type ("" = tested elsewhere, see the sweep)
     backward: bool = True  # Caffe implements Backward for the type
-    colour: Optional[str] = None
-
-
-def describe(arity: Tuple[int, Optional[int]]) -> str:
-    lo, hi = arity
-    if lo == hi:
-        return str(lo)
-    return f"at least {lo}" if hi is None else f"{lo} to {hi}"
-
-
-def accepts(arity: Tuple[int, Optional[int]], n: int) -> bool:
-    lo, hi = arity
-    return n >= lo and (hi is None or n <= hi)
+    colour: Optional[str] = None  # in drawings (tools/draw_net.py)
+    detail: Optional[Callable] = None  # lp -> key hyper-parameters as text, for drawings
 
 
 def _range(arity: Arity) -> Tuple[int, Optional[int]]:
@@ -85,6 +78,7 @@ class Registry:
 
     def find(self, type_name: str) -> Optional[Entry]:
         return self._entries.get(type_name)
+
     def __contains__(self, type_name: str) -> bool:
         return type_name in self._entries
 

@@ -5,7 +5,7 @@ import torch
 
 log = logging.getLogger("netspec")
 
-_state = {"device": torch.device("cpu"), "gpu_id": 0}
+_state = {"device": torch.device("cpu"), "gpu_id": 0, "dialect": None}
 
 
 def set_mode_cpu():
@@ -28,6 +28,17 @@ def set_device(gpu_id: int):
 
 def device() -> torch.device:
     return _state["device"]
+
+
+def set_dialect(name):
+    """The Caffe fork whose meaning ambiguous layer types take in every net built from now on (the tools'
+    ``--dialect``; ``Net(..., dialect=)`` overrides it for one net). None: recognise it from each net."""
+    from .dialects import check_dialect
+    _state["dialect"] = check_dialect(name)
+
+
+def dialect():
+    return _state["dialect"]
 
 
 def set_random_seed(seed: int):

@@ -188,6 +188,25 @@ UPDATE_RULES = {
 }
 
 
+def _check_settings(p: "caffe_pb2.SolverParameter") -> None:
+    """Refuse at start what Caffe refuses (or what would only fail after a pass or at the first snapshot)."""
+    problems = []
+    if p.type == "AdaGrad" and p.momentum != 0:
+        problems.append("Momentum cannot be used with AdaGrad.")
+    if p.regularization_type not in ("L1", "L2"):
+        problems.append(f"Unknown regularization type: {p.regularization_type} (use L2 or L1)")
+    if p.iter_size < 1:
+        problems.append(f"iter_size must be at least 1, got {p.iter_size}")
+    if p.average_loss < 1:
+        problems.append(f"average_loss must be at least 1, got {p.average_loss}")
+    if p.lr_policy == "step" and p.stepsize <= 0:
+        problems.append(f"lr_policy \"step\" needs stepsize > 0, got {p.stepsize}")
+    if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+        problems.append("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
+    if problems:
+        raise SolverError("; ".join(problems))
+
+
 def _resolve(path: str, base_dir: Optional[str], what: str, warned: set) -> str:
     """Caffe resolves solver paths against the working directory; if that fails but the path exists
     relative to the solver file, use that and say so once."""
@@ -229,8 +248,7 @@ class Solver:
         rule = UPDATE_RULES.get(param.type)
         if rule is None:
             raise SolverError(f"Unknown solver type '{param.type}'. Known: {', '.join(UPDATE_RULES)}")
-        if param.type == "AdaGrad" and param.momentum != 0:
-            raise SolverError("Momentum cannot be used with AdaGrad.")
+        _check_settings(param)
         self._rule, self._nhist = rule
         self._warned: set = set()
         self.device = torch.device(device) if device is not None else runtime.device()
@@ -250,8 +268,8 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self._params = self.net.module.learnable_params()
-        self.history: List[torch.Tensor] = [torch.zeros_like(p) for _ in range(self._nhist)
-                                            for p, *_ in self._params]
+        self.history: List[torch.Tensor] = [torch.zeros_like(lp.tensor) for _ in range(self._nhist)
+                                            for lp in self._params]
         self._active_cache = None
         self._temp: Optional[List[torch.Tensor]] = None
         self._losses: List[float] = []
@@ -349,7 +367,7 @@ class Solver:
         """Average the gradients over processes (Caffe's multi-GPU meaning) and undo the fp16 loss scale.
         Returns False when the step must be skipped (fp16 overflow)."""
         import torch.distributed as dist
-        grads = [t.grad for t, *_ in self._params if t.grad is not None]
+        grads = [lp.tensor.grad for lp in self._params if lp.tensor.grad is not None]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             n = dist.get_world_size()
             for g in grads:
@@ -520,42 +538,59 @@ class Solver:
 
     # -- the update ----------------------------------------------------------------------------------------
     def apply_update(self):
+        """SGDSolver::ApplyUpdate: rate, ClipGradients, then Normalize, Regularize and ComputeUpdateValue per
+        blob (batched over blobs here), then Net::Update (w -= diff)."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
         with torch.no_grad():
             specs, hist = self._active()
-            params = [t for t, *_ in specs]
+            params = [lp.tensor for lp in specs]
             diffs = [t.grad if t.grad is not None else torch.zeros_like(t) for t in params]
             for t, d in zip(params, diffs):
                 t.grad = d
-            if p.clip_gradients >= 0:  # the norm over every learnable blob (a skipped one's diff may be forced)
-                norm = math.sqrt(sum(float((t.grad.double() ** 2).sum()) for t, *_ in self._params
-                                     if t.grad is not None))
-                if norm > p.clip_gradients:
-                    scale = p.clip_gradients / norm
-                    log.info("Gradient clipping: scaling down gradients (L2 norm %.6g > %.6g) by scale factor "
-                             "%.6g", norm, p.clip_gradients, scale)
-                    torch._foreach_mul_(diffs, scale)
-            if p.iter_size > 1:
-                torch._foreach_mul_(diffs, 1.0 / p.iter_size)
-            reg = p.regularization_type
-            if reg not in ("L1", "L2"):
-                raise SolverError(f"Unknown regularization type: {reg} (use L2 or L1)")
-            if p.weight_decay:
-                for (t, _lr, decay, *_), d in zip(specs, diffs):
-                    local = p.weight_decay * decay
-                    if local:
-                        d.add_(t if reg == "L2" else torch.sign(t), alpha=local)
-            rates = [float(np.float32(rate * lr)) for _t, lr, *_ in specs]  # Caffe's float local_rate
-            self._rule(_Update(self, hist, len(params)), diffs, rates)
+            self._clip_gradients(diffs)
+            self._normalize(diffs)
+            self._regularize(specs, diffs)
+            rates = [float(np.float32(rate * lp.lr_mult)) for lp in specs]  # Caffe's float local_rate
+            self._rule(_Update(self, hist, len(params)), diffs, rates)   # ComputeUpdateValue
             torch._foreach_sub_(params, diffs)
             if len(specs) != len(self._params):  # a skipped blob's diff ends as its (zero) history, as in Caffe
                 active = {id(t) for t in params}
-                for t, *_ in self._params:
-                    if id(t) not in active and t.grad is not None:
-                        t.grad.zero_()
+                for lp in self._params:
+                    if id(lp.tensor) not in active and lp.tensor.grad is not None:
+                        lp.tensor.grad.zero_()
+
+    def _clip_gradients(self, diffs):
+        """clip_gradients >= 0: scale every diff by clip / norm when the L2 norm over every learnable blob
+        (a skipped one's diff may be forced) exceeds it."""
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        norm = math.sqrt(sum(float((lp.tensor.grad.double() ** 2).sum()) for lp in self._params
+                             if lp.tensor.grad is not None))
+        if norm > clip:
+            scale = clip / norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %.6g > %.6g) by scale factor %.6g",
+                     norm, clip, scale)
+            torch._foreach_mul_(diffs, scale)
+
+    def _normalize(self, diffs):
+        """diff /= iter_size (the passes summed their diffs)."""
+        if self.param.iter_size > 1:
+            torch._foreach_mul_(diffs, 1.0 / self.param.iter_size)
+
+    def _regularize(self, specs, diffs):
+        """L2: diff += weight_decay * decay_mult * w;  L1: diff += weight_decay * decay_mult * sign(w)."""
+        p = self.param
+        reg = p.regularization_type
+        if not p.weight_decay:
+            return
+        for lp, d in zip(specs, diffs):
+            local = p.weight_decay * lp.decay_mult
+            if local:
+                d.add_(lp.tensor if reg == "L2" else torch.sign(lp.tensor), alpha=local)
 
     def _active(self):
         """The blobs the update must touch, and their history blobs. Under SGD and Nesterov a blob with
@@ -566,8 +601,7 @@ class Solver:
             n = len(self._params)
             keep = list(range(n))
             if self.param.type in ("SGD", "Nesterov"):
-                keep = [i for i, (_t, lr, *_) in enumerate(self._params)
-                        if lr != 0 or bool(self.history[i].any())]
+                keep = [i for i, lp in enumerate(self._params) if lp.lr_mult != 0 or bool(self.history[i].any())]
             hist = [self.history[k * n + i] for k in range(self._nhist) for i in keep]
             self._active_cache = ([self._params[i] for i in keep], hist)
         return self._active_cache

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .cli import parse_args
+from .cli import parse_args, setup_logging, stages, tool_device
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -187,8 +187,6 @@ def build_parser():
 def main(argv=None, out=None) -> int:
     import sys
     from . import TEST, TRAIN, Net
-    from .evaluate import _stages, tool_device
-    from .train import setup_logging
     args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.iterations < 1:
@@ -197,7 +195,7 @@ def main(argv=None, out=None) -> int:
     try:
         device = tool_device(args.gpu)
         phase = TRAIN if args.phase == "TRAIN" else TEST
-        net = Net(args.model, phase, weights=args.weights, level=args.level, stages=_stages(args.stage),
+        net = Net(args.model, phase, weights=args.weights, level=args.level, stages=stages(args.stage),
                   device=device)
         res = time_net(net, args.iterations)
         if not args.no_table:

@@ -4,52 +4,18 @@ The library side of ``tools/train.py``. Logs in glog's format (``I1121 13:45:00.
 Caffe's messages, so existing Caffe log parsers keep working.
 """
 import argparse
-import datetime
 import logging
 import os
 import signal
 import sys
-from typing import List, Optional
+from typing import List
 
 import torch
 
-from .cli import parse_args
+from .cli import GlogFormatter, cuda_or_cpu, parse_args, parse_gpus, setup_logging  # noqa: F401  (re-exported)
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
-
-
-class GlogFormatter(logging.Formatter):
-    """``I1121 13:45:00.123456 12345 solver.py] message``, as glog prints Caffe's lines."""
-
-    def format(self, record):
-        t = datetime.datetime.fromtimestamp(record.created)
-        lvl = record.levelname[0] if record.levelname[0] in "IWEF" else "I"
-        head = f"{lvl}{t:%m%d %H:%M:%S.%f} {os.getpid()} {record.filename}:{record.lineno}] "
-        return "\n".join(head + line for line in record.getMessage().splitlines() or [""])
-
-
-def setup_logging(level=logging.INFO, stream=None):
-    root = logging.getLogger("netspec")
-    root.setLevel(level)
-    if not any(getattr(h, "_netspec", False) for h in root.handlers):
-        h = logging.StreamHandler(stream or sys.stderr)
-        h.setFormatter(GlogFormatter())
-        h._netspec = True
-        root.addHandler(h)
-    root.propagate = False
-
-
-def parse_gpus(spec: Optional[str]) -> List[int]:
-    if spec is None or spec == "":
-        return []
-    n = torch.cuda.device_count()
-    if spec == "all":
-        return list(range(n))
-    try:
-        return [int(g) for g in spec.split(",")]
-    except ValueError:
-        raise NetspecError(f"--gpu {spec!r}: give a device id, a comma-separated list (0,1) or 'all'") from None
 
 
 def build_parser():
@@ -109,17 +75,6 @@ class _Signals:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def cuda_or_cpu(gpus: List[int], index: int = 0) -> torch.device:
-    """``gpus[index]`` as a CUDA device; the CPU when no GPU is asked for (Caffe's ``Use CPU.``) or none exists."""
-    if not gpus:
-        log.info("Use CPU.")
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        log.warning("GPU requested (%s) but no CUDA device is available; falling back to CPU", gpus)
-        return torch.device("cpu")
-    return torch.device("cuda", gpus[index % len(gpus)])
 
 
 def choose_device(args, solver_param) -> torch.device:

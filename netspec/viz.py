@@ -18,8 +18,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import parse_args
+from .cli import parse_args, setup_logging, stages as parse_stages
 from .errors import NetspecError
+from .registry import LAYERS
 
 log = logging.getLogger("netspec")
 
@@ -230,38 +231,10 @@ def _dot_quote(s: str) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-_LAYER_COLOURS = {"Convolution": "#FF5050", "Deconvolution": "#FF9050", "Pooling": "#FF9900",
-                  "InnerProduct": "#CC33FF", "ReLU": "#90EE90", "Crop": "#B0C4DE", "Eltwise": "#B0C4DE",
-                  "Python": "#DDDDDD", "Input": "#DDDDDD", "Data": "#DDDDDD", "SoftmaxWithLoss": "#FFD700",
-                  "Split": "#EEEEEE"}
-
-
 def _layer_detail(lp) -> str:
-    """Key hyper-parameters of a layer, as Caffe's draw_net shows them."""
-    t = lp.type
-    if t in ("Convolution", "Deconvolution"):
-        p = lp.convolution_param
-        k = "x".join(map(str, p.kernel_size)) or f"{p.kernel_h}x{p.kernel_w}"
-        s = "x".join(map(str, p.stride)) or "1"
-        pad = "x".join(map(str, p.pad)) or "0"
-        extra = f" dil {'x'.join(map(str, p.dilation))}" if len(p.dilation) else ""
-        return f"{p.num_output} k{k} s{s} p{pad}{extra}"
-    if t == "Pooling":
-        p = lp.pooling_param
-        kind = lp.pooling_param.PoolMethod.Name(p.pool)
-        if p.global_pooling:
-            return f"{kind} global"
-        k = p.kernel_size or p.kernel_h
-        return f"{kind} k{k} s{p.stride or p.stride_h or 1} p{p.pad or p.pad_h}"
-    if t == "InnerProduct":
-        return f"{lp.inner_product_param.num_output}"
-    if t == "Crop":
-        return f"axis {lp.crop_param.axis} offset {list(lp.crop_param.offset)}"
-    if t == "Eltwise":
-        return lp.eltwise_param.EltwiseOp.Name(lp.eltwise_param.operation)
-    if t == "Python":
-        return f"{lp.python_param.module}.{lp.python_param.layer}"
-    return ""
+    """Key hyper-parameters of a layer, as Caffe's draw_net shows them (the registry's ``detail``)."""
+    entry = LAYERS.find(lp.type)
+    return entry.detail(lp) if entry is not None and entry.detail else ""
 
 
 def net_graph(model: str, phase=None, level: int = 0, stages=None, shapes: bool = True):
@@ -311,7 +284,7 @@ def to_dot(net, shapes=None, rankdir: str = "LR", name: Optional[str] = None) ->
         lid = f"layer:{i}:{lp.name}"
         detail = _layer_detail(lp)
         label = f"{lp.name}\n{lp.type}" + (f"\n{detail}" if detail else "")
-        colour = _LAYER_COLOURS.get(lp.type, "#6495ED")
+        colour = getattr(LAYERS.find(lp.type), "colour", None) or "#6495ED"
         lines.append(f"  {_dot_quote(lid)} [label={_dot_quote(label)}, "
                      f'shape=box, style="filled,rounded", fillcolor="{colour}"];')
         for b in lp.bottom:
@@ -376,11 +349,10 @@ def draw_net_parser():
 def draw_net_main(argv=None, out=None) -> int:
     import sys
     from .proto import caffe_pb2
-    from .train import setup_logging
     args = parse_args(draw_net_parser(), argv)
     setup_logging(logging.WARNING)
     out = out or sys.stdout
-    stages = [s for s in args.stage.split(",") if s] or None
+    stages = parse_stages(args.stage)
     base, ext = os.path.splitext(args.out)
     fmt = ext.lstrip(".").lower() or "png"
     try:

@@ -30,7 +30,7 @@ import pytest
 import docs_support as D
 
 PAGES = ["coming_from_caffe.md", "voc_sbd.md", "ade20k.md", "cityscapes.md", "kitti_road.md",
-         "porting_weights.md", "exporting.md", "multi_gpu.md", "precision_and_speed.md"]
+         "porting_weights.md", "exporting.md", "multi_gpu.md", "precision_and_speed.md", "architecture.md"]
 ITERS = 2
 
 
@@ -457,3 +457,29 @@ def test_heavy_demo_and_fcn8s_commands(demo, vgg, tmp_path):
             if "tools/time.py" in cmd:
                 cmd += " --iterations 1"
             D.run(D.shorten(cmd, ITERS), w)
+
+
+ADD_A_LAYER_CHECK = r"""
+import numpy as np, torch, hsigmoid, netspec
+from netspec.registry import LAYERS
+entry = LAYERS.get("HSigmoid")
+assert entry.pure and entry.coord == "identity" and entry.example
+x = torch.tensor([-4.0, -3.0, 0.0, 3.0, 4.0])
+assert torch.equal(hsigmoid.HSigmoid()(x), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+net = netspec.Net("hsigmoid_net.prototxt", netspec.TEST)
+conv = net.forward()["gate"]
+want = np.clip(net.blobs["conv"].data + 3, 0, 6) / 6
+assert np.allclose(conv, want)
+print("ok")
+"""
+
+
+def test_architecture_add_a_layer(tmp_path):
+    """The worked example of docs/architecture.md: the layer file, the net and the command run as written, the
+    registry holds the declared facts, and the output is the formula's."""
+    cwd = D.workdir(tmp_path)
+    D.save_files("architecture.md", cwd)
+    r = D.run(D.find("architecture.md", "hsigmoid_net.prototxt"), cwd)
+    assert r.stdout.strip().endswith("(1, 4, 3, 3)"), r.stdout
+    r = D.run(f"python -c '{ADD_A_LAYER_CHECK}'", cwd)
+    assert r.stdout.strip() == "ok"

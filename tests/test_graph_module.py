@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import netspec
-from netspec.graph_module import CHECKPOINTABLE
 from netspec.registry import LAYERS
 
 NET = """
@@ -95,5 +94,7 @@ def test_pycaffe_path_and_inference_ignore_checkpointing(tmp_path):
     assert net.blobs["conv3"].data.any() and net.blobs["fuse"].data.shape == (2, 8, 40, 40)
 
 
-def test_checkpointable_types_are_registered():
-    assert CHECKPOINTABLE <= set(LAYERS._entries)
+def test_checkpointable_types_are_declared_pure_in_the_registry():
+    pure = {t for t in LAYERS if LAYERS.get(t).pure}
+    assert {"Convolution", "ReLU", "Pooling", "BatchNorm", "Crop", "Interp"} <= pure
+    assert not pure & {"Data", "Python", "SoftmaxWithLoss", "Accuracy"}

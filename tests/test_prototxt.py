@@ -214,14 +214,27 @@ def test_error_names_string_source_and_path_keyword():
 
 
 def test_fork_field_message():
-    text = 'layer {\n  name: "n"\n  type: "Normalize"\n  norm_param { across_spatial: false }\n}'
+    # A field of a fork netspec does not read (YOLO's Caffe ports); the forks it reads parse (docs/caffe_forks.md).
+    text = 'layer {\n  name: "n"\n  type: "Region"\n  region_param { classes: 20 }\n}'
     with pytest.raises(PrototxtError) as info:
-        prototxt.parse_net(text, path="ssd.prototxt")
+        prototxt.parse_net(text, path="yolo.prototxt")
     message = str(info.value)
-    assert message.startswith("ssd.prototxt:4:3: no field named 'norm_param'")
-    assert "not in BVLC Caffe's schema" in message
+    assert message.startswith("yolo.prototxt:4:3: no field named 'region_param'")
+    assert "in neither BVLC Caffe's schema nor the forks netspec reads" in message
     assert "netspec.proto.load_proto('path/to/caffe.proto')" in message
     assert "--proto" in message
+
+
+def test_missing_closing_brace_is_named_not_blamed_on_a_fork():
+    text = ('layer {\n  name: "c" type: "Convolution" bottom: "x" top: "y"\n'
+            '  convolution_param { num_output: 3 kernel_size: 3\n'
+            '  param { lr_mult: 1 }\n}\n')
+    with pytest.raises(PrototxtError) as info:
+        prototxt.parse_net(text, path="net.prototxt")
+    message = str(info.value)
+    assert message.startswith("net.prototxt:4:3: no field named 'param' in caffe.ConvolutionParameter")
+    assert "a '}' is probably missing (the ConvolutionParameter block is not closed" in message
+    assert "fork" not in message
 
 
 def test_typo_suggests_field():

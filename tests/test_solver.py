@@ -71,3 +71,16 @@ def test_clipping_norm_counts_forced_diffs_of_frozen_blobs():
     expected = w2 - np.float32(0.1) * (grads["ip2"][0] * (1e-3 / norm))
     np.testing.assert_allclose(s.net.params["ip2"][0].data, expected, rtol=1e-5)
     assert not s.net.params["ip1"][0].diff.any()   # a skipped blob's diff ends as its zero history
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("regularization_type", "L3", "Unknown regularization type: L3"),
+    ("iter_size", 0, "iter_size must be at least 1"),
+    ("average_loss", 0, "average_loss must be at least 1"),
+    ("lr_policy", "step", "needs stepsize > 0"),
+    ("snapshot_format", 0, "HDF5 is not supported"),
+])
+def test_bad_settings_are_refused_at_start_not_after_a_pass(field, value, words):
+    from netspec.errors import SolverError
+    with pytest.raises(SolverError, match=words):
+        make(**{field: value})

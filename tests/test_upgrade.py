@@ -7,11 +7,13 @@ upgrade_net_proto_text / upgrade_net_proto_binary made of them (with their log l
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import netspec
 from netspec import binary, prototxt, upgrade
 from netspec.errors import PrototxtError
 from netspec.proto import caffe_pb2
@@ -479,3 +481,53 @@ def test_tool_reports_errors(tmp_path, capsys):
     assert tool.main([str(bad), str(tmp_path / "out.caffemodel")]) == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "out.caffemodel").exists()
+
+
+def test_unknown_type_in_an_upgraded_net_names_file_line_and_how_to_add_it(tmp_path):
+    # input:/input_dim need the upgrade (an Input layer is prepended); the layer lines must survive it.
+    path = tmp_path / "old_inputs.prototxt"
+    path.write_text('name: "n"\ninput: "data"\ninput_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+                    'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+                    '        convolution_param { num_output: 2 kernel_size: 3 } }\n'
+                    'layer { name: "odd" type: "Frobnicate" bottom: "c" top: "d" }\n')
+    from netspec.errors import UnknownLayerError
+    with pytest.raises(UnknownLayerError) as info:
+        netspec.Net(str(path), netspec.TEST)
+    message = str(info.value)
+    assert message.startswith(f"{path}:6: layer 'odd': Unknown layer type 'Frobnicate'")
+    assert "netspec.register('Frobnicate')" in message and "docs/architecture.md" in message
+
+
+def test_v1_layer_lines_survive_the_upgrade(tmp_path):
+    path = tmp_path / "v1.prototxt"
+    path.write_text('name: "v1"\ninput: "data"\ninput_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+                    'layers {\n  name: "conv" type: CONVOLUTION bottom: "data" top: "c"\n'
+                    '  convolution_param { num_output: 2 kernel_size: 3 }\n}\n'
+                    'layers {\n  name: "bad" type: CONVOLUTION bottom: "c" top: "d"\n'
+                    '  convolution_param { kernel_size: 3 }\n}\n')
+    from netspec.errors import LayerError
+    with pytest.raises(LayerError, match=rf"^{re.escape(str(path))}:8: layer 'bad' \(Convolution\)"):
+        netspec.Net(str(path), netspec.TEST)
+
+
+def test_an_old_fork_schema_without_current_fields_gives_a_clear_error(tmp_path):
+    # DeepLab v1's caffe.proto predates NetParameter.layer (and PSPNet's InputParameter): loading it with
+    # load_proto and reading a net that needs the upgrade must say what is missing, not raise AttributeError.
+    pytest.importorskip("grpc_tools")
+    from netspec import proto
+
+    old = tmp_path / "caffe.proto"
+    old.write_text('syntax = "proto2";\npackage caffe;\n'
+                   'message V1LayerParameter { optional string name = 4; repeated string bottom = 2;\n'
+                   '  repeated string top = 3; }\n'
+                   'message NetParameter { optional string name = 1; repeated string input = 3;\n'
+                   '  repeated int32 input_dim = 4; repeated V1LayerParameter layers = 2; }\n')
+    proto.load_proto(old)
+    try:
+        net = prototxt.parse_net('name: "old" input: "data" input_dim: 1 input_dim: 3 input_dim: 4 '
+                                 'input_dim: 4 layers { name: "a" bottom: "data" top: "b" }')
+        with pytest.raises(PrototxtError, match=r"old.prototxt: the schema in use has no NetParameter\.layer"
+                                                r".*drop --proto"):
+            upgrade.upgrade_net(net, "old.prototxt")
+    finally:
+        proto.reset_proto()

@@ -9,4 +9,4 @@ from .datum import (array_to_datum, datum_to_array, decode_datum, decode_image, 
                     read_image_to_datum)
 from .lmdb_io import (LMDBReader, LMDBWriter, WrapCursor, check_lmdb, compute_image_mean,  # noqa: F401
                       convert_imageset, is_leveldb, leveldb_to_lmdb)
-from .transform import DataTransformer, read_mean_file  # noqa: F401
+from .transform import FCN_MEAN, DataTransformer, read_mean_file  # noqa: F401

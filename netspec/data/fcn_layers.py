@@ -73,6 +73,7 @@ from ..errors import DataError
 from ..layers.python import BUILTIN, Layer, parse_param_str
 from ..proto import caffe_pb2
 from .shard import Shard
+from .transform import FCN_MEAN
 
 log = logging.getLogger("netspec")
 
@@ -83,7 +84,7 @@ __all__ = [
     "NYUD_LOGD_MEAN", "CONTEXT_MEAN", "SIFTFLOW_SUBDIR",
 ]
 
-VOC_MEAN = (104.00699, 116.66877, 122.67892)
+VOC_MEAN = FCN_MEAN
 SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
 NYUD_COLOR_MEAN = (116.190, 97.203, 92.318)
 NYUD_HHA_MEAN = (132.431, 94.076, 118.477)

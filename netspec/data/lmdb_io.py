@@ -539,21 +539,8 @@ def compute_image_mean(db, output=None, backend: str = "lmdb", progress: bool = 
 
 
 def _write_mean(path, mean: np.ndarray):
-    try:
-        from ..binary import write_blobproto
-    except ImportError:
-        write_blobproto = None
-    if write_blobproto is not None:
-        write_blobproto(path, mean, legacy_dims=True)
-        return
-    from ..proto import caffe_pb2
-    b = caffe_pb2.BlobProto()
-    b.num, b.channels, b.height, b.width = mean.shape
-    b.data.extend(mean.reshape(-1).tolist())
-    tmp = os.fspath(path) + ".partial"
-    with open(tmp, "wb") as f:
-        f.write(b.SerializeToString())
-    os.replace(tmp, path)
+    from ..binary import write_blobproto
+    write_blobproto(path, mean, legacy_dims=True)
 
 
 def _main(argv=None):

@@ -31,6 +31,7 @@ from ..proto import caffe_pb2
 from .datum import decode_datum, parse_datum
 from .lmdb_io import LMDBReader
 from .shard import Shard
+from .transform import FCN_MEAN
 from .workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 
 DEMO_ROOT = os.path.join("data", "demo")
@@ -178,7 +179,7 @@ class SegDataLayer(Layer):
             raise DataError(f"SegDataLayer: workers and prefetch must be >= 0 (got {self.workers}, {self.prefetch})")
         self.data = _SegSource(
             self.source, self.batch_size, bool(p.get("shuffle", train)), bool(p.get("mirror", train)),
-            np.array(p.get("mean", (104.00699, 116.66877, 122.67892)), np.float32).reshape(3, 1, 1),
+            np.array(p.get("mean", FCN_MEAN), np.float32).reshape(3, 1, 1),
             float(p.get("scale", 1.0)), int(p.get("crop", 0)), int(p.get("ignore_label", 255)),
             tuple(p["scale_jitter"]) if p.get("scale_jitter") and train else None,
             float(p.get("rotate", 0)) if train else 0.0, int(p.get("seed", 1337)), train)

@@ -35,7 +35,11 @@ from .shard import Shard
 
 log = logging.getLogger("netspec")
 
-__all__ = ["DataTransformer", "read_mean_file"]
+__all__ = ["DataTransformer", "read_mean_file", "FCN_MEAN"]
+
+#: The BGR pixel mean of the FCN releases (ILSVRC's, as VGG16 was trained with), subtracted by their data layers,
+#: score.py and infer.py.
+FCN_MEAN = (104.00699, 116.66877, 122.67892)
 
 
 def read_mean_file(path) -> np.ndarray:
@@ -44,10 +48,7 @@ def read_mean_file(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"mean_file '{path}' not found (working directory {os.getcwd()}); Caffe resolves "
                         "relative paths against the working directory")
-    try:
-        from ..binary import read_blobproto
-    except ImportError:
-        read_blobproto = _read_blobproto
+    from ..binary import read_blobproto
     try:
         arr = read_blobproto(path)
     except DataError:
@@ -64,18 +65,6 @@ def read_mean_file(path) -> np.ndarray:
     if arr.ndim != 3:
         raise DataError(f"mean_file '{path}' holds a blob of shape {arr.shape}; expected 1 x C x H x W")
     return np.ascontiguousarray(arr)
-
-
-def _read_blobproto(path) -> np.ndarray:
-    b = caffe_pb2.BlobProto()
-    with open(path, "rb") as f:
-        b.ParseFromString(f.read())
-    if any(b.HasField(n) for n in ("num", "channels", "height", "width")):
-        shape = (b.num, b.channels, b.height, b.width)
-    else:
-        shape = tuple(b.shape.dim)
-    data = b.double_data if len(b.double_data) else b.data
-    return np.asarray(data, dtype=np.float32).reshape(shape)
 
 
 class DataTransformer:

@@ -4,9 +4,9 @@ import math
 import torch
 from torch import nn
 
-from ..registry import register
+from ..registry import Export, register
+from .base import canonical_axis, fail, ident, shape_str
 from .loss import _labels
-from .shape import canonical_axis, fail, ident, shape_str
 
 
 class Accuracy(nn.Module):
@@ -36,7 +36,11 @@ class Accuracy(nn.Module):
         return acc, torch.where(nums > 0, wins / nums.clamp_min(1), zeros)
 
 
-@register("Accuracy", bottoms=2, tops=(1, 2))
+@register("Accuracy", bottoms=2, tops=(1, 2),
+          export=Export(refuse='is an evaluation layer: export a deploy prototxt without it'),
+          example=('layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } } }\n'
+'layer { name: "l" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" }'),
+          backward=False)
 def build_accuracy(lp, bottom_shapes, ctx):
     """Accuracy: fraction of label positions whose true class is among the accuracy_param.top_k
     (default 1) highest scores along axis (default 1), ties counting against (#scores >= true score must be
@@ -47,10 +51,10 @@ def build_accuracy(lp, bottom_shapes, ctx):
     axis = canonical_axis(lp, ctx, p.axis, len(x))
     outer, inner = math.prod(x[:axis]), math.prod(x[axis + 1:])
     if math.prod(label) != outer * inner:
-        fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
+        raise fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
                       f"{shape_str(x)} (axis {axis}) need {outer * inner} labels, label '{lp.bottom[1]}' "
                       f"{shape_str(label)} has {math.prod(label)}")
     if p.top_k > x[axis]:
-        fail(lp, ctx, f"top_k {p.top_k} must be at most the number of classes {x[axis]}")
+        raise fail(lp, ctx, f"top_k {p.top_k} must be at most the number of classes {x[axis]}")
     ignore = p.ignore_label if p.HasField("ignore_label") else None
     return Accuracy(ident(lp, ctx), axis, p.top_k, ignore, len(lp.top) > 1)

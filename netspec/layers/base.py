@@ -26,6 +26,10 @@ def canonical_axis(lp, ctx, axis: int, ndim: int, field: str = "axis") -> int:
     return axis + ndim if axis < 0 else axis
 
 
+def shape_str(s) -> str:
+    return str(tuple(int(d) for d in s))
+
+
 def concrete(t: torch.Tensor) -> bool:
     """True when ``t`` holds real values we may inspect (not compiling, not a fake or meta tensor).
 

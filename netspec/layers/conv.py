@@ -8,25 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError
 from ..fillers import fill_
 from ..registry import register
+from .base import canonical_axis, example_net, fail
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-def fail(lp, ctx, msg: str) -> LayerError:
-    """A LayerError naming the layer as the net reports it."""
-    return LayerError(f"{ctx.where}layer '{lp.name}' ({lp.type}): {msg}")
-
-
-def canonical_axis(axis: int, ndim: int, lp, ctx, what: str = "axis") -> int:
-    """Caffe's CanonicalAxisIndex: -ndim <= axis < ndim, negative counts from the end."""
-    if not -ndim <= axis < ndim:
-        raise fail(lp, ctx, f"{what} {axis} is out of range for a {ndim}-axis bottom "
-                            f"(expected {-ndim} <= {what} < {ndim})")
-    return axis % ndim
 
 
 def _per_axis(lp, ctx, name, values, hw, n, default):
@@ -91,7 +78,7 @@ def _spatial_axes(lp, ctx, bottom_shapes):
     for i, s in enumerate(bottom_shapes[1:], 1):
         if tuple(s) != shape:
             raise fail(lp, ctx, f"all bottoms must have the same shape: bottom 0 is {shape}, bottom {i} is {tuple(s)}")
-    axis = canonical_axis(lp.convolution_param.axis, len(shape), lp, ctx)
+    axis = canonical_axis(lp, ctx, lp.convolution_param.axis, len(shape))
     n = len(shape) - axis - 1
     if not 1 <= n <= 3:
         raise fail(lp, ctx, f"needs 1 to 3 spatial axes after the channel axis {axis}; "
@@ -156,7 +143,33 @@ def _build_conv(lp, bottom_shapes, ctx, transposed):
     return m
 
 
-@register("Convolution", bottoms=(1, None), tops=(1, None))
+def _coord(lp, transposed=False):
+    """Spatial coordinate map (netspec.coord_map) from the prototxt fields alone: the DSL has no shapes."""
+    from ..coord_map import window_map
+    cp = lp.convolution_param
+    pick = lambda name, values, default: ([getattr(cp, f"{name}_h"), getattr(cp, f"{name}_w")]  # noqa: E731
+                                          if cp.HasField(f"{name}_h") else list(values) or default)
+    return window_map(cp.axis, pick("kernel", cp.kernel_size, []), pick("stride", cp.stride, [1]),
+                      pick("pad", cp.pad, [0]),
+                      list(cp.dilation) or pick("hole", [cp.hole] if cp.HasField("hole") else [], [1]),  # DeepLab v1
+                      transposed)
+
+
+def _detail(lp) -> str:
+    p = lp.convolution_param
+    k = "x".join(map(str, p.kernel_size)) or f"{p.kernel_h}x{p.kernel_w}"
+    s = "x".join(map(str, p.stride)) or "1"
+    pad = "x".join(map(str, p.pad)) or "0"
+    extra = f" dil {'x'.join(map(str, p.dilation))}" if len(p.dilation) else ""
+    return f"{p.num_output} k{k} s{s} p{pad}{extra}"
+
+
+@register("Convolution", bottoms=(1, None), tops=(1, None),
+          coord=_coord, detail=_detail,
+          pure=True,
+          blobs=('weight', 'bias'),
+          colour="#FF5050",
+          example=example_net("Convolution", "convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: 'xavier' } }"))
 def convolution(lp, bottom_shapes, ctx):
     """Convolution: convolution_param num_output, bias_term, kernel_size|kernel_h/w, stride|stride_h/w (1),
     pad|pad_h/w (0), dilation (1), group, axis, weight_filler, bias_filler (absent = constant 0).
@@ -166,7 +179,12 @@ def convolution(lp, bottom_shapes, ctx):
     return _build_conv(lp, bottom_shapes, ctx, transposed=False)
 
 
-@register("Deconvolution", bottoms=(1, None), tops=(1, None))
+@register("Deconvolution", bottoms=(1, None), tops=(1, None),
+          coord=lambda lp: _coord(lp, transposed=True), detail=_detail,
+          pure=True,
+          blobs=('weight', 'bias'),
+          colour="#FF9050",
+          example=example_net("Deconvolution", "convolution_param { num_output: 3 kernel_size: 4 stride: 2 weight_filler { type: 'xavier' } }"))
 def deconvolution(lp, bottom_shapes, ctx):
     """Deconvolution: the fields of Convolution; weight blob (C_in, num_output/group, *k).
 
@@ -198,7 +216,9 @@ class Im2col(nn.Module):
         return f"kernel={self.kernel}, stride={self.stride}, pad={self.pad}, dilation={self.dilation}, axis={self.axis}"
 
 
-@register("Im2col", bottoms=1, tops=1)
+@register("Im2col", bottoms=1, tops=1,
+          coord=_coord,
+          example=example_net("Im2col", 'convolution_param { kernel_size: 3 }'))
 def im2col(lp, bottom_shapes, ctx):
     """Im2col: convolution_param kernel_size|kernel_h/w, stride, pad, dilation, axis (num_output unused).
 

@@ -36,7 +36,7 @@ from ..data.workers import BatchTask, Loader, build_inline, loader_kind, loader_
 from ..errors import DataError, LayerError, NetspecError
 from ..fillers import fill_
 from ..proto import caffe_pb2
-from ..registry import register
+from ..registry import Export, register
 
 log = logging.getLogger("netspec")
 
@@ -272,7 +272,10 @@ def _deprecated_fields(lp, sub, ident):
                         "transform_param", ident, type(sub).__name__, f)
 
 
-@register("Data", bottoms=0, tops=(1, 2))
+@register("Data", bottoms=0, tops=(1, 2),
+          export=Export(refuse='reads an LMDB/LevelDB at run time: replace it with an Input layer (a deploy prototxt)'),
+          colour="#DDDDDD",
+          example="")
 def data_layer(lp, bottom_shapes, ctx):
     """Data layer over an LMDB of Datums, read in key order with wrap-around (TEST and TRAIN alike)."""
     ident = _ident(lp, ctx)
@@ -416,7 +419,9 @@ class _ImageListSource:
             self._rng.bit_generator.state = rs
 
 
-@register("ImageData", bottoms=0, tops=(1, 2))
+@register("ImageData", bottoms=0, tops=(1, 2),
+          export=Export(refuse='reads image files at run time: replace it with an Input layer (a deploy prototxt)'),
+          example="")
 def image_data_layer(lp, bottom_shapes, ctx):
     """ImageData: a list file of ``<path> <label>`` lines; images read with OpenCV (BGR) from
     ``root_folder + path``, optionally resized to new_height x new_width, then transformed."""
@@ -509,7 +514,9 @@ class MemoryDataModule(_DataModule):
             raise DataError(f"{self.ident}: {e}") from None
 
 
-@register("MemoryData", bottoms=0, tops=(1, 2))
+@register("MemoryData", bottoms=0, tops=(1, 2),
+          export=Export(refuse='is fed from Python at run time: replace it with an Input layer'),
+          example="")
 def memory_data_layer(lp, bottom_shapes, ctx):
     ident = _ident(lp, ctx)
     p = lp.memory_data_param
@@ -565,7 +572,10 @@ class DummyDataModule(nn.Module):
         return tuple(outs) if len(outs) > 1 else outs[0]
 
 
-@register("DummyData", bottoms=0, tops=(1, None))
+@register("DummyData", bottoms=0, tops=(1, None),
+          export=Export(refuse='generates its data at run time: replace it with an Input layer'),
+          example=('layer { name: "l" type: "DummyData" top: "y" dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: "gaussian" } } }'),
+          backward=False)
 def dummy_data_layer(lp, bottom_shapes, ctx):
     ident = _ident(lp, ctx)
     p = lp.dummy_data_param
@@ -690,7 +700,9 @@ class _HDF5Source:
         pass
 
 
-@register("HDF5Data", bottoms=0, tops=(1, None))
+@register("HDF5Data", bottoms=0, tops=(1, None),
+          export=Export(refuse='reads HDF5 files at run time: replace it with an Input layer (a deploy prototxt)'),
+          example="")
 def hdf5_data_layer(lp, bottom_shapes, ctx):
     """HDF5Data: ``source`` lists HDF5 files (one path per line); each holds one dataset per top, named as
     the top. Rows are read in order (files too), wrapping around; ``shuffle`` permutes both. No transform."""
@@ -738,7 +750,9 @@ class HDF5OutputModule(nn.Module):
         return ()
 
 
-@register("HDF5Output", bottoms=2, tops=0)
+@register("HDF5Output", bottoms=2, tops=0,
+          export=Export(refuse='writes files'),
+          example="")
 def hdf5_output_layer(lp, bottom_shapes, ctx):
     ident = _ident(lp, ctx)
     h5py = _h5py(ident)

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..errors import LayerError
 from ..fillers import fill_
-from ..registry import register
-from .shape import canonical_axis, fail, ident, shape_str
+from ..registry import Export, register
+from .base import canonical_axis, example_net, fail, ident, shape_str
 
 
 # -- Eltwise ------------------------------------------------------------------------------------------------
@@ -81,7 +81,34 @@ class Eltwise(nn.Module):
         return y
 
 
-@register("Eltwise", bottoms=(2, None), tops=1)
+class DeployEltwise(nn.Module):
+    """For export: Caffe Eltwise forward without the custom autograd Functions (TorchScript cannot save those); the
+    values are the same (MAX ties pick equal values)."""
+
+    def __init__(self, op: str, coeffs: Sequence[float]):
+        super().__init__()
+        self.op, self.coeffs = op, list(coeffs)
+
+    def forward(self, *xs):
+        y = xs[0] * self.coeffs[0] if self.op == "SUM" and self.coeffs[0] != 1 else xs[0]
+        for i, x in enumerate(xs[1:], start=1):
+            if self.op == "SUM":
+                y = y + (x if self.coeffs[i] == 1 else x * self.coeffs[i])
+            elif self.op == "MAX":
+                y = torch.maximum(y, x)
+            else:
+                y = y * x
+        return y
+
+
+@register("Eltwise", bottoms=(2, None), tops=1,
+          detail=lambda lp: lp.eltwise_param.EltwiseOp.Name(lp.eltwise_param.operation),
+          export=Export(deploy=lambda m, dynamic_hw: DeployEltwise(m.op, m.coeffs)),
+          pure=True,
+          coord="identity",
+          colour="#B0C4DE",
+          example=('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
+'layer { name: "l" type: "Eltwise" bottom: "x" bottom: "x" top: "y" eltwise_param { operation: PROD } }'))
 def build_eltwise(lp, bottom_shapes, ctx):
     """Eltwise over equally shaped bottoms; eltwise_param.operation (default SUM):
     SUM y = sum_i coeff_i * x_i (coeff: none = all 1, or one per bottom);
@@ -92,12 +119,12 @@ def build_eltwise(lp, bottom_shapes, ctx):
     op = p.EltwiseOp.Name(p.operation)
     n = len(lp.bottom)
     if p.coeff and len(p.coeff) != n:
-        fail(lp, ctx, f"{len(p.coeff)} coeff values for {n} bottoms; give one per bottom blob")
+        raise fail(lp, ctx, f"{len(p.coeff)} coeff values for {n} bottoms; give one per bottom blob")
     if p.coeff and op == "PROD":
-        fail(lp, ctx, "coeff is only allowed for operation SUM")
+        raise fail(lp, ctx, "coeff is only allowed for operation SUM")
     for b, s in zip(lp.bottom[1:], bottom_shapes[1:]):
         if tuple(s) != tuple(bottom_shapes[0]):
-            fail(lp, ctx, f"bottom '{lp.bottom[0]}' is {shape_str(bottom_shapes[0])} but '{b}' is "
+            raise fail(lp, ctx, f"bottom '{lp.bottom[0]}' is {shape_str(bottom_shapes[0])} but '{b}' is "
                           f"{shape_str(s)}; Eltwise needs equal shapes")
     return Eltwise(op, list(p.coeff) or [1.0] * n, p.stable_prod_grad, ident(lp, ctx))
 
@@ -149,20 +176,23 @@ def _param_shape(lp, ctx, p, bottom_shapes):
         v = tuple(bottom_shapes[1])
     else:
         if p.num_axes < -1:
-            fail(lp, ctx, f"num_axes must be non-negative, or -1 to extend to the end; got {p.num_axes}")
+            raise fail(lp, ctx, f"num_axes must be non-negative, or -1 to extend to the end; got {p.num_axes}")
         end = len(s) if p.num_axes == -1 else axis + p.num_axes
         if end > len(s):
-            fail(lp, ctx, f"the blob's axes {axis}..{end - 1} (axis {axis}, num_axes {p.num_axes}) extend past "
+            raise fail(lp, ctx, f"the blob's axes {axis}..{end - 1} (axis {axis}, num_axes {p.num_axes}) extend past "
                           f"bottom '{lp.bottom[0]}' {shape_str(s)}")
         v = s[axis:end]
     a = 0 if not v else axis
     if s[a:a + len(v)] != v:
-        fail(lp, ctx, f"'{lp.bottom[1]}' {shape_str(v)} does not match bottom '{lp.bottom[0]}' {shape_str(s)} "
+        raise fail(lp, ctx, f"'{lp.bottom[1]}' {shape_str(v)} does not match bottom '{lp.bottom[0]}' {shape_str(s)} "
                       f"at axes {a}..{a + len(v) - 1} (axis {axis})")
     return axis, v
 
 
-@register("Scale", bottoms=(1, 2), tops=1)
+@register("Scale", blobs=lambda lp: ("bias",) if len(lp.bottom) > 1 else ("weight", "bias"), bottoms=(1, 2), tops=1,
+          pure=True,
+          coord="identity",
+          example=example_net("Scale", 'scale_param { bias_term: true }'))
 def build_scale(lp, bottom_shapes, ctx):
     """Scale: y = x * s (+ b when scale_param.bias_term), s and b broadcast over axes [axis, axis + s.ndim).
     One bottom: s is learned, shape bottom.shape[axis : axis + num_axes] (defaults 1, 1), filled with
@@ -182,7 +212,11 @@ def build_scale(lp, bottom_shapes, ctx):
     return m
 
 
-@register("Bias", bottoms=(1, 2), tops=1)
+@register("Bias", bottoms=(1, 2), tops=1,
+          pure=True,
+          coord="identity",
+          blobs=('bias',),
+          example=example_net("Bias"))
 def build_bias(lp, bottom_shapes, ctx):
     """Bias: y = x + b, b broadcast over axes [axis, axis + b.ndim) as Scale; learned (bias_param.filler,
     absent: constant 0) with shape bottom.shape[axis : axis + num_axes], or given as bottom 1."""
@@ -213,7 +247,9 @@ class Reduction(nn.Module):
         return y if coeff == 1 else y * coeff
 
 
-@register("Reduction", bottoms=1, tops=1)
+@register("Reduction", bottoms=1, tops=1,
+          export=Export(min_opset=13, needs='ReduceSum with axes as an input'),
+          example=example_net("Reduction", 'reduction_param { operation: SUMSQ axis: 1 }'))
 def build_reduction(lp, bottom_shapes, ctx):
     """Reduction over all axes from reduction_param.axis (default 0) on; top shape = bottom.shape[:axis].
     operation SUM / ASUM (sum |x|) / SUMSQ (sum x^2) / MEAN, times coeff (default 1)."""
@@ -231,7 +267,11 @@ class Softmax(nn.Module):
         return torch.softmax(x, self.axis)
 
 
-@register("Softmax", bottoms=1, tops=1)
+@register("Softmax", bottoms=1, tops=1,
+          pure=True,
+          coord="identity",
+          export=Export(min_opset=13, needs='Softmax over one axis (opset < 13 flattens to 2-D)'),
+          example=example_net("Softmax"))
 def build_softmax(lp, bottom_shapes, ctx):
     """Softmax along softmax_param.axis (default 1)."""
     return Softmax(canonical_axis(lp, ctx, lp.softmax_param.axis, len(bottom_shapes[0])))
@@ -263,7 +303,35 @@ class ArgMax(nn.Module):
         return out.reshape(out.shape + (1,) * (x.dim() - 3))  # (N, 1 or 2, k, 1, ...)
 
 
-@register("ArgMax", bottoms=1, tops=1)
+class DeployArgMax(nn.Module):
+    """For export: Caffe ArgMax with ``topk`` on the reversed axis instead of a stable sort (ONNX has no stable sort):
+    ONNX TopK puts the lower index first among equal values, i.e. the higher original index, as Caffe's
+    ``partial_sort`` with ``greater<pair<value, index>>`` does."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.axis, self.top_k, self.out_max_val = m.axis, m.top_k, m.out_max_val
+
+    @staticmethod
+    def _topk(v, k):
+        vals, idx = torch.topk(v.flip(-1), k, dim=-1, largest=True, sorted=True)
+        return vals, (v.shape[-1] - 1) - idx
+
+    def forward(self, x):
+        if self.axis is not None:
+            vals, idx = self._topk(x.movedim(self.axis, -1), self.top_k)
+            out = vals if self.out_max_val else idx.to(x.dtype)
+            return out.movedim(-1, self.axis)
+        vals, idx = self._topk(x.reshape(x.shape[0], -1), self.top_k)
+        out = torch.stack([idx.to(x.dtype), vals], 1) if self.out_max_val else idx.to(x.dtype)[:, None]
+        return out.reshape(out.shape + (1,) * (x.dim() - 3))
+
+
+@register("ArgMax", bottoms=1, tops=1,
+          export=Export(min_opset=11, needs='TopK with a tensor k and largest/sorted attributes',
+                        deploy=lambda m, dynamic_hw: DeployArgMax(m)),
+          example=example_net("ArgMax", 'argmax_param { axis: 1 }'),
+          backward=False)
 def build_argmax(lp, bottom_shapes, ctx):
     """ArgMax (no backward): argmax_param.top_k (default 1) indices, or with out_max_val the values.
     With axis: along that axis (top shape = bottom with shape[axis] = top_k; out_max_val gives values only).
@@ -272,9 +340,9 @@ def build_argmax(lp, bottom_shapes, ctx):
     p = lp.argmax_param
     s = bottom_shapes[0]
     if p.top_k < 1:
-        fail(lp, ctx, "top_k must be at least 1")
+        raise fail(lp, ctx, "top_k must be at least 1")
     axis = canonical_axis(lp, ctx, p.axis, len(s)) if p.HasField("axis") else None
     size = s[axis] if axis is not None else int(torch.Size(s[1:]).numel())
     if p.top_k > size:
-        fail(lp, ctx, f"top_k {p.top_k} exceeds the {size} values to choose from in bottom {shape_str(s)}")
+        raise fail(lp, ctx, f"top_k {p.top_k} exceeds the {size} values to choose from in bottom {shape_str(s)}")
     return ArgMax(axis, p.top_k, p.out_max_val)

@@ -3,8 +3,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerError
-from ..registry import register
-from .conv import fail
+from ..registry import Export, register
+from .base import example_net, fail
 
 
 def interp_size(h_eff: int, w_eff: int, shrink, zoom, size):
@@ -54,7 +54,10 @@ class Interp(nn.Module):
                 f"pad_beg={self.pad_beg}, pad_end={self.pad_end}")
 
 
-@register("Interp", bottoms=(1, 2), tops=1)
+@register("Interp", bottoms=(1, 2), tops=1,
+          pure=True,
+          export=Export(min_opset=11, needs='Resize with coordinate_transformation_mode align_corners'),
+          example=example_net("Interp", 'interp_param { zoom_factor: 2 }'))
 def interp(lp, bottom_shapes, ctx):
     """Interp: interp_param height, width, zoom_factor, shrink_factor, pad_beg (0), pad_end (0), or the
     H x W of a 2nd bottom. Pads must be <= 0 (cropping). Sizes in ``interp_size``; precedence as PSPNet:

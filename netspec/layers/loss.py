@@ -11,7 +11,8 @@ from torch import nn
 
 from ..errors import LayerError
 from ..registry import register
-from .shape import canonical_axis, concrete, fail, ident, shape_str
+from .inner_product import no_backward_into
+from .base import canonical_axis, concrete, fail, ident, shape_str
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 LOG_FLT_MIN = float(np.log(np.float32(FLT_MIN)))  # SoftmaxWithLoss caps a pixel's loss at -log(FLT_MIN)
@@ -109,7 +110,7 @@ def _ignore(lp):
 def _check_first_dim(lp, ctx, bottom_shapes):
     a, b = bottom_shapes[0], bottom_shapes[1]
     if a[:1] != b[:1]:
-        fail(lp, ctx, f"the data '{lp.bottom[0]}' {shape_str(a)} and label '{lp.bottom[1]}' {shape_str(b)} "
+        raise fail(lp, ctx, f"the data '{lp.bottom[0]}' {shape_str(a)} and label '{lp.bottom[1]}' {shape_str(b)} "
                       "should have the same first dimension")
 
 
@@ -141,7 +142,10 @@ class SoftmaxWithLoss(_Loss):
         return loss, torch.softmax(x, a).detach()  # Caffe's backward ignores the prob top's diff
 
 
-@register("SoftmaxWithLoss", bottoms=2, tops=(1, 2), loss=True)
+@register("SoftmaxWithLoss", bottoms=2, tops=(1, 2), loss=True,
+          colour="#FFD700",
+          example=('layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } shape { dim: 2 dim: 1 dim: 5 dim: 6 } } }\n'
+'layer { name: "l" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "y" }'))
 def build_softmax_with_loss(lp, bottom_shapes, ctx):
     """SoftmaxWithLoss: softmax over softmax_param.axis (default 1), then per label position
     loss_i = -log(max(p_label, FLT_MIN)) (so capped at 87.34) and gradient (p - onehot), zero where the
@@ -159,14 +163,14 @@ def build_softmax_with_loss(lp, bottom_shapes, ctx):
     C = x[axis]
     outer, inner = math.prod(x[:axis]), math.prod(x[axis + 1:])
     if math.prod(label) != outer * inner:
-        fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
+        raise fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
                       f"{shape_str(x)} (softmax axis {axis}) need {outer * inner} labels, label '{lp.bottom[1]}' "
                       f"{shape_str(label)} has {math.prod(label)}; labels take integer values in "
                       f"{{0, ..., {C - 1}}}")
     cw = None
     if lp.loss_param.class_weight:
         if len(lp.loss_param.class_weight) != C:
-            fail(lp, ctx, f"loss_param.class_weight has {len(lp.loss_param.class_weight)} values for {C} classes "
+            raise fail(lp, ctx, f"loss_param.class_weight has {len(lp.loss_param.class_weight)} values for {C} classes "
                           f"(axis {axis} of '{lp.bottom[0]}' {shape_str(x)}); give one per class")
         cw = torch.tensor(list(lp.loss_param.class_weight), dtype=torch.float32)
     segnet = lp.loss_param.weight_by_label_freqs  # SegNet / ENet softmax_loss_layer.cpp: class_weighting
@@ -195,6 +199,11 @@ def read_blob(path: str) -> np.ndarray:
     return np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
 
 
+#: infogain_loss_layer.cpp Backward_cpu: LOG(FATAL) << " Layer cannot backpropagate to infogain inputs."
+INFOGAIN_NO_BACKWARD = ("Caffe's InfogainLoss cannot back-propagate to the infogain matrix H, bottom 2 "
+                        "(infogain_loss_layer.cpp: \"cannot backpropagate to infogain inputs\")")
+
+
 class InfogainLoss(_Loss):
     def __init__(self, name, axis, ignore, mode, H, n_tops):
         super().__init__(name, n_tops)
@@ -203,7 +212,7 @@ class InfogainLoss(_Loss):
 
     def forward(self, x, label, H=None):
         a, C = self.axis, x.shape[self.axis]
-        H = (self.H if H is None else H.detach()).reshape(C, C).to(x.dtype)
+        Hb, H = H, (self.H if H is None else H.detach()).reshape(C, C).to(x.dtype)
         lab, valid, safe, outer, inner = _labels(self.name, x, label, a, self.ignore, C)
         logp = clamp_st(torch.log_softmax(x, a), LOG_THRESHOLD)
         per = -(H[safe].movedim(-1, a) * logp).sum(a)  # -sum_l H[y, l] log max(p_l, 1e-20)
@@ -212,21 +221,30 @@ class InfogainLoss(_Loss):
             per = per * valid.to(x.dtype)
             count = valid.sum().to(x.dtype)
         loss = per.sum() / normalizer(self.mode, outer, inner, count)
+        if Hb is not None:
+            loss = no_backward_into(loss, Hb, f"{self.name}: {INFOGAIN_NO_BACKWARD}; remove force_backward: true "
+                                              "(Caffe fails with it even where propagate_down: false is given) or "
+                                              "read H from infogain_loss_param.source")
         return loss if self.n_tops == 1 else (loss, torch.softmax(x, a).detach())
 
 
-@register("InfogainLoss", bottoms=(2, 3), tops=(1, 2), loss=True)
+@register("InfogainLoss", bottoms=(2, 3), tops=(1, 2), loss=True,
+          example=('layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } } }\n'
+'layer { name: "id" type: "Input" top: "H" input_param { shape { dim: 4 dim: 4 } } }\n'
+'layer { name: "l" type: "InfogainLoss" bottom: "x" bottom: "label" bottom: "H" top: "loss" propagate_down: true propagate_down: false propagate_down: false }'))
 def build_infogain_loss(lp, bottom_shapes, ctx):
     """InfogainLoss: p = softmax over infogain_loss_param.axis (default 1); per label position
     loss = -sum_l H[label, l] * log(max(p_l, 1e-20)), gradient p * sum_l H[label, l] - H[label, :].
     H (C x C) is bottom 2 (no gradient) or read from infogain_loss_param.source (.binaryproto).
     ignore_label and normalization as SoftmaxWithLoss. Optional top 1 = p."""
+    if len(lp.propagate_down) == 3 and lp.propagate_down[2]:
+        raise fail(lp, ctx, f"{INFOGAIN_NO_BACKWARD}; set propagate_down: false for bottom '{lp.bottom[2]}'")
     x, label = bottom_shapes[:2]
     axis = canonical_axis(lp, ctx, lp.infogain_loss_param.axis, len(x), "infogain_loss_param.axis")
     C = x[axis]
     outer, inner = math.prod(x[:axis]), math.prod(x[axis + 1:])
     if math.prod(label) != outer * inner:
-        fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
+        raise fail(lp, ctx, f"number of labels must match number of predictions: scores '{lp.bottom[0]}' "
                       f"{shape_str(x)} (axis {axis}) need {outer * inner} labels, label '{lp.bottom[1]}' "
                       f"{shape_str(label)} has {math.prod(label)}")
     H = None
@@ -235,12 +253,12 @@ def build_infogain_loss(lp, bottom_shapes, ctx):
         what = f"bottom '{lp.bottom[2]}' {shape_str(bottom_shapes[2])}"
     else:
         if not lp.infogain_loss_param.source:
-            fail(lp, ctx, "give the infogain matrix H as a 3rd bottom or as infogain_loss_param.source")
+            raise fail(lp, ctx, "give the infogain matrix H as a 3rd bottom or as infogain_loss_param.source")
         h = read_blob(lp.infogain_loss_param.source)
         n, what = h.size, f"source '{lp.infogain_loss_param.source}'"
         H = torch.from_numpy(h)
     if n != C * C:
-        fail(lp, ctx, f"the infogain matrix {what} has {n} values, need {C} x {C} = {C * C}")
+        raise fail(lp, ctx, f"the infogain matrix {what} has {n} values, need {C} x {C} = {C * C}")
     return InfogainLoss(ident(lp, ctx), axis, _ignore(lp), normalization(lp), H, len(lp.top))
 
 
@@ -252,13 +270,15 @@ class EuclideanLoss(_Loss):
         return (d * d).sum() / a.shape[0] / 2
 
 
-@register("EuclideanLoss", bottoms=2, tops=1, loss=True)
+@register("EuclideanLoss", bottoms=2, tops=1, loss=True,
+          example=('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
+'layer { name: "l" type: "EuclideanLoss" bottom: "x" bottom: "y" top: "loss" }'))
 def build_euclidean_loss(lp, bottom_shapes, ctx):
     """EuclideanLoss: sum((a - b)^2) / N / 2 with N = shape[0]; both bottoms get gradients."""
     a, b = bottom_shapes
     _check_first_dim(lp, ctx, bottom_shapes)
     if math.prod(a[1:]) != math.prod(b[1:]):
-        fail(lp, ctx, f"inputs must have the same dimension: '{lp.bottom[0]}' {shape_str(a)}, "
+        raise fail(lp, ctx, f"inputs must have the same dimension: '{lp.bottom[0]}' {shape_str(a)}, "
                       f"'{lp.bottom[1]}' {shape_str(b)}")
     return EuclideanLoss(ident(lp, ctx))
 
@@ -279,7 +299,9 @@ class SigmoidCrossEntropyLoss(_Loss):
         return per.sum() / normalizer(self.mode, x.shape[0], math.prod(x.shape[1:]), count)
 
 
-@register("SigmoidCrossEntropyLoss", bottoms=2, tops=1, loss=True)
+@register("SigmoidCrossEntropyLoss", bottoms=2, tops=1, loss=True,
+          example=('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
+'layer { name: "l" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "y" top: "loss" propagate_down: true propagate_down: false }'))
 def build_sigmoid_cross_entropy_loss(lp, bottom_shapes, ctx):
     """SigmoidCrossEntropyLoss: sum of -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))] over positions
     whose int(t) is not loss_param.ignore_label, gradient sigmoid(x) - t; normalization as SoftmaxWithLoss
@@ -288,7 +310,7 @@ def build_sigmoid_cross_entropy_loss(lp, bottom_shapes, ctx):
     x, t = bottom_shapes
     _check_first_dim(lp, ctx, bottom_shapes)
     if math.prod(x) != math.prod(t):
-        fail(lp, ctx, f"inputs must have the same count: '{lp.bottom[0]}' {shape_str(x)}, "
+        raise fail(lp, ctx, f"inputs must have the same count: '{lp.bottom[0]}' {shape_str(x)}, "
                       f"'{lp.bottom[1]}' {shape_str(t)}")
     return SigmoidCrossEntropyLoss(ident(lp, ctx), _ignore(lp), normalization(lp, default="BATCH_SIZE"))
 
@@ -309,7 +331,9 @@ class HingeLoss(_Loss):
         return ((m * m) if self.l2 else m).sum() / n
 
 
-@register("HingeLoss", bottoms=2, tops=1, loss=True)
+@register("HingeLoss", bottoms=2, tops=1, loss=True,
+          example=('layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } } }\n'
+'layer { name: "l" type: "HingeLoss" bottom: "x" bottom: "label" top: "loss" }'))
 def build_hinge_loss(lp, bottom_shapes, ctx):
     """HingeLoss: with s = -1 at the true class and +1 elsewhere, loss = sum max(0, 1 + s*x)^p / N over the
     N x (count/N) scores; hinge_loss_param.norm L1 (p = 1, default) or L2 (p = 2). N labels."""
@@ -327,12 +351,15 @@ class MultinomialLogisticLoss(_Loss):
         return -torch.log(p).sum() / n  # gradient -1 / max(p, 1e-20) at the true class
 
 
-@register("MultinomialLogisticLoss", bottoms=2, tops=1, loss=True)
+@register("MultinomialLogisticLoss", bottoms=2, tops=1, loss=True,
+          example=('layer { name: "in" type: "Input" top: "x" top: "label" input_param { shape { dim: 6 dim: 4 } shape { dim: 6 } } }\n'
+'layer { name: "s" type: "Softmax" bottom: "x" top: "p" }\n'
+'layer { name: "l" type: "MultinomialLogisticLoss" bottom: "p" bottom: "label" top: "loss" }'))
 def build_multinomial_logistic_loss(lp, bottom_shapes, ctx):
     """MultinomialLogisticLoss on probabilities: -sum log(max(p[label], 1e-20)) / N (N labels)."""
     _check_first_dim(lp, ctx, bottom_shapes)
     if math.prod(bottom_shapes[1][1:]) != 1:
-        fail(lp, ctx, f"label '{lp.bottom[1]}' {shape_str(bottom_shapes[1])} must hold one value per item")
+        raise fail(lp, ctx, f"label '{lp.bottom[1]}' {shape_str(bottom_shapes[1])} must hold one value per item")
     return MultinomialLogisticLoss(ident(lp, ctx))
 
 
@@ -356,7 +383,9 @@ class ContrastiveLoss(_Loss):
         return torch.where(similar, dist_sq, dissim).sum() / n / 2
 
 
-@register("ContrastiveLoss", bottoms=3, tops=1, loss=True)
+@register("ContrastiveLoss", bottoms=3, tops=1, loss=True,
+          example=('layer { name: "in" type: "Input" top: "a" top: "b" top: "sim" input_param { shape { dim: 6 dim: 4 dim: 1 dim: 1 } shape { dim: 6 dim: 4 dim: 1 dim: 1 } shape { dim: 6 dim: 1 dim: 1 dim: 1 } } }\n'
+'layer { name: "l" type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "sim" top: "loss" propagate_down: true propagate_down: true propagate_down: false }'))
 def build_contrastive_loss(lp, bottom_shapes, ctx):
     """ContrastiveLoss on pairs (a, b) of N x C (x 1 x 1) features and N similarity labels y:
     sum over pairs of d^2 if int(y) != 0 else max(margin - d, 0)^2, divided by 2N (d = ||a - b||,
@@ -364,8 +393,8 @@ def build_contrastive_loss(lp, bottom_shapes, ctx):
     Gradient as Caffe: the dissimilar term divides by (d + 1e-4)."""
     a, b, y = bottom_shapes
     if tuple(a) != tuple(b):
-        fail(lp, ctx, f"'{lp.bottom[0]}' {shape_str(a)} and '{lp.bottom[1]}' {shape_str(b)} must have the same shape")
+        raise fail(lp, ctx, f"'{lp.bottom[0]}' {shape_str(a)} and '{lp.bottom[1]}' {shape_str(b)} must have the same shape")
     if not a or math.prod(y) != a[0]:
-        fail(lp, ctx, f"similarity '{lp.bottom[2]}' {shape_str(y)} must hold one value per pair ({a[:1]})")
+        raise fail(lp, ctx, f"similarity '{lp.bottom[2]}' {shape_str(y)} must hold one value per pair ({a[:1]})")
     p = lp.contrastive_loss_param
     return ContrastiveLoss(ident(lp, ctx), p.margin, p.legacy_version)

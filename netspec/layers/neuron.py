@@ -8,11 +8,15 @@ from torch import nn
 
 from ..fillers import fill_
 from ..proto import caffe_pb2
-from ..registry import register
-from .conv import fail
+from ..registry import Export, register
+from .base import example_net, fail
 
 
-@register("ReLU")
+@register("ReLU",
+          pure=True,
+          coord="identity",
+          colour="#90EE90",
+          example=example_net("ReLU"))
 def relu(lp, bottom_shapes, ctx):
     """ReLU: relu_param.negative_slope. y = max(0, x) + negative_slope * min(0, x)."""
     slope = lp.relu_param.negative_slope
@@ -33,7 +37,11 @@ class PReLU(nn.Module):
         return f"weight={tuple(self.weight.shape)}"
 
 
-@register("PReLU")
+@register("PReLU",
+          pure=True,
+          coord="identity",
+          blobs=('weight',),
+          example=example_net("PReLU"))
 def prelu(lp, bottom_shapes, ctx):
     """PReLU: prelu_param channel_shared, filler (absent = constant 0.25, Caffe's C++ default).
 
@@ -51,19 +59,28 @@ def prelu(lp, bottom_shapes, ctx):
     return m
 
 
-@register("ELU")
+@register("ELU",
+          pure=True,
+          coord="identity",
+          example=example_net("ELU"))
 def elu(lp, bottom_shapes, ctx):
     """ELU: elu_param.alpha. y = x if x > 0 else alpha * (exp(x) - 1)."""
     return nn.ELU(lp.elu_param.alpha)
 
 
-@register("Sigmoid")
+@register("Sigmoid",
+          pure=True,
+          coord="identity",
+          example=example_net("Sigmoid"))
 def sigmoid(lp, bottom_shapes, ctx):
     """Sigmoid: y = 1 / (1 + exp(-x)) (Caffe evaluates 0.5 * tanh(0.5 x) + 0.5; same up to rounding)."""
     return nn.Sigmoid()
 
 
-@register("TanH")
+@register("TanH",
+          pure=True,
+          coord="identity",
+          example=example_net("TanH"))
 def tanh(lp, bottom_shapes, ctx):
     """TanH: y = tanh(x)."""
     return nn.Tanh()
@@ -74,7 +91,10 @@ class AbsVal(nn.Module):
         return x.abs()
 
 
-@register("AbsVal")
+@register("AbsVal",
+          pure=True,
+          coord="identity",
+          example=example_net("AbsVal"))
 def absval(lp, bottom_shapes, ctx):
     """AbsVal: y = |x|, dy/dx = sign(x) (0 at 0)."""
     return AbsVal()
@@ -101,7 +121,17 @@ class BNLL(nn.Module):
         return _BNLLFunction.apply(x)
 
 
-@register("BNLL")
+class DeployBNLL(nn.Module):
+    """For export: BNLL without the custom autograd Function."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x + torch.log(1 + torch.exp(-x)), torch.log(1 + torch.exp(x)))
+
+
+@register("BNLL",
+          coord="identity",
+          export=Export(deploy=lambda m, dynamic_hw: DeployBNLL()),
+          example=example_net("BNLL"))
 def bnll(lp, bottom_shapes, ctx):
     """BNLL: y = log(1 + exp(x)), evaluated as x + log(1 + exp(-x)) for x > 0.
 
@@ -140,7 +170,10 @@ class Power(nn.Module):
         return f"power={self.power}, scale={self.scale}, shift={self.shift}"
 
 
-@register("Power")
+@register("Power",
+          pure=True,
+          coord="identity",
+          example=example_net("Power", 'power_param { power: 2 }'))
 def power(lp, bottom_shapes, ctx):
     """Power: power_param power (1), scale (1), shift (0). y = (shift + scale * x) ^ power.
 
@@ -166,7 +199,9 @@ class Exp(nn.Module):
         return f"inner_scale={self.inner}, outer_scale={self.outer}"
 
 
-@register("Exp")
+@register("Exp",
+          coord="identity",
+          example=example_net("Exp"))
 def exp(lp, bottom_shapes, ctx):
     """Exp: exp_param base (-1 = e), scale (1), shift (0). y = base ^ (shift + scale * x)."""
     p = lp.exp_param
@@ -196,7 +231,11 @@ class Log(nn.Module):
         return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
 
 
-@register("Log")
+@register("Log",
+          coord="identity",
+          example=('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
+'layer { name: "l" type: "Power" bottom: "x" top: "p" power_param { shift: 10 } }\n'
+'layer { name: "lg" type: "Log" bottom: "p" top: "y" }'))
 def log(lp, bottom_shapes, ctx):
     """Log: log_param base (-1 = e), scale (1), shift (0). y = log_base(shift + scale * x)."""
     p = lp.log_param
@@ -217,7 +256,10 @@ class Threshold(nn.Module):
         return f"threshold={self.threshold}"
 
 
-@register("Threshold")
+@register("Threshold",
+          coord="identity",
+          example=example_net("Threshold"),
+          backward=False)
 def threshold(lp, bottom_shapes, ctx):
     """Threshold: threshold_param.threshold (0). y = 1 if x > threshold else 0; no gradient (Caffe has no backward)."""
     return Threshold(lp.threshold_param.threshold)
@@ -235,7 +277,10 @@ class Clip(nn.Module):
         return f"min={self.lo}, max={self.hi}"
 
 
-@register("Clip")
+@register("Clip",
+          coord="identity",
+          export=Export(min_opset=11, needs='Clip with min/max inputs'),
+          example=example_net("Clip", 'clip_param { min: -1 max: 1 }'))
 def clip(lp, bottom_shapes, ctx):
     """Clip: clip_param min, max. y = max(min, min(x, max)); gradient passes where min <= x <= max."""
     p = lp.clip_param
@@ -256,7 +301,9 @@ class Swish(nn.Module):
         return f"beta={self.beta}"
 
 
-@register("Swish")
+@register("Swish",
+          coord="identity",
+          example=example_net("Swish"))
 def swish(lp, bottom_shapes, ctx):
     """Swish: swish_param.beta (1). y = x * sigmoid(beta * x)."""
     return Swish(lp.swish_param.beta)
@@ -279,7 +326,10 @@ class Dropout(nn.Module):
         return f"ratio={self.ratio}, phase={'TRAIN' if self.train_phase else 'TEST'}"
 
 
-@register("Dropout")
+@register("Dropout",
+          pure=True,
+          coord="identity",
+          example=example_net("Dropout"))
 def dropout(lp, bottom_shapes, ctx):
     """Dropout: dropout_param.dropout_ratio (0.5). The phase (not module.train()/eval()) picks the mode."""
     ratio = lp.dropout_param.dropout_ratio

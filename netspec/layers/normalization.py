@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..proto import caffe_pb2
-from ..registry import register
-from .conv import fail
+from ..registry import Export, register
+from .base import example_net, fail
 
 
 class LRN(nn.Module):
@@ -28,7 +28,10 @@ class LRN(nn.Module):
         return f"{region}, local_size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
-@register("LRN")
+@register("LRN",
+          pure=True,
+          coord="identity",
+          example=example_net("LRN", 'lrn_param { local_size: 3 }'))
 def lrn(lp, bottom_shapes, ctx):
     """LRN: lrn_param local_size (5, odd), alpha (1), beta (0.75), k (1), norm_region (ACROSS_CHANNELS).
     Formulas in ``LRN``; bottom N x C x H x W."""
@@ -58,6 +61,11 @@ class BatchNorm(nn.Module):
         self.variance = nn.Parameter(torch.zeros(channels), requires_grad=False)
         self.scale_factor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self.use_global_stats, self.maf, self.eps = use_global_stats, maf, eps
+
+    @property
+    def updates_state(self) -> bool:
+        """The forward updates the accumulators (batch statistics): not safe to recompute or export."""
+        return not self.use_global_stats
 
     def top_shapes(self, bottom_shapes):
         return [tuple(bottom_shapes[0])]
@@ -89,7 +97,18 @@ class BatchNorm(nn.Module):
         return f"{self.mean.numel()}, stats={stats}, moving_average_fraction={self.maf}, eps={self.eps}"
 
 
-@register("BatchNorm")
+def _deploy_batch_norm(m, dynamic_hw):
+    if m.updates_state:
+        raise ValueError("uses batch statistics (use_global_stats: false) and updates its accumulators: set "
+                         "use_global_stats: true for deploy")
+
+
+@register("BatchNorm",
+          export=Export(deploy=_deploy_batch_norm),
+          pure=True,
+          coord="identity",
+          blobs=('mean', 'variance', 'scale_factor'),
+          example=example_net("BatchNorm"))
 def batch_norm(lp, bottom_shapes, ctx):
     """BatchNorm: batch_norm_param use_global_stats (default: phase == TEST), moving_average_fraction (.999),
     eps (1e-5). Channels = bottom axis 1. Rules in ``BatchNorm``; unlike torch's momentum, the accumulators
@@ -150,7 +169,30 @@ class MVN(nn.Module):
         return f"normalize_variance={self.normalize_variance}, across_channels={self.across_channels}, eps={self.eps}"
 
 
-@register("MVN")
+class DeployMVN(nn.Module):
+    """For export: MVN without the custom autograd Function."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.normalize_variance, self.across_channels, self.eps = m.normalize_variance, m.across_channels, m.eps
+
+    def forward(self, x):
+        dims = tuple(range(1 if self.across_channels else 2, x.dim()))
+        if not dims:
+            return self._run(x.unsqueeze(-1), (x.dim(),)).squeeze(-1)
+        return self._run(x, dims)
+
+    def _run(self, x, dims):
+        xc = x - x.mean(dims, keepdim=True)
+        if not self.normalize_variance:
+            return xc
+        return xc / (torch.sqrt((xc * xc).mean(dims, keepdim=True)) + self.eps)
+
+
+@register("MVN",
+          coord="identity",
+          export=Export(deploy=lambda m, dynamic_hw: DeployMVN(m)),
+          example=example_net("MVN"))
 def mvn(lp, bottom_shapes, ctx):
     """MVN: mvn_param normalize_variance (true), across_channels (false), eps (1e-9).
 

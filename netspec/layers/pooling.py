@@ -10,8 +10,8 @@ from torch import nn
 
 from ..errors import LayerError
 from ..proto import caffe_pb2
-from ..registry import register
-from .conv import fail
+from ..registry import Export, register
+from .base import example_net, fail
 
 MAX, AVE, STOCHASTIC = 0, 1, 2  # PoolingParameter.PoolMethod == SPPParameter.PoolMethod
 _NAMES = {MAX: "MAX", AVE: "AVE", STOCHASTIC: "STOCHASTIC"}
@@ -130,7 +130,70 @@ def _pair(p, name):
     return (getattr(p, h), getattr(p, w)) if p.HasField(h) else (getattr(p, name),) * 2
 
 
-@register("Pooling", bottoms=1, tops=(1, 2))
+class DeployPool(nn.Module):
+    """Caffe Pooling without Python decisions on the input size, for export (see :func:`_deploy`)."""
+
+    def __init__(self, method: int, kernel, stride, pad, ceil: bool, global_pooling: bool):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
+        self.ceil, self.global_pooling = ceil, global_pooling
+
+    def forward(self, x):
+        if self.global_pooling:
+            if self.method == 0:
+                return x.amax(dim=(-2, -1), keepdim=True)
+            return x.mean(dim=(-2, -1), keepdim=True)
+        if self.method == 0:
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil)
+        return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)
+
+
+
+
+def _deploy(m, dynamic_hw):
+    """Export stand-in (registry ``Export.deploy``), or why the netspec module is traced as it is."""
+    if m.mask:
+        return "the argmax mask top has no shape-generic export"
+    if m.method not in (0, 1):
+        return "STOCHASTIC pooling is exported only at the example input size"
+    if m.global_pooling:
+        return DeployPool(m.method, (1, 1), (1, 1), (0, 0), False, True)
+    k, s, p = m.kernel, m.stride, m.pad
+    # torch (and ONNX ceil_mode) drop a last window that starts in the padding even without padding; Caffe
+    # only with padding. That only differs when stride > kernel and pad == 0; torch also needs 2*pad <= kernel.
+    if any(2 * pp > kk for pp, kk in zip(p, k)):
+        return f"pad {tuple(p)} exceeds half the kernel {tuple(k)}"
+    if m.ceil and all(pp == 0 for pp in p) and any(ss > kk for ss, kk in zip(s, k)):
+        return (f"stride {tuple(s)} > kernel {tuple(k)} without padding: Caffe's CEIL output size then "
+                      "depends on the input size in a way ONNX's ceil_mode does not reproduce")
+    return DeployPool(m.method, k, s, p, m.ceil, False)
+
+
+def _coord(lp):
+    from ..coord_map import undefined, window_map
+    pp = lp.pooling_param
+    if pp.global_pooling:
+        raise undefined("global pooling")
+    pick = lambda name: ([getattr(pp, f"{name}_h"), getattr(pp, f"{name}_w")]  # noqa: E731
+                         if pp.HasField(f"{name}_h") else [getattr(pp, name if name != "kernel" else "kernel_size")])
+    return window_map(1, pick("kernel"), pick("stride"), pick("pad"))
+
+
+def _detail(lp) -> str:
+    p = lp.pooling_param
+    kind = p.PoolMethod.Name(p.pool)
+    if p.global_pooling:
+        return f"{kind} global"
+    return f"{kind} k{p.kernel_size or p.kernel_h} s{p.stride or p.stride_h or 1} p{p.pad or p.pad_h}"
+
+
+@register("Pooling", bottoms=1, tops=(1, 2),
+          coord=_coord, detail=_detail,
+          pure=True,
+          export=Export(min_opset=lambda m: 10 if m.ceil else 0, deploy=_deploy,
+                        needs="MaxPool/AveragePool ceil_mode (Caffe's CEIL output rounding)"),
+          colour="#FF9900",
+          example=example_net("Pooling", 'pooling_param { pool: MAX kernel_size: 3 stride: 2 }'))
 def pooling(lp, bottom_shapes, ctx):
     """Pooling: pooling_param pool (MAX), kernel_size|kernel_h/w, stride|stride_h/w (1), pad|pad_h/w (0),
     global_pooling, round_mode (CEIL; netspec extension). A 2nd top (MAX only) is the argmax mask.
@@ -221,7 +284,10 @@ class SPP(nn.Module):
         return f"{_NAMES[self.method]}, pyramid_height={self.height}"
 
 
-@register("SPP", bottoms=1, tops=1)
+@register("SPP", bottoms=1, tops=1,
+          export=Export(deploy=lambda m, dynamic_hw: dynamic_hw and (
+              "derives its pooling windows from the input size in Python") or None),
+          example=example_net("SPP", 'spp_param { pyramid_height: 2 }'))
 def spp(lp, bottom_shapes, ctx):
     """SPP: spp_param pyramid_height, pool (MAX). Level i: bins = 2^i, kernel = stride = ceil(H / bins),
     pad = (kernel*bins - H + 1) // 2, Caffe's pooling rule (CEIL); each level flattened, concatenated."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..blob import Blob
 from ..errors import LayerError, NetspecError
-from ..registry import register
+from ..registry import Export, register
 
 FORBID = os.environ.get("NETSPEC_FORBID_PYTHON_LAYERS", "") not in ("", "0")
 
@@ -116,7 +116,11 @@ class PythonModule(nn.Module):
         return out if len(out) != 1 else out[0]
 
 
-@register("Python", bottoms=(0, None), tops=(0, None))
+@register("Python", bottoms=(0, None), tops=(0, None),
+          detail=lambda lp: f"{lp.python_param.module}.{lp.python_param.layer}",
+          export=Export(refuse='runs arbitrary Python code, which has no ONNX equivalent'),
+          colour="#DDDDDD",
+          example="")
 def python_layer(lp, bottom_shapes, ctx):
     """python_param {module, layer, param_str}: the class ``module.layer`` (a ``netspec.Layer``)."""
     p = lp.python_param

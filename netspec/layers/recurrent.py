@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..fillers import fill_
-from ..registry import register
-from .shape import fail, shape_str
+from ..registry import Export, register
+from .base import fail, shape_str
 
 
 class Recurrent(nn.Module):
@@ -77,35 +77,38 @@ def _build(lp, bottom_shapes, ctx, lstm: bool):
     H = p.num_output
     k = 2 if lstm else 1
     if H <= 0:
-        fail(lp, ctx, "recurrent_param.num_output must be positive")
+        raise fail(lp, ctx, "recurrent_param.num_output must be positive")
     x, cont = bottom_shapes[:2]
     n_state = k if p.expose_hidden else 0
     extra = len(bottom_shapes) - 2 - n_state
     if extra not in (0, 1) or len(lp.top) != 1 + n_state:
         want = "x, cont, [x_static]" + (", h_0, c_0" if lstm else ", h_0") * p.expose_hidden
-        fail(lp, ctx, f"takes bottoms ({want}) and {1 + n_state} tops; got {len(bottom_shapes)} bottoms, "
+        raise fail(lp, ctx, f"takes bottoms ({want}) and {1 + n_state} tops; got {len(bottom_shapes)} bottoms, "
                       f"{len(lp.top)} tops (expose_hidden {str(p.expose_hidden).lower()})")
     if len(x) < 2:
-        fail(lp, ctx, f"x '{lp.bottom[0]}' {shape_str(x)} must have at least 2 axes (T timesteps, N streams, ...)")
+        raise fail(lp, ctx, f"x '{lp.bottom[0]}' {shape_str(x)} must have at least 2 axes (T timesteps, N streams, ...)")
     T, N = x[:2]
     if tuple(cont) != (T, N):
-        fail(lp, ctx, f"cont '{lp.bottom[1]}' must be T x N = {shape_str((T, N))}, got {shape_str(cont)}")
+        raise fail(lp, ctx, f"cont '{lp.bottom[1]}' must be T x N = {shape_str((T, N))}, got {shape_str(cont)}")
     Ds = None
     if extra:
         s = bottom_shapes[2]
         if not s or s[0] != N:
-            fail(lp, ctx, f"static input '{lp.bottom[2]}' {shape_str(s)} must be N x ... with N = {N}")
+            raise fail(lp, ctx, f"static input '{lp.bottom[2]}' {shape_str(s)} must be N x ... with N = {N}")
         Ds = math.prod(s[1:])
     for b, s in zip(lp.bottom[2 + extra:], bottom_shapes[2 + extra:]):
         if tuple(s) != (1, N, H):
-            fail(lp, ctx, f"hidden state bottom '{b}' must be {shape_str((1, N, H))}, got {shape_str(s)}")
+            raise fail(lp, ctx, f"hidden state bottom '{b}' must be {shape_str((1, N, H))}, got {shape_str(s)}")
     m = Recurrent(lstm, H, math.prod(x[2:]), Ds, p.expose_hidden)
     for n, t in m.named_parameters():
         fill_(t, p.bias_filler if n.startswith("b_") else p.weight_filler)
     return m
 
 
-@register("LSTM", bottoms=(2, 5), tops=(1, 3))
+@register("LSTM", bottoms=(2, 5), tops=(1, 3),
+          export=Export(refuse='keeps recurrent state between calls, which the exported graph cannot carry'),
+          example=('layer { name: "in" type: "Input" top: "x" top: "cont" input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } } }\n'
+'layer { name: "l" type: "LSTM" bottom: "x" bottom: "cont" top: "y" recurrent_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } propagate_down: true propagate_down: false }'))
 def build_lstm(lp, bottom_shapes, ctx):
     """LSTM (recurrent_param num_output H, weight_filler, bias_filler, expose_hidden). Per step t:
     [i', f', o', g'] = W_hc (cont_t * h_{t-1}) + W_xc x_t + b_c (+ W_xc_static x_static);
@@ -114,7 +117,10 @@ def build_lstm(lp, bottom_shapes, ctx):
     return _build(lp, bottom_shapes, ctx, lstm=True)
 
 
-@register("RNN", bottoms=(2, 4), tops=(1, 2))
+@register("RNN", bottoms=(2, 4), tops=(1, 2),
+          export=Export(refuse='keeps recurrent state between calls, which the exported graph cannot carry'),
+          example=('layer { name: "in" type: "Input" top: "x" top: "cont" input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } } }\n'
+'layer { name: "l" type: "RNN" bottom: "x" bottom: "cont" top: "y" recurrent_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } propagate_down: true propagate_down: false }'))
 def build_rnn(lp, bottom_shapes, ctx):
     """RNN (recurrent_param as LSTM): h_t = tanh(W_hh (cont_t * h_{t-1}) + W_xh x_t + b_h
     (+ W_xh_static x_static)); o_t = tanh(W_ho h_t + b_o). Top o (T x N x H); with expose_hidden also

@@ -2,6 +2,7 @@
 from typing import Dict, Optional, Sequence, Tuple
 
 from .. import proto
+from ..data.transform import FCN_MEAN
 from ..dsl import layers as L, params as P
 
 #: FCN's learning-rate/decay multipliers for a convolution's weights and bias.
@@ -10,7 +11,7 @@ CONV_PARAM = (dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0))
 FROZEN = (dict(lr_mult=0),)
 
 #: PASCAL VOC / ILSVRC mean, BGR, as in FCN's voc_layers param_str.
-VOC_MEAN = (104.00699, 116.66877, 122.67892)
+VOC_MEAN = FCN_MEAN
 
 #: Convolutions per stage of the VGG trunks (the `D` and `E` configurations).
 VGG_STAGES: Dict[str, Tuple[int, ...]] = {
