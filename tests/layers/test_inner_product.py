@@ -68,7 +68,7 @@ def embed(param, shape):
 def test_embed_lookup_truncates_and_accumulates_gradients():
     m = embed(f"input_dim: 5 num_output: 3 {FILL}", (2, 3))
     assert [tuple(p.shape) for p in m.parameters()] == [(5, 3), (3,)]
-    x = torch.tensor([[0.0, 4.0, 2.9], [1.0, 4.0, 0.0]], requires_grad=True)
+    x = torch.tensor([[0.0, 4.0, 2.9], [1.0, 4.0, 0.0]])  # an index input needing a gradient: test_caffe_refusals
     y = m(x)
     assert y.shape == (2, 3, 3)
     idx = torch.tensor([[0, 4, 2], [1, 4, 0]])  # static_cast<int>: 2.9 -> 2
