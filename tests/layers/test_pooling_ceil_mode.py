@@ -68,3 +68,31 @@ layer { name: "p2" type: "Pooling" bottom: "p1" top: "p2" pooling_param { pool: 
     theirs = cv.forward("p2")
     assert theirs.shape == ours.shape
     assert np.abs(theirs - ours).max() <= 1e-5 * np.abs(ours).max()
+
+
+@pytest.mark.slow
+def test_released_densenet_121_same_outputs_in_opencv(tmp_path):
+    """shicai/DenseNet-Caffe DenseNet_121.prototxt as released (pool1 has ceil_mode: false: 56x56, not 57x57),
+    random weights, 1x3x224x224; ~3 s."""
+    cv2 = pytest.importorskip("cv2")
+    from pathlib import Path
+    proto = Path(__file__).resolve().parents[1] / "data" / "forks" / "densenet" / "DenseNet_121.prototxt"
+    net = Net(str(proto), netspec.TEST)
+    assert net.blobs["pool1"].shape == (1, 64, 56, 56)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            if b.data.ndim > 1:
+                b.data[...] = rng.standard_normal(b.shape) * (b.data[0].size ** -0.5)
+            elif len(blobs) == 3:  # BatchNorm mean, variance, factor
+                b.data[...] = 1.0 if b is not blobs[1] else rng.random(b.shape) + 0.5
+            else:
+                b.data[...] = rng.standard_normal(b.shape) * 0.1
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    ours = net.forward(data=x)["fc6"]
+    net.save(str(tmp_path / "w.caffemodel"))
+    cv = cv2.dnn.readNetFromCaffe(str(proto), str(tmp_path / "w.caffemodel"))
+    cv.setInput(x)
+    theirs = cv.forward()
+    assert theirs.shape == ours.shape == (1, 1000, 1, 1)
+    assert np.abs(theirs - ours).max() <= 1e-5 * np.abs(ours).max()
