@@ -283,10 +283,11 @@ def nms_fast(boxes, sizes, scores, score_threshold, nms_threshold, eta, top_k):
     if not len(cand):
         return []
     b, s = boxes[cand], sizes[cand]
-    iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
-    ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
-    inter = iw * ih
-    overlap = np.where((iw > 0) & (ih > 0), inter / (s[:, None] + s[None, :] - inter), np.float32(0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
+        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
+        inter = iw * ih
+        overlap = np.where((iw > 0) & (ih > 0), inter / (s[:, None] + s[None, :] - inter), np.float32(0))
     keep, threshold = [], np.float32(nms_threshold)
     for i in range(len(cand)):
         if not keep or overlap[i, keep].max() <= threshold:
@@ -320,8 +321,9 @@ class DetectionOutput(nn.Module):
         loc = loc.reshape(num, P, L, 4).transpose(0, 2, 1, 3)  # (num, L, P, 4)
         conf = conf.reshape(num, P, C)
         pri = prior.reshape(-1)[:2 * P * 4].reshape(2, P, 4)  # the first image's priors, as the fork
-        boxes = decode_boxes(pri[0], pri[1], loc, self.code_type, self.variance_encoded_in_target)
-        sizes = box_sizes(boxes)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf / nan propagate silently, as in C++
+            boxes = decode_boxes(pri[0], pri[1], loc, self.code_type, self.variance_encoded_in_target)
+            sizes = box_sizes(boxes)
         rows = []
         for i in range(num):
             kept = {}
