@@ -261,6 +261,7 @@ class Solver:
         log.info("Initializing solver from parameters:\n%s", prototxt.to_text(param))
         self.net = self._make_train_net(base_dir, level, stages)
         self.test_nets: List[Net] = self._make_test_nets(base_dir, level, stages)
+        self.last_test: Dict[int, dict] = {}
         if shard.rank:
             runtime.set_random_seed(seed + shard.rank)  # Caffe: random_seed + solver_rank for what runs (Dropout)
         if param.snapshot_prefix:
@@ -386,10 +387,21 @@ class Solver:
     def warn_zero_layers(self):
         """Warn by name about layers whose every blob is still zero: a learnable one learns nothing while its
         inputs are zero too (loss stuck at ln(C)); a frozen one (every lr_mult 0) stays zero for good, which for
-        FCN's upsampling Deconvolutions means a net that outputs zeros (they need surgery's bilinear kernels)."""
+        FCN's upsampling Deconvolutions means a net that outputs zeros (they need surgery's bilinear kernels).
+        A learnable all-zero layer whose input is not all zero (FCN's zero-initialised score layers after
+        surgery, fed by the trunk) learns normally and is not warned about."""
+        zero = {layer: all(not b._param.detach().any() for b in blobs) for layer, blobs in self.net.params.items()}
+        fed = {}  # layer -> whether some bottom may be non-zero (data, or a path through a non-zero layer)
+        nonzero: Dict[str, bool] = {}
+        for node in self.net.module.nodes:
+            inp = any(nonzero.get(b, True) for b in node.bottoms) if node.bottoms else True
+            fed[node.name] = inp
+            out = inp and not zero.get(node.name, False)
+            for t in node.tops:
+                nonzero[t] = out
         for layer, blobs in self.net.params.items():
             node = self.net.layer_dict[layer]
-            if not all(not b._param.detach().any() for b in blobs):
+            if not zero[layer]:
                 continue
             lrs = [s.lr_mult for s in self.net.module.nodes[self.net._layer_names.index(layer)].param.param]
             if lrs and all(lr == 0 for lr in lrs):
@@ -397,29 +409,36 @@ class Solver:
                         if node.type == "Deconvolution" else "--weights, or a weight_filler")
                 log.warning("Layer '%s' (%s) is frozen (lr_mult 0) and all zero: it stays zero and so does "
                             "everything it feeds; initialise it (%s)", layer, node.type, hint)
-            else:
-                log.warning("Layer '%s' (%s) has all-zero weights and will learn nothing useful if its "
-                            "inputs are all zero too; initialise it (--weights, a weight_filler, or surgery)",
-                            layer, node.type)
+            elif not fed.get(layer, True):
+                log.warning("Layer '%s' (%s) has all-zero weights and all-zero inputs (every layer feeding it is "
+                            "all zero too): it will learn nothing useful; initialise it or what feeds it "
+                            "(--weights, a weight_filler, or surgery)", layer, node.type)
 
     def finish(self, out=None):
-        """After solve(): score every segmentation test net (blobs 'score' and 'label') over its test_iter
-        batches and print FCN score.py's lines (``mean IU 0.9312``). Returns the scores per test net."""
+        """After solve(): the FCN score.py lines (``mean IU 0.9312``) of every segmentation test net (blobs
+        'score' and 'label'). When the last test pass ran at the final iteration its confusion matrix is used,
+        so the scores and the ``Test net output`` lines cover the same images; otherwise one test pass of
+        ``test_iter`` batches runs now (announced, with a progress bar). Returns the scores per test net."""
         import sys
-        from .metrics import format_scores, scores, seg_tests
+        from .metrics import format_scores, scores
         results = []
         if not _is_root():
             return results
         for i, net in enumerate(self.test_nets):
-            if ("score" not in net.blobs or "label" not in net.blobs or len(net.blobs["score"].shape) != 4
-                    or self.param.test_iter[i] == 0):
+            if not _seg_net(net) or self.param.test_iter[i] == 0:
                 continue
-            with torch.no_grad():
-                hist, loss = seg_tests(net, self.param.test_iter[i])
-            s = scores(hist)
-            log.info("Test net #%d segmentation scores after %d iterations", i, self.iter)
-            print(f">>> Iteration {self.iter} test net #{i}", file=out or sys.stdout)
-            print(format_scores(s, loss=loss), file=out or sys.stdout, flush=True)
+            rec = self.last_test.get(i)
+            if rec is None or rec["iter"] != self.iter or rec["hist"] is None:
+                log.info("Scoring test net #%d after training: %d batches (set --test-iter N for fewer)", i,
+                         self.param.test_iter[i])
+                self.test(i, log_outputs=False)
+                rec = self.last_test[i]
+            s = scores(rec["hist"])
+            s["loss"], s["images"], s["batches"] = rec["loss"], rec["images"], rec["batches"]
+            where = _images_note(net, rec)
+            log.info("Test net #%d segmentation scores after %d iterations (%s)", i, self.iter, where)
+            print(f">>> Iteration {self.iter} test net #{i}: {where}", file=out or sys.stdout)
+            print(format_scores(s, loss=rec["loss"]), file=out or sys.stdout, flush=True)
             results.append(s)
         return results
 
@@ -462,8 +481,8 @@ class Solver:
                 self.apply_update()
             self.iter += 1
             action = self._action() if self._action else "none"
-            if ((p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot") and _is_root():
-                self.snapshot()
+            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+                self._snapshot_all_ranks()
             if action == "stop":
                 self.requested_early_exit = True
                 break
@@ -477,8 +496,8 @@ class Solver:
             log.info("Restoring previous solver status from %s", resume_file)
             self.restore(resume_file)
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and _is_root():
-            self.snapshot()
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self._snapshot_all_ranks()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
             return
@@ -512,17 +531,26 @@ class Solver:
             results.append(self.test(i))
         return results
 
-    def test(self, i: int):
+    def test(self, i: int, log_outputs: bool = True):
+        """Caffe's Test(i): ``test_iter[i]`` forwards of test net i, the mean of each output logged. A
+        segmentation net (blobs 'score' and 'label') also accumulates its confusion matrix, kept in
+        ``last_test[i]`` for :meth:`finish`. A bar shows on stderr when the pass takes more than a few
+        seconds."""
+        from .cli import progress
+        from .metrics import fast_hist
         p = self.param
-        log.info("Iteration %d, Testing net (#%d)", self.iter, i)
+        if log_outputs:
+            log.info("Iteration %d, Testing net (#%d)", self.iter, i)
         net = self.test_nets[i]
         sums = None
         loss = 0.0
         n = p.test_iter[i]
         loss_outputs = net.loss_outputs()
+        seg = _seg_net(net)
+        hist, images = None, 0
         with torch.no_grad():
-            for _ in range(n):
-                out = net.forward_only()
+            for _ in progress(range(n), desc=f"test net #{i}", unit="batch"):
+                out = net.forward_only(retain=("score", "label") if seg else ())
                 if p.test_compute_loss:
                     loss += sum(float(out[o].sum()) * w for o, w in loss_outputs)
                 if sums is None:
@@ -530,10 +558,21 @@ class Solver:
                 else:
                     for o in net.outputs:
                         sums[o] += out[o]
+                if seg:
+                    score = net.blobs["score"].data
+                    if hist is None:
+                        hist = np.zeros((score.shape[1],) * 2, np.int64)
+                    pred = score.argmax(1)
+                    hist += fast_hist(net.blobs["label"].data.reshape(pred.shape), pred, score.shape[1])
+                    images += pred.shape[0]
         if p.test_compute_loss:
             log.info("Test loss: %.6g", loss / max(1, n))
         means = {o: v / max(1, n) for o, v in (sums or {}).items()}
-        self._log_outputs(net, "Test", 1, means)
+        if log_outputs:
+            self._log_outputs(net, "Test", 1, means)
+        self.last_test[i] = {"iter": self.iter, "hist": hist, "batches": n, "images": images,
+                             "loss": (sum(float(np.sum(means[o])) * w for o, w in loss_outputs if o in means)
+                                      if loss_outputs else None)}
         return means
 
     # -- the update ----------------------------------------------------------------------------------------
@@ -610,30 +649,45 @@ class Solver:
     def snapshot_filename(self, ext: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
 
+    def _check_finite(self):
+        """A snapshot must be one to resume from: refuse parameters or history that went NaN/inf."""
+        bad = [f"{lp.layer}[{lp.index}]" for lp in self._params if not bool(torch.isfinite(lp.tensor).all())]
+        if bad or not all(bool(torch.isfinite(h).all()) for h in self.history):
+            raise SolverError(
+                f"Iteration {self.iter}: {'parameters ' + ', '.join(bad[:5]) if bad else 'the solver history'} "
+                f"{'are' if bad else 'is'} not finite (the last update diverged); no snapshot written. Last good "
+                f"snapshot: {self._last_snapshot or 'none written yet'}. Lower base_lr or use clip_gradients")
+
     def snapshot(self):
-        from . import binary
+        """Solver::Snapshot: ``<prefix>_iter_N.caffemodel`` and ``.solverstate`` (Caffe's files), plus the
+        ``.trainstate`` sidecar for exact resume (netspec.train_state); the solverstate, written last, marks a
+        complete snapshot. History is streamed from the tensors (no message of the whole state is built)."""
+        from . import binary, train_state
         p = self.param
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise SolverError("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
+        self._check_finite()
         model = self.snapshot_filename(".caffemodel")
         sfile = self.snapshot_filename(".solverstate")
-        model_written = False
+        extra = train_state.sidecar(sfile)
+        written = []
         try:
             d = os.path.dirname(model)
             if d and not os.path.isdir(d):
                 os.makedirs(d, exist_ok=True)
             log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model)
-            model_written = True
-            state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
-            for h in self.history:
-                state.history.add().CopyFrom(binary.array_to_blob(h.detach().cpu().numpy()))
+            written.append(model)
+            train_state.save(extra, train_state.capture(self, [self.net] + self.test_nets))
+            written.append(extra)
+            state = binary.SolverStateData(iter=self.iter, learned_net=model, current_step=self.current_step,
+                                           history=[h.detach().cpu().numpy() for h in self.history])
             log.info("Snapshotting solver state to binary proto file %s", sfile)
             binary.write_solverstate(sfile, state)
         except OSError as e:
-            if model_written:  # a weights file without its solver state is no snapshot: do not leave one
+            for path in written:  # a weights file without its solver state is no snapshot: do not leave one
                 try:
-                    os.unlink(model)
+                    os.unlink(path)
                 except OSError:
                     pass
             what = e.strerror or str(e)
@@ -644,13 +698,42 @@ class Solver:
         self._last_snapshot = sfile
         return model, sfile
 
+    def _snapshot_all_ranks(self):
+        """The root writes the snapshot; every other rank of a multi-process run writes its own training state
+        beside it (its data shard and generators differ), so every rank resumes where it was."""
+        if _is_root():
+            self.snapshot()
+        else:
+            from . import train_state
+            sfile = self.snapshot_filename(".solverstate")
+            os.makedirs(os.path.dirname(sfile) or ".", exist_ok=True)
+            train_state.save(train_state.sidecar(sfile, _rank()), train_state.capture(self, [self.net]))
+
+    def _learned_net(self, state_file: str, learned_net: str, it: int) -> str:
+        """The caffemodel of a solverstate: beside it first (a moved snapshot directory), then as stored (Caffe
+        stores it relative to its working directory). A name with ``_iter_N`` must match the state's iteration:
+        a same-prefix file of another run must not be loaded silently."""
+        import re
+        beside = os.path.join(os.path.dirname(os.path.abspath(state_file)), os.path.basename(learned_net))
+        path = beside if os.path.isfile(beside) else learned_net
+        if not os.path.isfile(path):
+            raise SolverError(f"{state_file}: its weights file '{learned_net}' was found neither beside it ({beside}) "
+                              f"nor relative to the working directory {os.getcwd()}")
+        m = re.search(r"_iter_(\d+)\.caffemodel(?:\.h5)?$", path)
+        if m and int(m.group(1)) != it:
+            raise SolverError(f"{state_file} is the state of iteration {it} but its weights file {path} is of "
+                              f"iteration {m.group(1)}: they are not one snapshot")
+        return path
+
     def restore(self, state_file: str):
-        from . import binary
+        from . import binary, train_state
+        if not os.path.isfile(state_file):
+            raise SolverError(f"{state_file}: snapshot not found (working directory {os.getcwd()})")
         state = binary.read_solverstate(state_file)
         self._last_snapshot = state_file
         self.iter = state.iter
         if state.learned_net:
-            self.net.copy_from(state.learned_net)
+            self.net.copy_from(self._learned_net(state_file, state.learned_net, state.iter))
         self.current_step = state.current_step
         if len(state.history) != len(self.history):
             raise SolverError(f"{state_file}: Incorrect length of history blobs: the file has "
@@ -665,11 +748,46 @@ class Solver:
                                       f"param has {h.numel()}")
                 h.copy_(torch.from_numpy(arr.reshape(-1).copy()).reshape(h.shape))
         self._active_cache = self._temp = None
+        extra = train_state.sidecar(state_file, _rank())
+        if os.path.isfile(extra):
+            train_state.apply(self, [self.net] + self.test_nets, train_state.load(extra), extra)
+            log.info("Restored the data streams and random generators from %s", extra)
+        else:
+            log.warning("%s has no %s beside it (a snapshot of Caffe or of another tool): the data streams and "
+                        "random generators restart, so the resumed run will not repeat the uninterrupted one "
+                        "exactly", state_file, os.path.basename(extra))
+
+
+def _seg_net(net) -> bool:
+    """A segmentation test net as FCN's score.py sees one: a 4-D 'score' blob and a 'label' blob."""
+    return "score" in net.blobs and "label" in net.blobs and len(net.blobs["score"].shape) == 4
+
+
+def _images_note(net, rec) -> str:
+    """Which images a test pass's figures cover: ``20 batches x 1 = 20 of the 50 images of data/demo/val``."""
+    per = rec["images"] // max(1, rec["batches"])
+    note = f"the test pass's {rec['batches']} batches x {per} = {rec['images']} images"
+    try:
+        from .evaluate import count_records, data_layer_info
+        info = data_layer_info(net.net_param)
+        total = count_records(info)
+    except Exception:  # best effort: a note, never a failure
+        info, total = None, None
+    if total:
+        note = (f"the test pass's {rec['batches']} batches x {per} = {rec['images']} of the {total} images "
+                f"of {info['source']}")
+        if rec["images"] < total:
+            note += "; tools/score.py scores them all"
+    return note
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _is_root() -> bool:
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return _rank() == 0
 
 
 def _hms(seconds: float) -> str:

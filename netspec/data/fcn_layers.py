@@ -423,6 +423,14 @@ class _FCNSegLayer(Layer):
         else:
             self.idx = (self.idx + 1) % len(self.indices)
 
+    def train_state(self):
+        """The sample index and the generator, for exact resume (netspec.train_state)."""
+        return self.idx, self._rng.getstate()
+
+    def load_train_state(self, state):
+        self.idx, rng = state
+        self._rng.setstate(rng)
+
     def _randomize(self, p: dict) -> bool:
         r = p.get("randomize", True)
         sequential = "train" not in self.split

@@ -209,6 +209,17 @@ class SegDataLayer(Layer):
             self._finalizer = None
             loader.rewind()
 
+    def train_state(self):
+        """The consumer's position, for exact resume (netspec.train_state): the source's state (read-ahead
+        dropped) and the batch already read for the next forward, if any."""
+        self._rewind()
+        return self.data.get_state(), self._next
+
+    def load_train_state(self, state):
+        self._rewind()
+        self.data.set_state(state[0])
+        self._next = state[1]
+
     def __getstate__(self):
         self._rewind()
         state = self.__dict__.copy()

@@ -146,6 +146,16 @@ class _DataModule(nn.Module):
                      for a in arrays)
         return outs if len(outs) > 1 else outs[0]
 
+    def train_state(self):
+        """The consumer's position (read-ahead dropped), for exact resume (netspec.train_state)."""
+        self.rewind_prefetch()
+        return self.source.get_state() if hasattr(self.source, "get_state") else None
+
+    def load_train_state(self, state):
+        self.rewind_prefetch()
+        if state is not None:
+            self.source.set_state(state)
+
     def __getstate__(self):
         self.rewind_prefetch()
         state = self.__dict__.copy()
