@@ -14,7 +14,7 @@ from ..errors import LayerError
 from ..registry import Export, register
 from .base import concrete, example_net, fail
 
-_CHUNK = 1 << 24  # elements of the gathered window tensor per ROI chunk (bounds the memory of huge maps)
+_CHUNK = 1 << 23  # sparse-table elements per channel chunk (bounds the memory of large maps)
 
 
 def c_round(v: torch.Tensor) -> torch.Tensor:
@@ -46,22 +46,94 @@ def roi_bins(rois: torch.Tensor, scale: float, ph: int, pw: int, height: int, wi
     return batch, hs, he, ws, we, degenerate
 
 
-def _window_max(x, start, end, dim):
-    """Max of x over the windows [start, end) of axis ``dim`` (3 = W, 2 = H); start/end are (r, n). Returns
-    (r, C, ..., n, ...) with the window axis replaced by n bins; the first maximum wins, empty windows give
-    -inf."""
-    k = max(int((end - start).max()), 1)
-    idx = start[:, :, None] + torch.arange(k, device=x.device)  # (r, n, k)
-    valid = idx < end[:, :, None]
-    idx = idx.clamp(max=x.shape[dim] - 1).clamp(min=0)
-    r, n = start.shape
-    if dim == 3:
-        g = torch.gather(x, 3, idx.reshape(r, 1, 1, n * k).expand(-1, x.shape[1], x.shape[2], -1))
-        g = g.reshape(r, x.shape[1], x.shape[2], n, k).masked_fill(~valid[:, None, None], -torch.inf)
-        return g.max(-1).values
-    g = torch.gather(x, 2, idx.reshape(r, 1, n * k, 1).expand(-1, x.shape[1], -1, x.shape[3]))
-    g = g.reshape(r, x.shape[1], n, k, x.shape[3]).masked_fill(~valid[:, None, :, :, None], -torch.inf)
-    return g.max(3).values
+def _log2_floor(n: torch.Tensor) -> torch.Tensor:
+    """floor(log2(n)) of positive integers, exactly (counting powers of two, no float log)."""
+    k = torch.zeros_like(n)
+    p = 2
+    while bool((n >= p).any()):
+        k += (n >= p).long()
+        p *= 2
+    return k
+
+
+def _better(v1, i1, v2, i2):
+    """The first maximum in row-major order of two candidates (value, flat index): the larger value, the
+    smaller index on a tie."""
+    if i1 is None:
+        return torch.maximum(v1, v2), None
+    take = (v2 > v1) | ((v2 == v1) & (i2 < i1))
+    return torch.where(take, v2, v1), torch.where(take, i2, i1)
+
+
+def _shift_better(v, i, s, dim):
+    """Each position against the one ``s`` further along ``dim`` (positions past the end keep their own)."""
+    n = v.shape[dim]
+    if s >= n:
+        return v, i
+    a = [slice(None)] * v.dim()
+    b = list(a)
+    a[dim], b[dim] = slice(0, n - s), slice(s, n)
+    pick = (lambda t, sl: None if t is None else t[tuple(sl)])
+    v2, i2 = _better(v[tuple(a)], pick(i, a), v[tuple(b)], pick(i, b))
+    keep = list(a)
+    keep[dim] = slice(n - s, n)
+    return (torch.cat([v2, v[tuple(keep)]], dim),
+            None if i is None else torch.cat([i2, i[tuple(keep)]], dim))
+
+
+def _sparse_table(xs, levels_h, levels_w, with_index):
+    """2-D sparse table of (c, H, W): entry [kh * levels_w + kw] at (h, w) is the maximum of the 2^kh x 2^kw
+    block starting there, as (values, flat indices h * W + w of its first maximum in row-major order, or None),
+    each (c, levels * H * W)."""
+    c, H, W = xs.shape
+    idx = torch.arange(H * W, device=xs.device).reshape(1, H, W).expand(c, H, W) if with_index else None
+    tables = {}
+    v_w, i_w = xs, idx
+    for kw in range(levels_w):
+        if kw:
+            v_w, i_w = _shift_better(v_w, i_w, 1 << (kw - 1), 2)
+        v, i = v_w, i_w
+        for kh in range(levels_h):
+            if kh:
+                v, i = _shift_better(v, i, 1 << (kh - 1), 1)
+            tables[kh, kw] = (v, i)
+    keys = sorted(tables)  # kh-major, as the query's level kh * levels_w + kw
+    V = torch.stack([tables[k][0].reshape(c, H * W) for k in keys], 1).reshape(c, -1)
+    I = torch.stack([tables[k][1].reshape(c, H * W) for k in keys], 1).reshape(c, -1) if with_index else None
+    return V, I
+
+
+def _bin_max(x, batch, hs, he, ws, we, want_index):
+    """The maximum of each bin (R, C, ph, pw), or with ``want_index`` the flat index h * W + w of its first
+    maximum (row-major, as the fork's strict ``>`` scan); garbage for empty bins. Range-maximum queries on a
+    sparse table per image and channel chunk: each bin is the union of 4 (overlapping) power-of-two blocks."""
+    N, C, H, W = x.shape
+    R, PH = hs.shape
+    PW = ws.shape[1]
+    out = torch.zeros(R, C, PH, PW, dtype=torch.long if want_index else x.dtype, device=x.device)
+    if R == 0:
+        return out
+    dh, dw = (he - hs).clamp(min=1), (we - ws).clamp(min=1)
+    lh, lw = _log2_floor(dh), _log2_floor(dw)
+    LH, LW = int(lh.max()) + 1, int(lw.max()) + 1
+    h0 = hs.clamp(0, H - 1)[:, :, None]
+    h1 = (he - (1 << lh)).clamp(0, H - 1)[:, :, None]
+    w0 = ws.clamp(0, W - 1)[:, None, :]
+    w1 = (we - (1 << lw)).clamp(0, W - 1)[:, None, :]
+    base = (lh[:, :, None] * LW + lw[:, None, :]) * (H * W)  # (R, PH, PW)
+    corners = [base + hh * W + ww for hh in (h0, h1) for ww in (w0, w1)]
+    step = max(1, _CHUNK // (LH * LW * H * W))
+    xd = x.detach()
+    for n in torch.unique(batch).tolist():
+        rows = (batch == n).nonzero()[:, 0]
+        pos = [q[rows].reshape(-1) for q in corners]
+        for c0 in range(0, C, step):
+            V, I = _sparse_table(xd[n, c0:c0 + step], LH, LW, want_index)
+            v, i = V[:, pos[0]], None if I is None else I[:, pos[0]]
+            for q in pos[1:]:
+                v, i = _better(v, i, V[:, q], None if I is None else I[:, q])
+            out[rows, c0:c0 + step] = (i if want_index else v).reshape(-1, len(rows), PH, PW).transpose(0, 1)
+    return out
 
 
 class ROIPooling(nn.Module):
@@ -88,15 +160,12 @@ class ROIPooling(nn.Module):
         if concrete(batch) and batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= N):
             raise LayerError(f"{self.ident}: ROI batch index {int(batch.min())}..{int(batch.max())} outside the "
                              f"{N} images of the feature map (column 0 of the rois bottom)")
-        outs = []
-        kw = max(int((we - ws).max()), 1) if batch.numel() else 1
-        step = max(1, _CHUNK // max(1, C * H * self.pooled_w * kw))
-        for s in range(0, batch.numel(), step):
-            sl = slice(s, s + step)
-            v = _window_max(x[batch[sl]], ws[sl], we[sl], 3)  # (r, C, H, pw)
-            v = _window_max(v, hs[sl], he[sl], 2)  # (r, C, ph, pw)
-            outs.append(v)
-        y = torch.cat(outs) if outs else x.new_zeros((0, C, self.pooled_h, self.pooled_w))
+        if x.requires_grad and torch.is_grad_enabled():
+            arg = _bin_max(x, batch, hs, he, ws, we, True)  # (R, C, ph, pw)
+            chan = torch.arange(C, device=x.device)[None, :, None, None]
+            y = x.flatten(2)[batch[:, None, None, None], chan, arg]  # the gradient goes to each bin's argmax
+        else:
+            y = _bin_max(x, batch, hs, he, ws, we, False)
         empty = (he <= hs)[:, :, None] | (we <= ws)[:, None, :]  # (R, ph, pw)
         y = torch.where(empty[:, None], torch.zeros((), dtype=y.dtype, device=y.device), y)
         return torch.where(degenerate[:, None, None, None], y.detach(), y)

@@ -105,6 +105,8 @@ def test_forward_and_backward_match_the_fork(ph, pw, scale):
     y = m(xt, torch.from_numpy(ROIS))
     ref, arg = fork_forward(x, ROIS, ph, pw, scale)
     np.testing.assert_array_equal(y.detach().numpy(), ref)
+    with torch.no_grad():  # the values-only path (no argmax kept)
+        np.testing.assert_array_equal(m(torch.from_numpy(x), torch.from_numpy(ROIS)).numpy(), ref)
     g = rng.standard_normal(ref.shape).astype(F32)
     y.backward(torch.from_numpy(g))
     np.testing.assert_allclose(xt.grad.numpy(), fork_backward(g, arg, ROIS, x.shape, ph, pw, scale), atol=1e-6)
