@@ -28,20 +28,23 @@ class Normalize(nn.Module):
     def __init__(self, channels, across_spatial, channel_shared, eps):
         super().__init__()
         self.scale = nn.Parameter(torch.empty(()) if channel_shared else torch.empty(channels))
-        self.across_spatial, self.eps = across_spatial, eps
+        self.across_spatial = across_spatial
+        # a 1-element tensor, not a scalar: torch.onnx's graph optimizer drops "+ c" for a scalar c this small
+        self.register_buffer("eps", torch.tensor([eps], dtype=torch.float32), persistent=False)
 
     def forward(self, x):
         sq = x * x
+        eps = self.eps.to(x.dtype)
         if self.across_spatial:
-            norm = torch.sqrt(sq.reshape(x.shape[0], -1).sum(1) + self.eps)
+            norm = torch.sqrt(sq.reshape(x.shape[0], -1).sum(1) + eps)
             y = x * (1.0 / norm).reshape(-1, *[1] * (x.dim() - 1))  # caffe_cpu_scale by 1 / norm
         else:
-            y = x / torch.sqrt(sq.sum(1, keepdim=True) + self.eps)
+            y = x / torch.sqrt(sq.sum(1, keepdim=True) + eps)
         s = self.scale if self.scale.dim() == 0 else self.scale.reshape(1, -1, *[1] * (x.dim() - 2))
         return y * s
 
     def extra_repr(self):
-        return f"across_spatial={self.across_spatial}, scale={tuple(self.scale.shape)}, eps={self.eps}"
+        return f"across_spatial={self.across_spatial}, scale={tuple(self.scale.shape)}, eps={self.eps.item():g}"
 
 
 @register("Normalize",

@@ -372,3 +372,41 @@ def test_small_ssd_same_as_opencv(tmp_path):
     errors = opencv_agrees(proto, weights, net, x, ["conv1_norm", "conv2_norm", "mbox_loc", "mbox_conf_flatten",
                                                     "mbox_priorbox", "detection_out"])
     assert max(errors.values()) <= 1e-4, errors
+
+
+# -- export -----------------------------------------------------------------------------------------------------
+
+def test_export_facts(tmp_path):
+    """The heads export (PriorBox as a constant of the example size); DetectionOutput and a dynamic H x W are
+    refused with the reason."""
+    export = pytest.importorskip("netspec.export")
+    full = tmp_path / "small_ssd.prototxt"
+    full.write_text(SMALL_SSD)
+    with pytest.raises(export.ExportError, match="data-dependent output size"):
+        export.check_exportable(Net(str(full), netspec.TEST).module)
+    heads = tmp_path / "heads.prototxt"
+    heads.write_text(SMALL_SSD[:SMALL_SSD.index('layer { name: "detection_out"')])
+    net = Net(str(heads), netspec.TEST)
+    _, notes = export.check_exportable(net.module)
+    assert len(notes) == 2 and all("constant of the input size" in n for n in notes)
+    with pytest.raises(export.ExportError, match="dynamic H x W"):
+        export.check_exportable(net.module, dynamic_hw=True)
+
+
+@pytest.mark.slow
+def test_heads_export_to_onnx(tmp_path):
+    """ONNX of the heads (Normalize, Permute, Flatten, PriorBox, Concat, Softmax) checked by the exporter;
+    Normalize's eps must survive torch.onnx's optimizer (an all-zero position would give 0 / 0)."""
+    export = pytest.importorskip("netspec.export")
+    pytest.importorskip("onnxruntime")
+    heads = tmp_path / "heads.prototxt"
+    heads.write_text(SMALL_SSD[:SMALL_SSD.index('layer { name: "detection_out"')])
+    net = Net(str(heads), netspec.TEST)
+    random_weights(net, np.random.default_rng(0))
+    weights = tmp_path / "heads.caffemodel"
+    net.save(str(weights))
+    export.export(str(heads), weights=str(weights), onnx_path=str(tmp_path / "heads.onnx"))
+    import onnxruntime as ort
+    x = np.zeros((2, 3, 32, 32), np.float32)  # every position all-zero
+    got = ort.InferenceSession(str(tmp_path / "heads.onnx")).run(["mbox_conf_flatten"], {"data": x})[0]
+    np.testing.assert_allclose(got, net.forward(data=x)["mbox_conf_flatten"], rtol=1e-5, atol=1e-6)
