@@ -197,7 +197,8 @@ def _param_dict(text: str) -> dict:
 
 
 class ProposalLayer(Layer):
-    """py-faster-rcnn's ``rpn.proposal_layer.ProposalLayer`` (param_str keys feat_stride, scales), built in:
+    """py-faster-rcnn's ``rpn.proposal_layer.ProposalLayer`` (param_str keys feat_stride, scales; also ratios,
+    which later forks of py-faster-rcnn pass), built in:
     the phase picks config.py's RPN values (TEST: 6000 / 300 / NMS 0.7 / min size 16; TRAIN: 12000 / 2000)."""
 
     def setup(self, bottom, top):
@@ -205,7 +206,9 @@ class ProposalLayer(Layer):
         if "feat_stride" not in params:
             raise LayerError(f"param_str {self.param_str!r} gives no 'feat_stride'")
         self.feat_stride = params["feat_stride"]
-        self.anchors = generate_anchors(scales=np.array(params.get("scales", (8, 16, 32))))
+        # py-faster-rcnn reads only 'scales'; later forks of it also pass 'ratios' (default as generate_anchors)
+        self.anchors = generate_anchors(ratios=np.array(params.get("ratios", (0.5, 1, 2))),
+                                        scales=np.array(params.get("scales", (8, 16, 32))))
         top[0].reshape(1, 5)
         if len(top) > 1:
             top[1].reshape(1, 1, 1, 1)

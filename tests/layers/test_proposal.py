@@ -240,3 +240,25 @@ layer { name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_r
         np.testing.assert_allclose(y[kept], x[kept], rtol=1e-6)
         assert 0.6 < kept.mean() < 0.9
         np.testing.assert_array_equal(net.blobs["x"].diff, kept.astype(np.float32))
+
+
+def test_builtin_layer_needs_no_code_and_works_when_python_layers_are_forbidden(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setattr(sys.modules["netspec.layers.python"], "FORBID", True)
+    s, d = rpn_inputs(4)
+    info = np.array([[96, 112, 1.0]], np.float32)
+    rois = Net(str(python_net(tmp_path)), netspec.TEST).forward(s=s, d=d, im_info=info)["rois"]
+    np.testing.assert_allclose(rois, fork_proposals(s, d, info[0], 16, 6000, 300, 0.7, 16)[0], rtol=1e-6, atol=1e-4)
+
+
+def test_param_str_scales_and_ratios(tmp_path):
+    s = np.random.default_rng(5).random((1, 8, 5, 5)).astype(np.float32)  # 4 anchors: 2 ratios x 2 scales
+    d = np.zeros((1, 16, 5, 5), np.float32)
+    info = np.array([[80, 80, 1.0]], np.float32)
+    p = python_net(tmp_path, param_str="'feat_stride': 16, 'scales': (4, 8), 'ratios': (1, 2)")
+    p.write_text(p.read_text().replace("dim: 18", "dim: 8").replace("dim: 36", "dim: 16")
+                 .replace("dim: 6 dim: 7", "dim: 5 dim: 5"))
+    rois = Net(str(p), netspec.TEST).forward(s=s, d=d, im_info=info)["rois"]
+    anchors = generate_anchors(ratios=(1, 2), scales=(4, 8))
+    expect, _ = fork_proposals(s, d, info[0], 16, 6000, 300, 0.7, 16, anchors=anchors)
+    np.testing.assert_allclose(rois, expect, rtol=1e-6, atol=1e-4)
