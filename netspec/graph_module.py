@@ -203,6 +203,10 @@ class CaffeNet(nn.Module):
                 raise
             except Exception as e:  # a builder's own check: give it the layer's identity
                 raise LayerError(f"{ident}: cannot build with bottom shapes {bshapes}: {e}") from e
+            n_blobs = len(list(module.parameters()))
+            if len(lp.param) > n_blobs:  # Net::Init: CHECK_LE(param_size, num_param_blobs)
+                raise LayerError(f"{ident}: Too many params specified for layer: {len(lp.param)} param {{ }} "
+                                 f"blocks, but the layer has {n_blobs} parameter blob{'s' * (n_blobs != 1)}")
             self.add_module(key, module)
             lp = self._as_set_up(lp, entry, module)
             node = Node(i, lp.name, lp.type, key, list(lp.bottom), list(lp.top), loss_w, prop, lp, w)

@@ -17,6 +17,7 @@ import difflib
 import os
 import pathlib
 import re
+import stat
 
 from google.protobuf import text_format
 
@@ -216,15 +217,38 @@ def _looks_like_file(source):
     return "{" not in source and source.endswith((".prototxt", ".pbtxt"))
 
 
+#: The largest text prototxt read (a net or solver file; Caffe's own limit for text protos is INT_MAX bytes,
+#: but the largest public ones are a few MB). Settable with NETSPEC_MAX_PROTOTXT_MB.
+MAX_TEXT_BYTES = int(float(os.environ.get("NETSPEC_MAX_PROTOTXT_MB", "256")) * 2 ** 20)
+
+
+def read_text_file(file_path: str, limit: int = None) -> bytes:
+    """The bytes of a text proto file, refused before reading when it is not a regular file (a FIFO would
+    block for ever, /dev/zero never ends) or larger than ``limit`` (default MAX_TEXT_BYTES)."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    try:
+        st = os.stat(file_path)
+    except OSError as err:
+        raise PrototxtError(f"{file_path}: cannot read: {err.strerror or err}") from err
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise PrototxtError(f"{file_path}: is {kind}; give the path of a .prototxt file")
+    if st.st_size > limit:
+        raise PrototxtError(f"{file_path}: {st.st_size} bytes, more than the {limit >> 20} MiB a net or solver "
+                            "prototxt may have (a binary file? binary nets are .caffemodel / .binaryproto; "
+                            "raise the limit with NETSPEC_MAX_PROTOTXT_MB)")
+    try:
+        with open(file_path, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as err:
+        raise PrototxtError(f"{file_path}: cannot read: {err.strerror or err}") from err
+
+
 def _source(path_or_text, path):
     """Return ``(text, where)`` for a path or text argument."""
     if _looks_like_file(path_or_text):
         file_path = os.fspath(path_or_text)
-        try:
-            with open(file_path, "rb") as handle:
-                data = handle.read()
-        except OSError as err:
-            raise PrototxtError(f"{file_path}: cannot read: {err.strerror or err}") from err
+        data = read_text_file(file_path)
         where = os.fspath(path) if path is not None else file_path
         return _as_str(data, where), where
     where = os.fspath(path) if path is not None else _STRING_NAME
@@ -235,6 +259,12 @@ def _as_str(text, where):
     if isinstance(text, str):
         return text
     if isinstance(text, (bytes, bytearray)):
+        if bytes(text[:3]) == b"\xef\xbb\xbf":  # a UTF-8 byte order mark (Windows editors): not part of the text
+            text = text[3:]
+        if b"\x00" in text:
+            line = text.count(b"\n", 0, text.index(b"\x00")) + 1
+            raise PrototxtError(f"{where}:{line}: the file contains NUL bytes: it is a binary file, not a text "
+                                "prototxt (binary nets are read from .caffemodel / .binaryproto files)")
         try:
             return bytes(text).decode("utf-8")
         except UnicodeDecodeError as err:

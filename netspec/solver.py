@@ -64,11 +64,16 @@ def _multistep(p, it, cs):
 
 
 def _poly(p, it, cs):
+    if it > p.max_iter:
+        raise SolverError(f"lr_policy \"poly\": iteration {it} is past max_iter {p.max_iter}, where "
+                          f"(1 - iter/max_iter)^power has no real value; raise max_iter to train longer")
     return p.base_lr * math.pow(1.0 - float(it) / float(p.max_iter), p.power), cs
 
 
 def _sigmoid(p, it, cs):
-    return p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (float(it) - float(p.stepsize))))), cs
+    z = -p.gamma * (float(it) - float(p.stepsize))
+    # 1 / (1 + e^z): e^z overflows a double past z ~ 709, where the rate is 0 to double precision (as Caffe's).
+    return p.base_lr * (0.0 if z > 700 else 1.0 / (1.0 + math.exp(z))), cs
 
 
 LR_POLICIES: Dict[str, Callable] = {
@@ -83,7 +88,13 @@ def learning_rate(param: "caffe_pb2.SolverParameter", it: int, current_step: int
     if fn is None:
         raise SolverError(f"Unknown learning rate policy '{param.lr_policy}'. Known: "
                           f"{', '.join(LR_POLICIES)}")
-    rate, cs = fn(param, it, current_step)
+    try:
+        rate, cs = fn(param, it, current_step)
+    except (ValueError, ZeroDivisionError, OverflowError) as e:
+        raise SolverError(f"lr_policy \"{param.lr_policy}\" has no learning rate at iteration {it} with base_lr "
+                          f"{param.base_lr}, gamma {param.gamma}, power {param.power}: {e}") from None
+    if not math.isfinite(rate):
+        raise SolverError(f"lr_policy \"{param.lr_policy}\" gives the learning rate {rate} at iteration {it}")
     return float(np.float32(rate)), cs
 
 
@@ -195,12 +206,22 @@ def _check_settings(p: "caffe_pb2.SolverParameter") -> None:
         problems.append("Momentum cannot be used with AdaGrad.")
     if p.regularization_type not in ("L1", "L2"):
         problems.append(f"Unknown regularization type: {p.regularization_type} (use L2 or L1)")
+    if any(n < 0 for n in p.test_iter):
+        problems.append(f"test_iter must be >= 0 (0 skips the test pass), got {list(p.test_iter)}")
     if p.iter_size < 1:
         problems.append(f"iter_size must be at least 1, got {p.iter_size}")
     if p.average_loss < 1:
         problems.append(f"average_loss must be at least 1, got {p.average_loss}")
     if p.lr_policy == "step" and p.stepsize <= 0:
         problems.append(f"lr_policy \"step\" needs stepsize > 0, got {p.stepsize}")
+    if p.lr_policy == "poly" and p.max_iter <= 0:
+        problems.append(f"lr_policy \"poly\" needs max_iter > 0 (it decays to 0 at max_iter), got {p.max_iter}")
+    if p.lr_policy == "inv" and p.gamma < 0 and 1 + p.gamma * max(p.max_iter, 0) <= 0:
+        problems.append(f"lr_policy \"inv\": 1 + gamma * iter reaches {1 + p.gamma * p.max_iter} by max_iter "
+                        f"{p.max_iter} with gamma {p.gamma}; its power has no real value there (use gamma > 0)")
+    if p.type == "Adam" and not (0 <= p.momentum < 1 and 0 <= p.momentum2 < 1):
+        problems.append(f"Adam needs 0 <= momentum < 1 and 0 <= momentum2 < 1 (beta1, beta2), got "
+                        f"{p.momentum} and {p.momentum2}")
     if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
         problems.append("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
     if problems:
@@ -428,14 +449,15 @@ class Solver:
             if not _seg_net(net) or self.param.test_iter[i] == 0:
                 continue
             rec = self.last_test.get(i)
-            if rec is None or rec["iter"] != self.iter or rec["hist"] is None:
+            reused = rec is not None and rec["iter"] == self.iter and rec["hist"] is not None
+            if not reused:
                 log.info("Scoring test net #%d after training: %d batches (set --test-iter N for fewer)", i,
                          self.param.test_iter[i])
                 self.test(i, log_outputs=False)
                 rec = self.last_test[i]
             s = scores(rec["hist"])
             s["loss"], s["images"], s["batches"] = rec["loss"], rec["images"], rec["batches"]
-            where = _images_note(net, rec)
+            where = _images_note(net, rec, reused)
             log.info("Test net #%d segmentation scores after %d iterations (%s)", i, self.iter, where)
             print(f">>> Iteration {self.iter} test net #{i}: {where}", file=out or sys.stdout)
             print(format_scores(s, loss=rec["loss"]), file=out or sys.stdout, flush=True)
@@ -545,6 +567,9 @@ class Solver:
         sums = None
         loss = 0.0
         n = p.test_iter[i]
+        if n == 0:  # test_iter: 0 (or --test-iter 0) skips the pass
+            log.info("Test net #%d: test_iter is 0, no test pass", i)
+            return {}
         loss_outputs = net.loss_outputs()
         seg = _seg_net(net)
         hist, images = None, 0
@@ -763,10 +788,11 @@ def _seg_net(net) -> bool:
     return "score" in net.blobs and "label" in net.blobs and len(net.blobs["score"].shape) == 4
 
 
-def _images_note(net, rec) -> str:
+def _images_note(net, rec, reused: bool) -> str:
     """Which images a test pass's figures cover: ``20 batches x 1 = 20 of the 50 images of data/demo/val``."""
     per = rec["images"] // max(1, rec["batches"])
-    note = f"the test pass's {rec['batches']} batches x {per} = {rec['images']} images"
+    head = "the Test net output pass above: " if reused else ""
+    note = f"{head}{rec['batches']} batches x {per} = {rec['images']} images"
     try:
         from .evaluate import count_records, data_layer_info
         info = data_layer_info(net.net_param)
@@ -774,8 +800,7 @@ def _images_note(net, rec) -> str:
     except Exception:  # best effort: a note, never a failure
         info, total = None, None
     if total:
-        note = (f"the test pass's {rec['batches']} batches x {per} = {rec['images']} of the {total} images "
-                f"of {info['source']}")
+        note = f"{head}{rec['batches']} batches x {per} = {rec['images']} of the {total} images of {info['source']}"
         if rec["images"] < total:
             note += "; tools/score.py scores them all"
     return note

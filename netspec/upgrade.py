@@ -494,6 +494,9 @@ def _upgrade_v1_net(net, v1_origin, log) -> tuple[bool, list]:
 def _upgrade_input(net, origin: list) -> list:
     """``UpgradeNetInput``: input fields -> an "input" Input layer placed first."""
     has_shape, has_dim = len(net.input_shape) > 0, len(net.input_dim) > 0
+    if has_shape and has_dim:  # net.cpp (before the Input layer): CHECK that only one of the two is given
+        raise PrototxtError("Must specify either input_shape OR deprecated input_dim, not both (the net gives "
+                            f"{len(net.input_shape)} input_shape and {len(net.input_dim)} input_dim values)")
     if has_shape or has_dim:
         layer = _Schema(net).LayerParameter(name="input", type="Input")
         layer.input_param.SetInParent()

@@ -98,3 +98,20 @@ def test_checkpointable_types_are_declared_pure_in_the_registry():
     pure = {t for t in LAYERS if LAYERS.get(t).pure}
     assert {"Convolution", "ReLU", "Pooling", "BatchNorm", "Crop", "Interp"} <= pure
     assert not pure & {"Data", "Python", "SoftmaxWithLoss", "Accuracy"}
+
+
+def test_more_param_specs_than_blobs_and_input_dim_with_input_shape_are_refused_as_caffe_does():
+    from google.protobuf import text_format
+    from netspec.errors import LayerError, PrototxtError
+    from netspec.proto import caffe_pb2
+    net = text_format.Parse(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" param { lr_mult: 1 } param { lr_mult: 2 } '
+        'param { lr_mult: 3 } inner_product_param { num_output: 2 } }', caffe_pb2.NetParameter())
+    with pytest.raises(LayerError, match=r"layer 'ip' \(InnerProduct\): Too many params specified for layer: 3 "
+                                         r"param \{ \} blocks, but the layer has 2 parameter blobs"):
+        netspec.Net(net, netspec.TEST)
+    both = text_format.Parse('input: "x" input_shape { dim: 1 dim: 2 } input_dim: 1 input_dim: 2 input_dim: 1 '
+                             'input_dim: 1', caffe_pb2.NetParameter())
+    with pytest.raises(PrototxtError, match="either input_shape OR deprecated input_dim, not both"):
+        netspec.Net(both, netspec.TEST)

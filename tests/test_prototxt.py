@@ -331,3 +331,32 @@ def test_fuzz_random_bytes(data):
         prototxt.parse_solver(data, path="fuzz.prototxt")
     except PrototxtError:
         pass
+
+
+def test_a_net_path_that_is_no_regular_file_is_refused_before_reading(tmp_path):
+    import netspec
+    fifo = tmp_path / "net.fifo"
+    os.mkfifo(fifo)
+    for path, words in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                        (str(tmp_path), "is a directory")):
+        with pytest.raises(PrototxtError, match=words):
+            netspec.Net(path, netspec.TEST)   # a FIFO would block for ever, /dev/zero never ends
+
+
+def test_an_oversized_or_binary_prototxt_is_refused(tmp_path, monkeypatch):
+    big = tmp_path / "big.prototxt"
+    with open(big, "wb") as f:
+        f.truncate(2 ** 20 + 1)
+    monkeypatch.setattr(prototxt, "MAX_TEXT_BYTES", 2 ** 20)
+    with pytest.raises(PrototxtError, match="more than the 1 MiB a net or solver prototxt may have"):
+        prototxt.read_net(big)
+    small = tmp_path / "nul.prototxt"
+    small.write_bytes(b'name: "a"\nlayer {\x00}')
+    with pytest.raises(PrototxtError, match=r"nul.prototxt:2: the file contains NUL bytes: it is a binary file"):
+        prototxt.read_net(small)
+
+
+def test_a_utf8_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.prototxt"
+    path.write_bytes(b'\xef\xbb\xbfname: "bom"\n')
+    assert prototxt.read_net(path).name == "bom"

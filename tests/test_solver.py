@@ -84,3 +84,43 @@ def test_bad_settings_are_refused_at_start_not_after_a_pass(field, value, words)
     from netspec.errors import SolverError
     with pytest.raises(SolverError, match=words):
         make(**{field: value})
+
+
+@pytest.mark.parametrize("fields, words", [
+    (dict(lr_policy="poly", power=0.9, max_iter=0), "needs max_iter > 0"),
+    (dict(lr_policy="inv", gamma=-1.0, power=0.75), "1 \\+ gamma \\* iter reaches -9.0"),
+    (dict(type="Adam", momentum2=2.0), "0 <= momentum2 < 1"),
+])
+def test_learning_rate_maths_without_a_value_is_refused_at_start(fields, words):
+    from netspec.errors import SolverError
+    with pytest.raises(SolverError, match=words):
+        make(**fields)
+
+
+def test_learning_rate_edges_give_caffe_values_or_a_clear_error():
+    from netspec.errors import SolverError
+    from netspec.solver import learning_rate
+    p = prototxt.parse_solver('base_lr: 0.1 lr_policy: "sigmoid" gamma: 1 stepsize: 100')
+    assert learning_rate(p, 10000)[0] == pytest.approx(0.1)
+    assert learning_rate(p, 0)[0] == pytest.approx(0.1 / (1 + np.exp(100)))  # e^-100 is tiny, not an overflow
+    p.gamma = -1   # e^(it - 100) overflows a double for it > 809: the rate is 0 there
+    assert learning_rate(p, 10000)[0] == 0.0
+    poly = prototxt.parse_solver('base_lr: 0.1 lr_policy: "poly" power: 0.9 max_iter: 10')
+    assert learning_rate(poly, 10)[0] == 0.0
+    with pytest.raises(SolverError, match="iteration 11 is past max_iter 10"):
+        learning_rate(poly, 11)
+
+
+def test_test_iter_zero_skips_the_pass_and_negative_is_refused(tmp_path, monkeypatch):
+    from netspec.errors import SolverError
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(NET % "false")
+    base = 'net: "net.prototxt"\ntest_interval: 2\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 4\n' \
+           'snapshot_prefix: "s"\ndisplay: 0\n'
+    (tmp_path / "solver.prototxt").write_text(base + "test_iter: 0\n")
+    s = Solver("solver.prototxt")
+    s.solve()
+    assert s.iter == 4 and s.test_all() == [{}]
+    (tmp_path / "solver.prototxt").write_text(base + "test_iter: -3\n")
+    with pytest.raises(SolverError, match=r"test_iter must be >= 0"):
+        Solver("solver.prototxt")

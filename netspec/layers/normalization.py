@@ -40,6 +40,16 @@ def lrn(lp, bottom_shapes, ctx):
         raise fail(lp, ctx, f"input must have 4 axes (N, C, H, W), got shape {tuple(bottom_shapes[0])}")
     if p.local_size % 2 == 0:
         raise fail(lp, ctx, f"LRN only supports odd values for local_size, got {p.local_size}")
+    n, c, h, w = bottom_shapes[0]
+    within = p.norm_region == p.WITHIN_CHANNEL
+    # The zero-padded square of the input (channels, or H and W, padded by (local_size - 1) / 2 each side) is a
+    # blob in Caffe: refuse, before allocating, a window that makes it exceed Caffe's INT_MAX limit per blob.
+    padded = n * c * (h + p.local_size - 1) * (w + p.local_size - 1) if within else \
+        n * (c + p.local_size - 1) * h * w
+    if padded > 2 ** 31 - 1:
+        raise fail(lp, ctx, f"local_size {p.local_size} pads the {tuple(bottom_shapes[0])} input to {padded} "
+                            "elements, more than Caffe's INT_MAX per blob; use a window no larger than the "
+                            f"{'image' if within else 'channel count'}")
     return LRN(p.local_size, p.alpha, p.beta, p.k, p.norm_region == p.WITHIN_CHANNEL)
 
 

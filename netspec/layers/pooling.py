@@ -87,11 +87,14 @@ def pool2d(x, method: int, k, s, p, ceil: bool, want_mask: bool = False):
             return F.max_pool2d(x, k, s, p, ceil_mode=ceil), None
         xp, strides, rows, cols = _cover(x, k, s, p, out, -math.inf)  # -inf never wins: windows clipped
         y, idx = F.max_pool2d(xp, k, strides, return_indices=True)
+        # A window wholly in the padding is empty: Caffe leaves its initial -FLT_MAX there (mask -1).
+        empty = torch.isneginf(y)
+        y = torch.where(empty, torch.finfo(torch.float32).min, y)
         if not want_mask:
             return y, None
         wp = xp.shape[-1]
         idx = rows[idx // wp] * W + cols[idx % wp]  # index in the laid-out plane -> bottom-plane h*W + w
-        return y, idx.to(x.dtype)
+        return y, torch.where(empty, -1, idx).to(x.dtype)
     if method == AVE:
         if native:
             return F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True), None

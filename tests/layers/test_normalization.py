@@ -142,3 +142,16 @@ def test_mvn_mean_only_and_2d():
     grad_check(m, x, lambda x: x - x.mean((2, 3), keepdim=True))
     m = build('type: "MVN"', (3, 4))
     assert torch.equal(m(torch.randn(3, 4)), torch.zeros(3, 4))  # one value per (n, c)
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_window_too_large_for_a_blob_is_refused_at_build_time(region):
+    from google.protobuf import text_format
+    import netspec
+    from netspec.errors import LayerError
+    from netspec.proto import caffe_pb2
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
+            f'layer {{ name: "n" type: "LRN" bottom: "x" top: "y" lrn_param {{ local_size: 2000000001 '
+            f'norm_region: {region} }} }}')
+    with pytest.raises(LayerError, match=r"layer 'n' \(LRN\): local_size 2000000001 pads .* more than Caffe's INT_MAX"):
+        netspec.Net(text_format.Parse(text, caffe_pb2.NetParameter()), netspec.TEST)

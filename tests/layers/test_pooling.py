@@ -205,3 +205,16 @@ def test_spp_height_one_is_4d_and_small_inputs_are_refused():
     torch.testing.assert_close(m(torch.ones(2, 3, 5, 6)), torch.ones(2, 3, 1, 1))
     with pytest.raises(LayerError, match="level 2"):
         build('name: "s" type: "SPP" bottom: "x" top: "y" spp_param { pyramid_height: 3 }', (1, 1, 5, 5))
+
+
+def test_empty_max_window_is_minus_flt_max_with_mask_minus_one_as_caffe():
+    # CEIL rounding without padding lets a last window start past the input (kernel 1 < stride 3 on 5 pixels:
+    # starts 0, 3, 6): Caffe leaves -FLT_MAX there (and mask -1), never -inf.
+    import torch
+    from netspec.layers.pooling import pool2d
+    x = torch.randn(1, 1, 5, 5)
+    y, mask = pool2d(x, 0, (1, 1), (3, 3), (0, 0), True, True)
+    assert y.shape == (1, 1, 3, 3)
+    assert torch.all(y[0, 0, 2] == -3.4028234663852886e38) and torch.all(y[0, 0, :, 2] == -3.4028234663852886e38)
+    assert torch.all(mask[0, 0, 2] == -1)
+    assert torch.equal(y[0, 0, :2, :2], x[0, 0, ::3, ::3][:2, :2])
