@@ -410,3 +410,30 @@ def test_heads_export_to_onnx(tmp_path):
     x = np.zeros((2, 3, 32, 32), np.float32)  # every position all-zero
     got = ort.InferenceSession(str(tmp_path / "heads.onnx")).run(["mbox_conf_flatten"], {"data": x})[0]
     np.testing.assert_allclose(got, net.forward(data=x)["mbox_conf_flatten"], rtol=1e-5, atol=1e-6)
+
+
+def test_binary_compatible_with_the_fork_schema():
+    """Every SSD field netspec adds has the fork's number, type and enum values: a NetParameter written with
+    netspec's schema reads back identically with the fork's own caffe.proto (tests/data/forks/ssd)."""
+    pytest.importorskip("grpc_tools")
+    from pathlib import Path
+    from netspec.proto import compile_proto
+    fork = compile_proto(Path(__file__).resolve().parents[1] / "data" / "forks" / "ssd" / "ssd_caffe.proto")
+    text = SMALL_SSD.replace("top_k: 100 }", "top_k: 100 eta: 0.9 } variance_encoded_in_target: true "
+                             "save_output_param { output_directory: 'o' output_name_prefix: 'p' output_format: 'VOC' "
+                             "label_map_file: 'l' name_size_file: 'n' num_test_image: 3 resize_param { prob: 0.5 "
+                             "resize_mode: FIT_SMALL_SIZE height: 3 width: 4 height_scale: 5 width_scale: 6 "
+                             "pad_mode: MIRRORED pad_value: 1 interp_mode: CUBIC } } visualize: false "
+                             "visualize_threshold: 0.7 save_file: 's'")
+    text = text.replace("step: 2", "step: 2 img_size: 32 offset: 0.25").replace(
+        "aspect_ratio: 3", "aspect_ratio: 3 img_h: 30 img_w: 31 step_h: 3 step_w: 4")
+    text = text.replace("norm_param { across_spatial: true }", "norm_param { across_spatial: true eps: 1e-6 }")
+    ours = text_format.Parse(text, caffe_pb2.NetParameter())
+    theirs = fork.NetParameter.FromString(ours.SerializeToString())
+    shown = text_format.MessageToString(theirs)
+    assert shown == text_format.MessageToString(ours)
+    for field in ("interp_mode: CUBIC", "eta: 0.9", "img_w: 31", "offset: 0.25", "eps: 1e-06", "order: 3",
+                  "code_type: CENTER_SIZE", "channel_shared: false", "save_file:"):
+        assert field in shown, field
+    back = caffe_pb2.NetParameter.FromString(theirs.SerializeToString())
+    assert back == ours
