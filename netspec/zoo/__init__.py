@@ -213,6 +213,16 @@ _add("deeplabv3_resnet101_idd_head", "DeepLabv3 ResNet-101, IDD: ImageNet trunk 
      "deeplab", lambda split: _deeplabv3(split, train_trunk=False),
      lambda: _deeplab_solver("deeplabv3_resnet101_idd_head"))
 
+# -- Caffe forks' nets: PSPNet-50 (ADE20K) in PSPNet's dialect, SegNet (CamVid) in SegNet's ----------------
+# See netspec/zoo/pspnet.py and netspec/zoo/segnet.py (layer for layer the releases, names included).
+from .pspnet import pspnet50 as _pspnet50, pspnet_solver as _pspnet_solver  # noqa: E402
+from .segnet import segnet as _segnet, segnet_solver as _segnet_solver  # noqa: E402
+
+_add("pspnet50_ade20k", "PSPNet-50 (PSPNet's BN, pyramid pooling), ADE20K (150 classes)", "pspnet",
+     _pspnet50, _pspnet_solver)
+_add("segnet_camvid", "SegNet (SegNet's BN, max-unpooling Upsample, DenseImageData), CamVid (11 classes)",
+     "segnet", _segnet, _segnet_solver)
+
 
 def names() -> List[str]:
     return list(MODELS)

@@ -77,13 +77,16 @@ def test_nets_parse_and_their_crops_are_consistent(name):
         assert net == zoo.net(name, split)
         checks = check_crops(net)
         assert all(c.ok for c in checks), (split, checks)
-        # every net aligns its score with the input by Crop, except those that resize by Interp (DeepLab)
-        assert checks or any(l.type == "Interp" for l in net.layer), split
-    # train and val differ only in the data layer's python_param (layer class, param_str)
+        # every net aligns its score with the input by Crop, except those that resize by Interp (DeepLab,
+        # PSPNet) or unpool by SegNet's Upsample
+        assert checks or any(l.type in ("Interp", "Upsample") for l in net.layer), split
+    # train and val differ only in the data layer's python_param (layer class, param_str), or for SegNet's
+    # DenseImageData its dense_image_data_param
     train, val = nets["train"], nets["val"]
-    assert train.layer[0].type == val.layer[0].type == "Python"
-    assert train.layer[0].python_param.param_str != val.layer[0].python_param.param_str
-    val.layer[0].python_param.CopyFrom(train.layer[0].python_param)
+    assert train.layer[0].type == val.layer[0].type and train.layer[0].type in ("Python", "DenseImageData")
+    field = {"Python": "python_param", "DenseImageData": "dense_image_data_param"}[train.layer[0].type]
+    assert getattr(train.layer[0], field) != getattr(val.layer[0], field)
+    getattr(val.layer[0], field).CopyFrom(getattr(train.layer[0], field))
     assert train == val
     # deploy = train without the data layer, losses (and, for FCN, Dropout); Input named input
     deploy = nets["deploy"]
@@ -92,7 +95,7 @@ def test_nets_parse_and_their_crops_are_consistent(name):
     assert [l.name for l in train.layer[1:] if l.type not in strip] == \
         [l.name for l in deploy.layer[1:]]
     # data paths are repository-relative
-    assert "../" not in train.layer[0].python_param.param_str
+    assert "../" not in str(getattr(train.layer[0], field))
 
 
 @pytest.mark.parametrize("key", sorted(UPSTREAM), ids=lambda k: f"{k[0]}-{k[1]}")
@@ -338,7 +341,8 @@ def test_deploy_shapes_at_375x500_equal_the_published_tables(shared_dir, name, t
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in zoo.names()
                                   if n not in ("demo", "fcn8s_voc", "fcn32s_voc", "fcn2s_vgg19_voc",
-                                               "fcn32s_nyud_color_d", "fcn32s_nyud_color_hha")])
+                                               "fcn32s_nyud_color_d", "fcn32s_nyud_color_hha",
+                                               "segnet_camvid")])  # SegNet: H, W multiples of 32
 def test_every_deploy_net_builds(name):
     net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
     for out in net.outputs:

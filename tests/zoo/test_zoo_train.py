@@ -83,7 +83,7 @@ def with_input_layer(net, shapes):
     """``net`` with its data layer (the first, without bottoms) replaced by an ``Input`` layer of
     the same name and tops, ``shapes[top]`` each; every other layer as it was."""
     data = net.layer[0]
-    assert not data.bottom and data.type in ("Python", "Data", "ImageData", "HDF5Data"), data.type
+    assert not data.bottom and data.type in ("Python", "Data", "ImageData", "HDF5Data", "DenseImageData"), data.type
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     layer = caffe_pb2.LayerParameter(name=data.name, type="Input", top=list(data.top))
@@ -96,7 +96,7 @@ def with_input_layer(net, shapes):
 def batch_size(net):
     """1, or 2 for nets with BatchNorm: its batch statistics over one image's 1×1 blob (an ASPP
     image-pooling branch) are that blob itself, so such a branch outputs 0 and learns nothing."""
-    return 2 if any(l.type == "BatchNorm" for l in net.layer) else 1
+    return 2 if any(l.type in ("BatchNorm", "BN") for l in net.layer) else 1
 
 
 def input_shapes(net, size=SIZE):
@@ -195,7 +195,7 @@ def frozen_blobs_that_changed(solver, before):
     them in TRAIN)."""
     types = {l.name: l.type for l in solver.net.net_param.layer}
     return [f"{layer}[{j}]" for (layer, j), lr in lr_mults(solver).items()
-            if lr == 0 and types[layer] != "BatchNorm"
+            if lr == 0 and types[layer] not in ("BatchNorm", "BN")
             and np.any(solver.net.params[layer][j].data != before[layer][j])]
 
 
