@@ -365,6 +365,10 @@ def test_small_ssd_same_as_opencv(tmp_path):
     random_weights(net, rng)
     weights = tmp_path / "small_ssd.caffemodel"
     net.save(str(weights))
+    again = Net(str(proto), netspec.TEST, weights=str(weights))  # the 0-axis shared scale blob round-trips
+    assert again.params["conv2_norm"][0].shape == () and again.params["conv1_norm"][0].shape == (8,)
+    for name in ("conv1_norm", "conv2_norm"):
+        assert np.array_equal(again.params[name][0].data, net.params[name][0].data)
     x = rng.standard_normal(net.blobs["data"].shape).astype(np.float32)
     det = net.forward(data=x)["detection_out"]
     assert det.shape[2] > 5 and set(det[0, 0, :, 0]) == {0.0, 1.0}  # detections in both images
