@@ -177,23 +177,36 @@ def proposal(lp, bottom_shapes, ctx):
 
 
 def _param_dict(text: str) -> dict:
-    """ProposalLayer reads param_str as YAML; its usual form "'feat_stride': 16" is a dict literal without
-    braces. Read it as a Python literal, with braces added, or (PyYAML present) as YAML."""
+    """ProposalLayer reads param_str with yaml.load. Its forms in the released prototxts: "'feat_stride': 16"
+    (a dict literal without braces) and, in the COCO nets, one "key: value" per line with a
+    ``!!python/tuple [4, 8, 16, 32]`` value. Read as a Python literal, with braces added, or line by line;
+    never by executing anything."""
     for attempt in (text, "{" + text + "}"):
-        try:
-            v = ast.literal_eval(attempt)
-        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
-            continue
+        v = _literal(attempt)
         if isinstance(v, dict):
             return v
-    try:
-        import yaml
-        v = yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 - not YAML either, or no PyYAML
-        v = None
-    if isinstance(v, dict):
-        return v
+    out = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        k = _literal(key) if key[:1] in "'\"" else key
+        v = _literal(value.replace("!!python/tuple", "").strip())
+        if not sep or not isinstance(k, str) or v is None:
+            out = None
+            break
+        out[k] = tuple(v) if isinstance(v, list) and "!!python/tuple" in line else v
+    if out:
+        return out
     raise LayerError(f"param_str {text!r} is not a mapping like \"'feat_stride': 16\"")
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        return None
 
 
 class ProposalLayer(Layer):

@@ -132,6 +132,8 @@ def test_nms_keeps_the_best_and_drops_overlaps_above_the_threshold():
 
 @pytest.mark.parametrize("text,expect", [
     ("'feat_stride': 16", {"feat_stride": 16}),
+    ("'feat_stride': 16 \n'scales': !!python/tuple [4, 8, 16, 32]", {"feat_stride": 16, "scales": (4, 8, 16, 32)}),
+    ("feat_stride: 8\nscales: [8, 16]", {"feat_stride": 8, "scales": [8, 16]}),
     ("{'feat_stride': 8, 'scales': (4, 8)}", {"feat_stride": 8, "scales": (4, 8)}),
 ])
 def test_param_str(text, expect):
@@ -262,3 +264,27 @@ def test_param_str_scales_and_ratios(tmp_path):
     anchors = generate_anchors(ratios=(1, 2), scales=(4, 8))
     expect, _ = fork_proposals(s, d, info[0], 16, 6000, 300, 0.7, 16, anchors=anchors)
     np.testing.assert_allclose(rois, expect, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_coco_faster_rcnn_test_net_runs_as_released():  # ~1-3 s
+    """py-faster-rcnn models/coco/VGG_CNN_M_1024/faster_rcnn_end2end/test.prototxt: 12 anchors from the YAML
+    param_str "'scales': !!python/tuple [4, 8, 16, 32]", 81 classes."""
+    net = Net(str(DATA / "coco_VGG_CNN_M_1024_test.prototxt"), netspec.TEST)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 224, 224), np.float32) * 50
+    out = net.forward(data=x, im_info=np.array([[224, 224, 1]], np.float32))
+    assert net.blobs["rpn_cls_prob_reshape"].shape[:2] == (1, 24)  # 2 x 12 anchors
+    R = len(net.blobs["rois"].data)
+    assert 0 < R <= 300 and out["cls_prob"].shape == (R, 81) and out["bbox_pred"].shape == (R, 324)
+
+
+def test_zf_fast_rcnn_test_net_takes_rois():
+    """Fast R-CNN (no RPN): models/pascal_voc/ZF/fast_rcnn/test.prototxt with rois as a net input."""
+    net = Net(str(DATA / "ZF_fast_rcnn_test.prototxt"), netspec.TEST)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 224, 224), np.float32)
+    rois = np.array([[0, 0, 0, 100, 100], [0, 50, 60, 200, 220], [0, 10, 10, 12, 12]], np.float32)
+    out = net.forward(data=x, rois=rois)
+    assert net.blobs["roi_pool_conv5"].shape == (3, 256, 6, 6)
+    assert out["cls_prob"].shape == (3, 21) and out["bbox_pred"].shape == (3, 84)
