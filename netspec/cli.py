@@ -3,6 +3,7 @@ input ends the run. Imports no torch at module level, so a tool's ``--help`` sta
 import datetime
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -24,8 +25,63 @@ def run_tool(body) -> int:
         return 1
 
 
+#: Caffe's single-dash flag spellings (``caffe train -solver S -weights W -gpu 0``) read as ``--solver`` etc.
+CAFFE_FLAGS = ("solver", "weights", "gpu", "model", "iterations", "snapshot", "level", "stage", "phase",
+               "sigint_effect", "sighup_effect")
+
+#: Whether long passes (scoring, test passes, packing) draw a tqdm bar; the tools' ``--no-progress`` and
+#: ``--quiet`` turn it off for the process.
+PROGRESS = {"enabled": True}
+
+
+def caffe_spellings(argv: List[str], parser=None) -> List[str]:
+    """``-solver S`` / ``-solver=S`` (Caffe's gflags spellings) as ``--solver``, for the flags the parser has."""
+    known = set(parser._option_string_actions) if parser is not None else None
+    out = []
+    for tok in argv:
+        m = re.match(r"^-([a-z_]+)(=.*)?$", tok)
+        if m and m.group(1) in CAFFE_FLAGS:
+            for cand in ("--" + m.group(1), "--" + m.group(1).replace("_", "-")):
+                if known is None or cand in known:
+                    tok = cand + (m.group(2) or "")
+                    break
+        out.append(tok)
+    return out
+
+
+def add_net_state(p):
+    """``--level`` and ``--stage``, as every tool that builds a net from a prototxt names them."""
+    p.add_argument("--level", type=int, default=0, help="net state level: layers whose include/exclude rules "
+                   "name min_level/max_level are kept or dropped by it (default 0)")
+    p.add_argument("--stage", default="", help="net state stages, comma-separated: layers whose rules name a "
+                   "stage are kept or dropped by them (default none)")
+
+
+def add_verbosity(p, progress: bool = True):
+    """The shared ``--quiet`` (warnings only, and no progress bar) and ``--no-progress`` (keep the log, drop
+    the bar)."""
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only (no progress bar)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar on long passes (the log "
+                       "lines stay)")
+
+
+def progress(iterable=None, *, desc: str, total: Optional[int] = None, unit: str = "it", delay: float = 2.0,
+             enabled: Optional[bool] = None):
+    """``iterable`` wrapped in a tqdm bar on stderr that appears once the pass has taken ``delay`` seconds
+    (short passes draw nothing), unless bars are off (``--no-progress``, ``--quiet``)."""
+    on = PROGRESS["enabled"] if enabled is None else enabled
+    if not on:
+        return iterable if iterable is not None else range(total or 0)
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, unit=unit, delay=delay, leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
 def parse_args(parser, argv):
-    """``parser.parse_args(argv)`` with the shared ``--dialect`` and ``--proto`` options. ``--dialect``: the
+    """``parser.parse_args(argv)`` with the shared ``--dialect`` and ``--proto`` options, Caffe's single-dash
+    spellings of its flags (``-solver``, ``-weights``, ``-gpu``, ``-model``, ``-iterations``, ``-snapshot``)
+    and the progress switch (``--no-progress``/``--quiet``). ``--dialect``: the
     Caffe fork whose meaning ambiguous layer types take (:func:`netspec.runtime.set_dialect`). ``--proto``: a
     Caffe fork's caffe.proto becomes the schema every prototxt, caffemodel and solverstate is read and written
     with (:func:`netspec.proto.load_proto`), for the rest of the process."""
@@ -36,7 +92,12 @@ def parse_args(parser, argv):
                         help="read every net as written for this Caffe fork where forks give one layer type "
                              "different meanings (pspnet, segnet, ...; see docs/caffe_forks.md); default: "
                              "recognised from each net's layers and fields")
-    args = parser.parse_args(argv)
+    if parser.epilog is None:
+        parser.epilog = ("Caffe's single-dash spellings (-solver, -weights, -gpu, -model, -iterations, -snapshot) "
+                         "are accepted for the flags this tool has.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(caffe_spellings(argv, parser))
+    PROGRESS["enabled"] = not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
     if args.dialect:
         from .runtime import set_dialect
         try:

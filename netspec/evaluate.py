@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cli import parse_args, setup_logging, stages, tool_device
+from .cli import add_net_state, add_verbosity, parse_args, progress as progress_bar, setup_logging, stages, tool_device
 from .data.transform import FCN_MEAN
 from .errors import DataError, NetspecError
 from .metrics import (fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores,
@@ -30,12 +30,11 @@ SIFTFLOW_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "
                     "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole",
                     "river", "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase",
                     "streetlight", "sun", "tree", "window")
-KITTI_ROAD_CLASSES = ("not road", "road")
 
 
 def known_classes() -> Dict[str, Tuple[str, ...]]:
     """Built-in class names by dataset key (``--classes demo`` etc.)."""
-    from .data.packers import CITYSCAPES_CLASSES, IDD_CLASSES, VOC_CLASSES
+    from .data.packers import CITYSCAPES_CLASSES, IDD_CLASSES, KITTI_ROAD_CLASSES, VOC_CLASSES
     from .data.synthetic import CLASSES as DEMO
     return OrderedDict([("demo", tuple(DEMO)), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
                         ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES),
@@ -83,12 +82,11 @@ def test_parser():
     p = argparse.ArgumentParser(prog="test.py", description="Score a model (the equivalent of `caffe test`): "
                                 "run the TEST-phase net for --iterations batches and log every output.")
     p.add_argument("--model", required=True, help="net prototxt (with its data layer)")
-    p.add_argument("--weights", help="trained caffemodel(s), comma-separated (required, as in Caffe)")
+    p.add_argument("--weights", required=True, help="trained caffemodel(s), comma-separated")
     p.add_argument("--iterations", type=int, default=50, help="number of batches (default 50)")
     p.add_argument("--gpu", help="GPU id (the first of a list is used); default CPU")
-    p.add_argument("--level", type=int, default=0, help="net state level")
-    p.add_argument("--stage", default="", help="net state stages, comma-separated")
-    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_net_state(p)
+    add_verbosity(p, progress=False)
     return p
 
 
@@ -96,9 +94,6 @@ def test_main(argv=None) -> int:
     from . import TEST, Net
     args = parse_args(test_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    if not args.weights:
-        log.error("Need model weights to score (--weights).")
-        return 1
     try:
         device = tool_device(args.gpu)
         net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=stages(args.stage),
@@ -361,16 +356,13 @@ def score_parser():
                    default=FCN_MEAN, help="deploy nets: BGR mean to subtract")
     p.add_argument("--scale", type=float, default=1.0, help="deploy nets: multiplier after mean subtraction")
     p.add_argument("--gpu", help="GPU id; default CPU")
-    p.add_argument("--level", type=int, default=0)
-    p.add_argument("--stage", default="")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_net_state(p)
+    add_verbosity(p)
     return p
 
 
 def score_main(argv=None, out=None) -> int:
     import sys
-    from tqdm import tqdm
     from . import TEST, Net
     from .net import load_net_param
     args = parse_args(score_parser(), argv)
@@ -385,13 +377,13 @@ def score_main(argv=None, out=None) -> int:
         if args.layer not in net.blobs:
             raise NetspecError(f"--layer {args.layer}: net '{net.name}' has no such blob "
                                f"(outputs: {', '.join(net.outputs)})")
-        progress = None if args.no_progress else functools.partial(tqdm, desc="score", unit="batch",
-                                                                    leave=False, file=sys.stderr)
+        progress = functools.partial(progress_bar, desc="score", unit="batch")
         loss = None
         if net.inputs:  # a deploy net
             if not args.dataset:
                 raise NetspecError(f"{args.model} has Input blobs ({', '.join(net.inputs)}) and no data layer: "
                                    "give --dataset DIR (with images/ and labels/)")
+            log.info("Scoring %s over the images of %s", args.layer, args.dataset)
             hist = score_deploy(net, args.dataset, args.layer, args.mean, args.scale, args.iterations, progress)
         else:
             if args.gt not in net.blobs:
@@ -401,7 +393,8 @@ def score_main(argv=None, out=None) -> int:
                 iters = batches_per_epoch(net, info)
                 if iters is None:
                     raise NetspecError("cannot tell how many records the data layer reads; give --iterations")
-            log.info("Scoring %s over %d batches", args.layer, iters)
+            log.info("Scoring %s over %d batches of %d (%d images)", args.layer, iters, info["batch_size"] if info
+                     else 1, iters * (info["batch_size"] if info else 1))
             with torch.no_grad():
                 hist, loss = seg_tests(net, iters, layer=args.layer, gt=args.gt, progress=progress)
             if not net.loss_outputs():

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .cli import parse_args, setup_logging, tool_device
+from .cli import PROGRESS, add_verbosity, parse_args, setup_logging, tool_device
 from .data.transform import FCN_MEAN
 from .errors import DataError, NetspecError
 
@@ -197,8 +197,7 @@ def build_parser():
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the net with its weights frozen in (faster on CPU for many images of one "
                         "size; the first image pays the compile, each new size a recompile)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_verbosity(p)
     return p
 
 
@@ -215,7 +214,7 @@ def main(argv=None) -> int:
         if args.compile:
             net.configure(compile=True, freeze=True)
         infer_images(net, files, args.out, args.mean, args.scale, args.layer, args.alpha,
-                     progress=not args.no_progress)
+                     progress=PROGRESS["enabled"])
         log.info("wrote %d label maps, colour masks and overlays under %s", len(files), args.out)
     except NetspecError as e:
         log.error("%s", e)

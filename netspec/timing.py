@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .cli import parse_args, setup_logging, stages, tool_device
+from .cli import add_net_state, add_verbosity, parse_args, setup_logging, stages, tool_device
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -177,10 +177,9 @@ def build_parser():
     p.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TRAIN", help="net phase (default TRAIN)")
     p.add_argument("--gpu", help="GPU id; default CPU")
-    p.add_argument("--level", type=int, default=0)
-    p.add_argument("--stage", default="")
+    add_net_state(p)
     p.add_argument("--no-table", action="store_true", help="do not print the sorted table")
-    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_verbosity(p, progress=False)
     return p
 
 

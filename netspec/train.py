@@ -12,7 +12,8 @@ from typing import List
 
 import torch
 
-from .cli import GlogFormatter, cuda_or_cpu, parse_args, parse_gpus, setup_logging  # noqa: F401  (re-exported)
+from .cli import (GlogFormatter, add_net_state, add_verbosity, cuda_or_cpu, parse_args, parse_gpus,  # noqa: F401
+                  setup_logging)
 from .errors import NetspecError
 
 log = logging.getLogger("netspec")
@@ -26,10 +27,13 @@ def build_parser():
     g.add_argument("--weights", help="caffemodel(s) to finetune from, comma-separated")
     g.add_argument("--snapshot", help=".solverstate to resume from")
     p.add_argument("--gpu", help="GPU id(s): 0, 0,1 or all (default: CPU unless the solver says solver_mode: GPU)")
-    p.add_argument("--level", type=int, default=0, help="net state level")
-    p.add_argument("--stage", default="", help="net state stages, comma-separated")
-    p.add_argument("--sigint_effect", choices=["stop", "snapshot", "none"], default="stop")
-    p.add_argument("--sighup_effect", choices=["stop", "snapshot", "none"], default="snapshot")
+    add_net_state(p)
+    effects = ["stop", "snapshot", "none"]
+    p.add_argument("--sigint-effect", "--sigint_effect", dest="sigint_effect", choices=effects, default="stop",
+                   help="what Ctrl-C (SIGINT) does: stop (snapshot, then end; default), snapshot (and go on) or "
+                        "none")
+    p.add_argument("--sighup-effect", "--sighup_effect", dest="sighup_effect", choices=effects,
+                   default="snapshot", help="what SIGHUP does: snapshot (default), stop or none")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of forward/backward (the solver update stays fp32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for 4-D activations")
@@ -43,11 +47,90 @@ def build_parser():
     p.add_argument("--cudnn-benchmark", action="store_true", help="cudnn autotune (fixed input sizes)")
     p.add_argument("--no-tf32", action="store_true", help="on CUDA, keep float32 products in full float32 (as "
                    "Caffe computes them) instead of TF32 tensor cores on Ampere and later GPUs")
-    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries)")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (quick tries; pair it with "
+                   "--test-iter, which bounds the test passes and the final scoring)")
     p.add_argument("--test-iter", type=int, metavar="N", help="override the solver's test_iter: N test batches "
-                   "per test pass, for every test net (quick tries; 0 skips testing)")
-    p.add_argument("--quiet", action="store_true", help="log warnings only")
+                   "per test pass and for the final scores, for every test net (quick tries; 0 skips testing)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write loss, lr, test outputs and final scores as "
+                   "TensorBoard scalars into DIR, live (needs the tensorboard package: pip install "
+                   "'netspec[tensorboard]')")
+    p.add_argument("--scalars-csv", metavar="FILE", help="also write the same scalars to a CSV file "
+                   "(iteration,tag,value), live; needs nothing extra")
+    add_verbosity(p)
     return p
+
+
+class Scalars(logging.Handler):
+    """Caffe's log lines as scalars, written while training runs: ``train/loss`` (the displayed, smoothed
+    loss), ``lr``, ``test/<output>`` (``test#k/<output>`` for test net k > 0) and, from :meth:`scores`, the
+    final ``score/<metric>``. Into TensorBoard (torch.utils.tensorboard's SummaryWriter) and/or a CSV file."""
+
+    def __init__(self, tensorboard: str = None, csv_path: str = None):
+        super().__init__(logging.INFO)
+        from . import viz
+        self._re = viz
+        self.writer = None
+        self.csv = None
+        self._test = (0, 0)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise NetspecError("--tensorboard needs the tensorboard package: pip install tensorboard (or "
+                                   "pip install 'netspec[tensorboard]'); --scalars-csv FILE needs nothing "
+                                   "extra") from None
+            self.writer = SummaryWriter(tensorboard)
+        if csv_path:
+            import csv
+            d = os.path.dirname(os.path.abspath(csv_path))
+            os.makedirs(d, exist_ok=True)
+            self._csv_file = open(csv_path, "w", newline="", encoding="utf-8")
+            self.csv = csv.writer(self._csv_file)
+            self.csv.writerow(["iteration", "tag", "value"])
+            self._csv_file.flush()
+
+    def add(self, tag: str, it: int, value: float):
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, it)
+            self.writer.flush()
+        if self.csv is not None:
+            self.csv.writerow([it, tag, repr(float(value))])
+            self._csv_file.flush()
+
+    def emit(self, record):
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return
+        v = self._re
+        m = v._RE_LOSS.search(msg)
+        if m:
+            return self.add("train/loss", int(m.group(1)), float(m.group(2)))
+        m = v._RE_LR.search(msg)
+        if m:
+            return self.add("lr", int(m.group(1)), float(m.group(2)))
+        m = v._RE_TESTING.search(msg)
+        if m:
+            self._test = (int(m.group(1)), int(m.group(2)))
+            return
+        m = v._RE_OUTPUT.search(msg)
+        if m and m.group(1) == "Test":
+            it, k = self._test
+            return self.add(f"test/{m.group(3)}" if k == 0 else f"test#{k}/{m.group(3)}", it, float(m.group(4)))
+
+    def scores(self, it: int, results):
+        for k, s in enumerate(results):
+            for name in ("overall accuracy", "mean accuracy", "mean IU", "fwavacc"):
+                self.add(f"score/{name}" if k == 0 else f"score#{k}/{name}", it, float(s[name]))
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.csv is not None:
+            self._csv_file.close()
+            self.csv = None
+        super().close()
 
 
 class _Signals:
@@ -133,6 +216,7 @@ def main(argv=None) -> int:
     if nproc:
         return launch(nproc, argv)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    scalars = None
     try:
         sparam = prototxt.read_solver(args.solver)
         device = choose_device(args, sparam)
@@ -146,6 +230,10 @@ def main(argv=None) -> int:
             torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
             torch.backends.cudnn.allow_tf32 = not args.no_tf32
         stages = [s for s in args.stage.split(",") if s] or None
+        if (args.tensorboard or args.scalars_csv) and scalars is None and (
+                not distributed or int(os.environ.get("RANK", "0")) == 0):
+            scalars = Scalars(args.tensorboard, args.scalars_csv)
+            logging.getLogger("netspec").addHandler(scalars)
         if args.loader_workers is not None:
             if args.loader_workers < 0:
                 raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
@@ -163,17 +251,23 @@ def main(argv=None) -> int:
                          checkpoint=args.checkpoint_activations)
         if args.weights:
             for w in args.weights.split(","):
+                log.info("Finetuning from %s", w.strip())  # as caffe.cpp's CopyLayers: --weights only
                 solver.net.copy_from(w.strip())
         if not args.snapshot:  # a snapshot's weights are restored later, in solve()
             solver.warn_zero_layers()
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
             solver.set_action_function(sig.action)
             solver.solve(args.snapshot)
-        solver.finish()
+        results = solver.finish()
+        if scalars is not None and results:
+            scalars.scores(solver.iter, results)
     except NetspecError as e:
         log.error("%s", e)
         return 1
     finally:
+        if scalars is not None:
+            logging.getLogger("netspec").removeHandler(scalars)
+            scalars.close()
         if distributed:
             import torch.distributed as dist
             if dist.is_initialized():

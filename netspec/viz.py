@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import parse_args, setup_logging, stages as parse_stages
+from .cli import add_net_state, parse_args, setup_logging, stages as parse_stages
 from .errors import NetspecError
 from .registry import LAYERS
 
@@ -138,35 +138,93 @@ def _pyplot():
     return plt
 
 
-def plot_log(tl: TrainLog, path: str, title: Optional[str] = None) -> str:
+def _style(pts, **kw):
+    """A series of one point gets a visible marker (a line needs two)."""
+    if len(pts) < 2:
+        kw.setdefault("marker", "o")
+        kw["ms"] = max(kw.get("ms", 0), 5)
+    return kw
+
+
+def robust_limits(values, spike: float = 3.0) -> Optional[Tuple[float, float]]:
+    """y-limits that keep a few early spikes from squashing a curve: when the largest value is more than
+    ``spike`` times the 95th percentile's distance from the minimum, the limits end a little above that
+    percentile (the spike leaves the axes, its value is noted); otherwise None (matplotlib's own limits)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+    if v.size < 5:
+        return None
+    lo, hi, top = float(v.min()), float(np.percentile(v, 95)), float(v.max())
+    if hi <= lo or top - lo <= spike * (hi - lo):
+        return None
+    pad = 0.08 * (hi - lo)
+    return lo - pad, hi + 2 * pad
+
+
+def plot_log(tl: TrainLog, path: str, title: Optional[str] = None, *, log_y: bool = False) -> str:
     """Loss (train and test losses), learning rate and the other test outputs, one panel each."""
+    return plot_runs([("", tl)], path, title, log_y=log_y)
+
+
+def plot_runs(runs, path: str, title: Optional[str] = None, *, log_y: bool = False) -> str:
+    """Several runs (``[(label, TrainLog)]``) in one picture: loss (train and test losses), learning rate and
+    the other test outputs, one panel each; a run's series share its colour. The loss axis is logarithmic with
+    ``log_y``; otherwise an early spike is kept off the axes (:func:`robust_limits`) and its value noted."""
     plt = _pyplot()
-    losses = OrderedDict((n, p) for n, p in tl.test_outputs.items() if "loss" in n.lower())
-    others = OrderedDict((n, p) for n, p in tl.test_outputs.items() if n not in losses)
-    panels = ["loss"] + (["lr"] if tl.lr else []) + (["test"] if others else [])
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    several = len(runs) > 1
+    any_lr = any(tl.lr for _, tl in runs)
+    any_other = any(n for _, tl in runs for n in tl.test_outputs if "loss" not in n.lower())
+    panels = ["loss"] + (["lr"] if any_lr else []) + (["test"] if any_other else [])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.8 * len(panels) + 0.6), sharex=True, squeeze=False)
     axes = axes[:, 0]
+    loss_values, spikes = [], []
+    for r, (label, tl) in enumerate(runs):
+        c = colours[r % len(colours)] if several else None
+        pre = f"{label}: " if several else ""
+        losses = OrderedDict((n, p) for n, p in tl.test_outputs.items() if "loss" in n.lower())
+        others = OrderedDict((n, p) for n, p in tl.test_outputs.items() if n not in losses)
+        for ax, panel in zip(axes, panels):
+            if panel == "loss":
+                if tl.train_loss:
+                    it, v = zip(*tl.train_loss)
+                    ax.plot(it, v, **_style(tl.train_loss, label=pre + "train loss", lw=1, color=c))
+                    loss_values += list(v)
+                    spikes += list(tl.train_loss)
+                for n, pts in losses.items():
+                    it, v = zip(*pts)
+                    ax.plot(it, v, "o--" if several else "o-", ms=3 if len(pts) > 1 else 5, color=c,
+                            label=pre + (f"test {n}" if not n.startswith("Test") else n))
+                    loss_values += list(v)
+                    spikes += list(pts)
+            elif panel == "lr" and tl.lr:
+                it, v = zip(*tl.lr)
+                ax.plot(it, v, **_style(tl.lr, color=c or "tab:green", lw=1, label=pre + "lr",
+                                        drawstyle="steps-post"))
+            elif panel == "test":
+                for n, pts in others.items():
+                    it, v = zip(*pts)
+                    ax.plot(it, v, "o-", ms=3 if len(pts) > 1 else 5, label=pre + n,
+                            color=c if len(others) == 1 else None)
     for ax, panel in zip(axes, panels):
         if panel == "loss":
-            if tl.train_loss:
-                it, v = zip(*tl.train_loss)
-                ax.plot(it, v, label="train loss", lw=1)
-            for n, pts in losses.items():
-                it, v = zip(*pts)
-                ax.plot(it, v, "o-", label=f"test {n}" if not n.startswith("Test") else n, ms=3)
             ax.set_ylabel("loss")
-            if not tl.train_loss and not losses:
+            if not loss_values:
                 ax.text(0.5, 0.5, "no loss lines found", ha="center", va="center", transform=ax.transAxes)
+            elif log_y and all(x > 0 for x in loss_values if np.isfinite(x)):
+                ax.set_yscale("log")
+            else:
+                lim = robust_limits(loss_values)
+                if lim is not None:
+                    ax.set_ylim(*lim)
+                    it, top = max(spikes, key=lambda p: p[1] if np.isfinite(p[1]) else -np.inf)
+                    ax.text(0.99, 0.97, f"off the axes: up to {top:.4g} (iteration {it}); --log-y shows all",
+                            ha="right", va="top", fontsize=7, transform=ax.transAxes)
         elif panel == "lr":
-            it, v = zip(*tl.lr)
-            ax.plot(it, v, color="tab:green", lw=1, label="lr", drawstyle="steps-post")
-            if all(x > 0 for x in v) and max(v) / min(v) > 20:
+            v = [x for _, tl in runs for _, x in tl.lr]
+            if v and all(x > 0 for x in v) and max(v) / min(v) > 20:
                 ax.set_yscale("log")
             ax.set_ylabel("learning rate")
         else:
-            for n, pts in others.items():
-                it, v = zip(*pts)
-                ax.plot(it, v, "o-", ms=3, label=n)
             ax.set_ylabel("test outputs")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -340,8 +398,7 @@ def draw_net_parser():
     p.add_argument("--rankdir", choices=["LR", "TB", "BT", "RL"], default="LR", help="graph direction")
     p.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL",
                    help="draw the layers of one phase (default ALL: every layer; shapes from the TEST net)")
-    p.add_argument("--level", type=int, default=0)
-    p.add_argument("--stage", default="")
+    add_net_state(p)
     p.add_argument("--no-shapes", action="store_true", help="do not build the net to infer blob shapes")
     return p
 
@@ -390,11 +447,17 @@ def draw_net_main(argv=None, out=None) -> int:
 
 def plot_log_parser():
     p = argparse.ArgumentParser(prog="plot_log.py", description="Plot loss, learning rate and test outputs from "
-                                "a training log (ours or Caffe's glog output).")
-    p.add_argument("log", help="training log file")
-    p.add_argument("out", nargs="?", help="PNG to write (default: <log>.png)")
-    p.add_argument("--csv", help="also write the parsed series as CSV (iteration,kind,name,value)")
+                                "training logs (ours or Caffe's glog output); several logs are compared in one "
+                                "picture.")
+    p.add_argument("log", nargs="+", help="training log file(s); give several to compare runs (a name=PATH "
+                   "argument labels a run NAME, default: the file name)")
+    p.add_argument("--out", "-o", help="PNG to write (default: <log>.png for one log, compare.png beside the "
+                   "first log for several)")
+    p.add_argument("--csv", help="also write the parsed series as CSV (run,iteration,kind,name,value for several "
+                   "logs; iteration,kind,name,value for one)")
     p.add_argument("--title", help="plot title (default: the log's file name)")
+    p.add_argument("--log-y", action="store_true", help="logarithmic loss axis (default: linear, with early "
+                   "spikes kept off the axes)")
     return p
 
 
@@ -402,23 +465,46 @@ def plot_log_main(argv=None, out=None) -> int:
     import sys
     args = plot_log_parser().parse_args(argv)
     out = out or sys.stdout
-    if not os.path.isfile(args.log):
-        print(f"error: {args.log}: no such file", file=sys.stderr)
-        return 1
-    tl = parse_log(args.log)
-    if tl.empty():
-        print(f"error: {args.log}: no 'Iteration N ..., loss = L', 'lr = R' or 'Test net output' lines found",
-              file=sys.stderr)
-        return 1
-    png = args.out or os.path.splitext(args.log)[0] + ".png"
+    logs = list(args.log)
+    # compatibility: `plot_log.py LOG OUT.png` (the picture as a second positional argument)
+    if args.out is None and len(logs) == 2 and logs[1].lower().endswith((".png", ".svg", ".pdf", ".jpg")):
+        args.out = logs.pop()
+    runs = []
+    for spec in logs:
+        label, path = (spec.split("=", 1) if "=" in spec and not os.path.isfile(spec) else (None, spec))
+        if not os.path.isfile(path):
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 1
+        tl = parse_log(path)
+        if tl.empty():
+            print(f"error: {path}: no 'Iteration N ..., loss = L', 'lr = R' or 'Test net output' lines found",
+                  file=sys.stderr)
+            return 1
+        runs.append((label or os.path.splitext(os.path.basename(path))[0], tl, path))
+    if len(runs) == 1:
+        png = args.out or os.path.splitext(runs[0][2])[0] + ".png"
+        title = args.title or os.path.basename(runs[0][2])
+    else:
+        png = args.out or os.path.join(os.path.dirname(runs[0][2]), "compare.png")
+        title = args.title or " vs ".join(r[0] for r in runs)
     try:
-        plot_log(tl, png, args.title or os.path.basename(args.log))
+        plot_runs([(label, tl) for label, tl, _ in runs], png, title, log_y=args.log_y)
     except NetspecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {png} ({len(tl.train_loss)} loss points, {len(tl.lr)} lr points, "
-          f"{sum(len(v) for v in tl.test_outputs.values())} test values)", file=out)
+    for label, tl, _ in runs:
+        print(f"wrote {png}{' (' + label + ')' if len(runs) > 1 else ''} ({len(tl.train_loss)} loss points, "
+              f"{len(tl.lr)} lr points, {sum(len(v) for v in tl.test_outputs.values())} test values)", file=out)
     if args.csv:
-        write_csv(tl, args.csv)
+        if len(runs) == 1:
+            write_csv(runs[0][1], args.csv)
+        else:
+            import csv
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["run", "iteration", "kind", "name", "value"])
+                for label, tl, _ in runs:
+                    for row in tl.rows():
+                        w.writerow([label, row[0], row[1], row[2], repr(row[3])])
         print(f"wrote {args.csv}", file=out)
     return 0

@@ -31,7 +31,6 @@ def copy_trained_layers(module, path: str) -> List[str]:
     the last layer of that name receives the weights, as Caffe's name index does."""
     from . import binary
     index = {node.name: node.index for node in module.nodes}
-    log.info("Finetuning from %s", path)
     copied = []
     for name, _type, blobs in binary.read_caffemodel(path).weight_layers():
         if name not in index:

@@ -19,17 +19,22 @@ from netspec.errors import NetspecError  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="compute_image_mean", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="compute_image_mean.py", description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s [FLAGS] INPUT_DB [OUTPUT_FILE]")
-    p.add_argument("input_db", metavar="INPUT_DB")
-    p.add_argument("output", metavar="OUTPUT_FILE", nargs="?", default=None)
+    p.add_argument("input_db", metavar="INPUT_DB", help="the LMDB of Datums to average (e.g. written by "
+                   "tools/convert_imageset.py)")
+    p.add_argument("output", metavar="OUTPUT_FILE", nargs="?", default=None,
+                   help="where to write the mean image as a .binaryproto BlobProto (optional: without it only "
+                        "the per-channel means are printed)")
     p.add_argument("--backend", "-backend", default="lmdb", help="the backend of the database (lmdb only)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (netspec addition)")
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings only, no progress bar (netspec "
+                   "addition)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (netspec addition)")
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args([x.replace("-backend=", "--backend=", 1) if x.startswith("-backend=") else x for x in argv])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
     try:
-        mean, channel_means = compute_image_mean(a.input_db, a.output, backend=a.backend, progress=not a.quiet)
+        mean, channel_means = compute_image_mean(a.input_db, a.output, backend=a.backend, progress=not (a.quiet or a.no_progress))
     except NetspecError as e:
         print(f"compute_image_mean: error: {e}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from netspec.proto import caffe_pb2  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="convert_caffemodel.py", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("input", nargs="?", help=".caffemodel or .pt/.pth to convert")
@@ -34,7 +34,7 @@ def main(argv=None):
     parser.add_argument("--list", metavar="FILE",
                         help="print the layers, types, blob shapes, parameter counts, totals and format "
                              "version of a caffemodel (or the keys of a .pt) and exit")
-    parser.add_argument("--prototxt", metavar="NET",
+    parser.add_argument("--model", "--prototxt", dest="prototxt", metavar="NET",
                         help="net definition that names the blobs (required for .pt input); a "
                              ".caffemodel may serve as the definition too")
     parser.add_argument("--fp16", action="store_true", help="store float16 tensors (.pt output only)")

@@ -48,11 +48,13 @@ BOOL_FLAGS = ("gray", "shuffle", "check_size", "encoded")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="convert_imageset", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="convert_imageset.py", description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME")
-    p.add_argument("root_folder", metavar="ROOTFOLDER/")
-    p.add_argument("list_file", metavar="LISTFILE")
-    p.add_argument("db_name", metavar="DB_NAME")
+    p.add_argument("root_folder", metavar="ROOTFOLDER/", help="folder the image paths of LISTFILE are relative "
+                   "to (keep the trailing slash: it is prepended as written, as Caffe does)")
+    p.add_argument("list_file", metavar="LISTFILE", help="text file of 'subfolder1/file1.JPEG 7' lines: an image "
+                   "path and its integer label")
+    p.add_argument("db_name", metavar="DB_NAME", help="the LMDB to create")
     for f, h in (("gray", "treat images as grayscale ones"),
                  ("shuffle", "randomly shuffle the order of images and their labels"),
                  ("check_size", "check that all the datum have the same size"),
@@ -63,14 +65,16 @@ def main(argv=None):
     p.add_argument("--resize_height", type=int, default=0, help="height images are resized to")
     p.add_argument("--encode_type", default="", help="what type should we encode the image as ('png','jpg',...)")
     p.add_argument("--seed", type=int, default=None, help="seed of --shuffle (netspec addition)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (netspec addition)")
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings only, no progress bar (netspec "
+                   "addition)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (netspec addition)")
     a = p.parse_args(gflags_argv(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
     try:
         n = convert_imageset(a.root_folder, a.list_file, a.db_name, resize_height=a.resize_height,
                              resize_width=a.resize_width, shuffle=a.shuffle, gray=a.gray, encoded=a.encoded,
                              encode_type=a.encode_type, check_size=a.check_size, backend=a.backend,
-                             seed=a.seed, progress=not a.quiet)
+                             seed=a.seed, progress=not (a.quiet or a.no_progress))
     except NetspecError as e:
         print(f"convert_imageset: error: {e}", file=sys.stderr)
         return 1

@@ -73,6 +73,8 @@ IGNORE = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
+#: KITTI road's two classes, as the packer writes them into class_names.txt and tools/score.py prints them.
+KITTI_ROAD_CLASSES = ("non-road", "road")
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
                       "bicycle")
@@ -328,7 +330,7 @@ def kitti_road(root, split) -> Spec:
                    for p in _scan(os.path.join(troot, "image_2", "*.png"), "kitti-road")]
     else:
         raise DataError(f"kitti-road: split '{split}': no list '{lst}'; KITTI road has one labelled set, 'train'")
-    return Spec("kitti-road", split, 2, samples, ("non-road", "road"))
+    return Spec("kitti-road", split, 2, samples, KITTI_ROAD_CLASSES)
 
 
 def nyud(root, split) -> Spec:
@@ -482,7 +484,7 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="build_seg_lmdb",
+    p = argparse.ArgumentParser(prog="build_seg_lmdb.py",
                                 description="Pack a segmentation dataset into the images/labels LMDB pair that "
                                             "SegDataLayer reads.")
     p.add_argument("dataset", metavar="DATASET", choices=sorted(DATASETS), help=", ".join(DATASETS))
@@ -497,16 +499,18 @@ def main(argv=None) -> int:
     p.add_argument("--target", choices=("semantic", "geometric"), default="semantic", help="siftflow labels")
     p.add_argument("--limit", type=int, default=None, help="pack only the first N images")
     p.add_argument("--overwrite", action="store_true", help="replace OUT/images and OUT/labels")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="log warnings and errors only (no progress bar)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the log lines stay)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
     opts = {"voc": {"sbd": a.sbd}, "pascal-context": {"voc_dir": a.voc_dir, "ignore_background": a.ignore_background},
             "siftflow": {"target": a.target}}.get(a.dataset, {})
     for flag, ds in (("sbd", "voc"), ("voc_dir", "pascal-context")):
         if getattr(a, flag) and a.dataset != ds:
             p.error(f"--{flag.replace('_', '-')} applies to {ds} only")
     try:
-        s = pack(a.dataset, a.root, a.out, a.split, overwrite=a.overwrite, progress=not a.quiet, limit=a.limit,
+        s = pack(a.dataset, a.root, a.out, a.split, overwrite=a.overwrite, progress=not (a.quiet or a.no_progress),
+                 limit=a.limit,
                  **opts)
     except NetspecError as e:
         print(f"build_seg_lmdb: error: {e}", file=sys.stderr)

@@ -46,18 +46,38 @@ def make_sample(rng: np.random.Generator, size: int = 64) -> Tuple[np.ndarray, n
     return np.clip(img, 0, 255).astype(np.uint8), label
 
 
-def pack(root: str, n_train: int = 400, n_val: int = 50, size: int = 64, seed: int = 1) -> str:
+def existing(root: str, split: str):
+    """Records in an already packed ``root/split`` (the images LMDB), or None when it is not there."""
+    d = os.path.join(root, split)
+    if not (os.path.isdir(os.path.join(d, "images")) and os.path.isdir(os.path.join(d, "labels"))):
+        return None
+    from .lmdb_io import LMDBReader
+    return len(LMDBReader(os.path.join(d, "images")))
+
+
+def pack(root: str, n_train: int = 400, n_val: int = 50, size: int = 64, seed: int = 1,
+         overwrite: bool = False, report: dict = None) -> str:
     """Generate and pack the dataset under ``root`` (atomically per LMDB). Returns ``root``.
+
+    A split already packed there is kept as it is (whatever its size) unless ``overwrite``; ``report``, when
+    given, receives ``{split: ("kept" | "wrote", records)}``.
 
     Safe to call from several processes at once (the ranks of a torchrun that all find the demo data missing):
     one packs while the others wait on a lock in ``root`` and then find the databases there."""
+    import shutil
     os.makedirs(root, exist_ok=True)
+    report = {} if report is None else report
     with open(os.path.join(root, ".pack.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for split, n, s in (("train", n_train, seed), ("val", n_val, seed + 1000)):
             d = os.path.join(root, split)
-            if os.path.isdir(os.path.join(d, "images")) and os.path.isdir(os.path.join(d, "labels")):
+            have = existing(root, split)
+            if have is not None and not overwrite:
+                report[split] = ("kept", have)
                 continue
+            if overwrite:
+                for what in ("images", "labels"):
+                    shutil.rmtree(os.path.join(d, what), ignore_errors=True)
             os.makedirs(d, exist_ok=True)
             rng = np.random.default_rng(s)
             samples = [make_sample(rng, size) for _ in range(n)]
@@ -69,6 +89,7 @@ def pack(root: str, n_train: int = 400, n_val: int = 50, size: int = 64, seed: i
                     for i, pair in enumerate(samples):
                         w.put(f"{i:08d}", encoded_datum(encode_image(pair[idx], "png")).SerializeToString())
             log.info("packed %d %s samples of %dx%d into %s", n, split, size, size, d)
+            report[split] = ("wrote", n)
     return root
 
 
@@ -86,17 +107,30 @@ def export_images(root: str, split: str, out_dir: str) -> int:
 
 def main(argv=None):
     import argparse
-    p = argparse.ArgumentParser(description="Generate and pack the synthetic demo segmentation dataset")
-    p.add_argument("root", nargs="?", default="data/demo")
-    p.add_argument("--train", type=int, default=400)
-    p.add_argument("--val", type=int, default=50)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1)
+    p = argparse.ArgumentParser(prog="python -m netspec.data.synthetic",
+                                description="Generate and pack the synthetic demo segmentation dataset")
+    p.add_argument("root", nargs="?", default="data/demo", help="output folder: ROOT/train and ROOT/val "
+                   "(default data/demo)")
+    p.add_argument("--train", type=int, default=400, help="training samples (default 400)")
+    p.add_argument("--val", type=int, default=50, help="validation samples (default 50)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="regenerate splits that are already packed")
     p.add_argument("--export-images", metavar="DIR", help="also write the val images as PNG files into DIR")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pack(a.root, a.train, a.val, a.size, a.seed)
-    print(f"wrote {a.root}/train and {a.root}/val")
+    report = {}
+    pack(a.root, a.train, a.val, a.size, a.seed, overwrite=a.overwrite, report=report)
+    for split, asked in (("train", a.train), ("val", a.val)):
+        what, n = report[split]
+        d = os.path.join(a.root, split)
+        if what == "wrote":
+            print(f"wrote {n} {split} samples to {d}")
+        elif n == asked:
+            print(f"kept {d} ({n} samples, already packed)")
+        else:
+            print(f"kept {d}: it already holds {n} samples, not the {asked} asked for; "
+                  "add --overwrite to regenerate it")
     if a.export_images:
         n = export_images(a.root, "val", a.export_images)
         print(f"wrote {n} val images to {a.export_images}")

@@ -124,9 +124,13 @@ def test_caffe_test_logs_batches_loss_and_means(in_demo, netspec_log):
     assert len(mean) == 1 and float(mean[0].split()[2]) == pytest.approx(np.mean(batches), rel=1e-4)
 
 
-def test_caffe_test_needs_weights(in_demo, netspec_log):
-    assert evaluate.test_main(["--model", os.path.join(DEMO, "val.prototxt")]) == 1
-    assert any("Need model weights" in m for m in netspec_log)
+def test_caffe_test_needs_weights(in_demo, capsys):
+    # --weights is required, and the usage line says so (it used to show [--weights WEIGHTS] as optional)
+    with pytest.raises(SystemExit) as e:
+        evaluate.test_main(["--model", os.path.join(DEMO, "val.prototxt")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: --weights" in err and "[--weights" not in err
 
 
 # -- caffe time -------------------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ def test_score_val_net_prints_metrics_and_saves_results(in_demo, netspec_log, ca
     assert re.fullmatch(r"loss \d+\.\d{4}", out[0])
     assert [line.split()[1] for line in out if line.startswith("IU ")] == list(netspec.data.synthetic.CLASSES)
     assert [line.split()[1] for line in out if line.startswith("group ")] == ["shapes", "stuff"]
-    assert "Scoring score over 4 batches" in netspec_log  # default: every record of data/demo/val
+    assert "Scoring score over 4 batches of 1 (4 images)" in netspec_log  # default: every record of data/demo/val
     hist = np.load(in_demo / "res" / "confusion.npy")
     assert hist.shape == (4, 4) and hist.sum() == 4 * 64 * 64
     s = metrics.scores(hist)

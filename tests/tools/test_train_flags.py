@@ -75,13 +75,17 @@ def test_launch_runs_the_command_in_several_processes(in_demo, tmp_path, monkeyp
 
 
 def test_test_iter_overrides_the_solvers_test_passes(in_demo, tmp_path, capsys, netspec_log, monkeypatch):
-    from netspec import metrics
-    batches, real = [], metrics.seg_tests
-    monkeypatch.setattr(metrics, "seg_tests", lambda net, n: batches.append(n) or real(net, n))
+    from netspec.solver import Solver
+    passes, real = [], Solver.test
+    monkeypatch.setattr(Solver, "test", lambda self, i, **kw: passes.append(self.param.test_iter[i]) or
+                        real(self, i, **kw))
     solver = _solver_copy(tmp_path, "ti")
     assert train.main(["--solver", solver, "--test-iter", "2"]) == 0
-    assert batches == [2]  # the final scoring pass over 2 batches, not the solver's test_iter
+    assert passes == [2]  # the final scoring pass over 2 batches, not the solver's test_iter
     assert "mean IU" in capsys.readouterr().out
+    # announced before it runs, with the way to make it shorter
+    assert any("Scoring test net #0 after training: 2 batches (set --test-iter N for fewer)" in m
+               for m in netspec_log)
     netspec_log.clear()
     assert train.main(["--solver", solver, "--test-iter", "0", "--quiet"]) == 0
     assert "mean IU" not in capsys.readouterr().out  # no test batches: no final scores
