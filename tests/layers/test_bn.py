@@ -207,3 +207,20 @@ def test_fork_choice(fields, dialect, fork):
 def test_errors(fields, tops, msg):
     with pytest.raises(LayerError, match=msg):
         build(fields, tops=tops)
+
+
+def test_net_dialect_decides_a_bare_bn():
+    """A BN layer that sets no bn_param field: the dialect given to Net, else the one the net's layers show."""
+    import netspec
+    from netspec.net import Net
+    bare = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
+            'layer { name: "bn" type: "BN" bottom: "x" top: "y" }\n')
+    param = text_format.Parse(bare, caffe_pb2.NetParameter())
+    assert len(Net(param, netspec.TEST, dialect="pspnet").params["bn"]) == 4
+    assert len(Net(param, netspec.TEST, dialect="segnet").params["bn"]) == 2
+    with pytest.raises(LayerError, match="cannot tell"):
+        Net(param, netspec.TEST)
+    unpool = ('layer { name: "p" type: "Pooling" bottom: "y" top: "p" top: "m" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+              'layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }\n')
+    seg = text_format.Parse(bare + unpool, caffe_pb2.NetParameter())  # Upsample: a SegNet net
+    assert len(Net(seg, netspec.TEST).params["bn"]) == 2
