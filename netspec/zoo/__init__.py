@@ -224,6 +224,15 @@ _add("segnet_camvid", "SegNet (SegNet's BN, max-unpooling Upsample, DenseImageDa
      "segnet", _segnet, _segnet_solver)
 
 
+# -- DeepLab v2 ASPP VGG16, PASCAL VOC (21 classes), in DeepLab's dialect -------------------------------------
+# Layer for layer deeplab-public-ver2's released train.prototxt (ImageSegData on DeepLab's list files,
+# Interp, SegAccuracy); see netspec/zoo/deeplab.py.
+from .deeplab import deeplabv2_solver as _deeplabv2_solver, deeplabv2_vgg16 as _deeplabv2_vgg16  # noqa: E402
+
+_add("deeplabv2_vgg16_voc", "DeepLab-v2 ASPP VGG16 (DeepLab's ImageSegData, Interp, SegAccuracy), PASCAL VOC "
+     "(21 classes)", "deeplab", _deeplabv2_vgg16, lambda: _deeplabv2_solver("deeplabv2_vgg16_voc"))
+
+
 def names() -> List[str]:
     return list(MODELS)
 

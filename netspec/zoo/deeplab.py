@@ -47,11 +47,11 @@ from typing import Optional, Sequence
 
 from ..data.packers import IDD_CLASSES
 from ..dsl import NetSpec, layers as L, params as P
-from .common import (BN_PARAM, CONV_PARAM, FIXED, WEIGHT, batch_norm,
+from .common import (BN_PARAM, CONV_PARAM, FIXED, WEIGHT, batch_norm, deploy_input,
                      read_class_weights, scale_bias, seg_split_inputs, solver, weighted_softmax_loss)
 
 __all__ = ["deeplabv3", "deeplab_solver", "resnet101", "resnet101_deploy", "RESNET101_STAGES", "block_names",
-           "NUM_CLASSES", "INPUT_SHAPE"]
+           "NUM_CLASSES", "INPUT_SHAPE", "deeplabv2_vgg16", "deeplabv2_solver"]
 
 NUM_CLASSES = len(IDD_CLASSES)
 INPUT_SHAPE = (1, 3, 720, 1280)
@@ -179,3 +179,94 @@ def deeplabv3(split: str, *, train_trunk: bool = True, output_stride: int = 16, 
 def deeplab_solver(name: str):
     return solver(name, base_lr=0.01, lr_policy="poly", power=0.9, momentum=0.9, weight_decay=1e-4,
                   iter_size=2, max_iter=30000, snapshot=2000, test_iter=981, test_interval=2000)
+
+
+# -- DeepLab v2 ASPP VGG16 (deeplab-public-ver2's released exper/voc12/config/vgg16) ----------------------------
+DEEPLABV2_MEAN = (104.008, 116.669, 122.675)
+#: The ASPP branches' dilations (the release's "hole = 6 ... 24").
+DEEPLABV2_RATES = (6, 12, 18, 24)
+#: Where the release's data live here: VOC2012 with DeepLab's SegmentationClassAug label PNGs, and the
+#: release's list files (exper/voc12/list: "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" lines).
+DEEPLABV2_VOC_ROOT = "data/pascal/VOC2012"
+DEEPLABV2_LISTS = "data/pascal/deeplab_list"
+
+
+def _v2_conv(bottom, nout, ks, pad=0, dilation=1, param=CONV_PARAM, **fields):
+    cp = dict(num_output=nout, kernel_size=ks, **fields)
+    if pad:
+        cp["pad"] = pad
+    if dilation > 1:
+        cp["dilation"] = dilation
+    return L.Convolution(bottom, convolution_param=cp, param=list(param))
+
+
+def deeplabv2_vgg16(split: str, *, num_classes: int = 21, exp: str = "voc12", root: str = DEEPLABV2_VOC_ROOT,
+                    lists: str = DEEPLABV2_LISTS):
+    """DeepLab-v2 ASPP VGG16 (Chen et al. 2016), layer for layer the release's ``train.prototxt`` (split
+    ``train``: DeepLab's ``ImageSegData`` on ``train_aug.txt``, 321x321 random crops padded with the mean and
+    ignore_label 255, mirrored, batches of 10; the labels shrunk by ``Interp`` to the score's 1/8 grid;
+    SoftmaxWithLoss ignoring 255 in TRAIN; ``SegAccuracy``; ``Silence`` of ``data_dim``). ``val`` is the same
+    net on ``val.txt`` as the release's test data layer reads it (centred 513x513 crops, batch 1), labelled.
+    ``deploy``: an ``Input`` of 1x3x513x513 and the release's test head, ``fc8_interp`` (``Interp`` zoom 8:
+    8(h-1)+1 x 8(w-1)+1 scores, 513x513 at 513x513).
+
+    VGG16 with DeepLab's changes: 3x3 max pools of stride 2, 2, 2, 1, 1 (pad 1), conv5 dilated 2; four ASPP
+    branches on pool5, each ``fc6_i`` (3x3, 1024, dilation 6/12/18/24) → ``fc7_i`` (1x1, 1024) with ReLU and
+    Dropout 0.5 → ``fc8_<exp>_i`` (1x1 classifier, lr_mult 10/20, Gaussian 0.01), summed into ``fc8_<exp>``.
+    The trunk has no fillers, as the release (its weights come from the release's init.caffemodel)."""
+    from ..proto import caffe_pb2
+    n = NetSpec()
+    if split == "deploy":
+        n.data = deploy_input((1, 3, 513, 513))
+    else:
+        train = split == "train"
+        tp = dict(mirror=train, crop_size=321 if train else 513, mean_value=list(DEEPLABV2_MEAN))
+        ip = dict(root_folder=root, source=f"{lists}/{'train_aug' if train else 'val'}.txt",
+                  batch_size=10 if train else 1)
+        if train:
+            ip["shuffle"] = True
+        ip["label_type"] = "PIXEL"
+        n.data, n.label, n.data_dim = L.ImageSegData(
+            ntop=3, include=dict(phase=caffe_pb2.TRAIN if train else caffe_pb2.TEST),
+            transform_param=tp, image_data_param=ip)
+    bottom = n.data
+    for stage, (width, convs) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 3, 3, 3)), start=1):
+        for k in range(1, convs + 1):
+            name = f"conv{stage}_{k}"
+            n[name] = _v2_conv(bottom, width, 3, pad=2 if stage == 5 else 1, dilation=2 if stage == 5 else 1)
+            n[f"relu{stage}_{k}"] = L.ReLU(n[name], in_place=True)
+            bottom = n[f"relu{stage}_{k}"]
+        n[f"pool{stage}"] = L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=3, stride=2 if stage < 4 else 1,
+                                      pad=1)
+        bottom = n[f"pool{stage}"]
+    scores = []
+    for i, rate in enumerate(DEEPLABV2_RATES, start=1):
+        n[f"fc6_{i}"] = _v2_conv(n.pool5, 1024, 3, pad=rate, dilation=rate)
+        n[f"relu6_{i}"] = L.ReLU(n[f"fc6_{i}"], in_place=True)
+        n[f"drop6_{i}"] = L.Dropout(n[f"relu6_{i}"], in_place=True, dropout_ratio=0.5)
+        n[f"fc7_{i}"] = _v2_conv(n[f"drop6_{i}"], 1024, 1)
+        n[f"relu7_{i}"] = L.ReLU(n[f"fc7_{i}"], in_place=True)
+        n[f"drop7_{i}"] = L.Dropout(n[f"relu7_{i}"], in_place=True, dropout_ratio=0.5)
+        n[f"fc8_{exp}_{i}"] = _v2_conv(n[f"drop7_{i}"], num_classes, 1,
+                                       param=(dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=0)),
+                                       weight_filler=dict(type="gaussian", std=0.01),
+                                       bias_filler=dict(type="constant", value=0))
+        scores.append(n[f"fc8_{exp}_{i}"])
+    n[f"fc8_{exp}"] = L.Eltwise(*scores, operation=P.Eltwise.SUM)
+    score = n[f"fc8_{exp}"]
+    if split == "deploy":
+        n.fc8_interp = L.Interp(score, interp_param=dict(zoom_factor=8))
+        return n.to_proto()
+    n.label_shrink = L.Interp(n.label, interp_param=dict(shrink_factor=8, pad_beg=0, pad_end=0))
+    n.loss = L.SoftmaxWithLoss(score, n.label_shrink, ntop=0, include=dict(phase=caffe_pb2.TRAIN),
+                               loss_param=dict(ignore_label=255))
+    n.accuracy = L.SegAccuracy(score, n.label_shrink, seg_accuracy_param=dict(ignore_label=[255]))
+    n.silence = L.Silence(n.data_dim, ntop=0)
+    return n.to_proto()
+
+
+def deeplabv2_solver(name: str):
+    """The release's solver.prototxt (poly 0.9 from 1e-3, momentum 0.9, weight decay 5e-4, 20,000 iterations,
+    losses averaged over 20 for display) plus a test net on VOC2012 val (1,449 images), run only at the end."""
+    return solver(name, base_lr=1e-3, lr_policy="poly", power=0.9, momentum=0.9, weight_decay=0.0005,
+                  max_iter=20000, snapshot=20000, test_iter=1449, display=20, average_loss=20)

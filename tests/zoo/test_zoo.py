@@ -83,11 +83,19 @@ def test_nets_parse_and_their_crops_are_consistent(name):
     # train and val differ only in the data layer's python_param (layer class, param_str), or for SegNet's
     # DenseImageData its dense_image_data_param
     train, val = nets["train"], nets["val"]
-    assert train.layer[0].type == val.layer[0].type and train.layer[0].type in ("Python", "DenseImageData")
-    field = {"Python": "python_param", "DenseImageData": "dense_image_data_param"}[train.layer[0].type]
+    assert train.layer[0].type == val.layer[0].type and train.layer[0].type in ("Python", "DenseImageData",
+                                                                                "ImageSegData")
+    field = {"Python": "python_param", "DenseImageData": "dense_image_data_param",
+             "ImageSegData": "image_data_param"}[train.layer[0].type]
     assert getattr(train.layer[0], field) != getattr(val.layer[0], field)
     getattr(val.layer[0], field).CopyFrom(getattr(train.layer[0], field))
+    if train.layer[0].type == "ImageSegData":  # DeepLab: TRAIN/TEST rules and crops differ too
+        for f in ("include", "transform_param"):
+            val.layer[0].ClearField(f)
+            val.layer[0].MergeFrom(type(train.layer[0])(**{f: getattr(train.layer[0], f)}))
     assert train == val
+    if name == "deeplabv2_vgg16_voc":  # the release's test head (Interp, Dropout kept): test_deeplab_v2_zoo.py
+        return
     # deploy = train without the data layer, losses (and, for FCN, Dropout); Input named input
     deploy = nets["deploy"]
     assert deploy.layer[0].name == "input" and deploy.layer[0].type == "Input"
@@ -342,7 +350,8 @@ def test_deploy_shapes_at_375x500_equal_the_published_tables(shared_dir, name, t
 @pytest.mark.parametrize("name", [n for n in zoo.names()
                                   if n not in ("demo", "fcn8s_voc", "fcn32s_voc", "fcn2s_vgg19_voc",
                                                "fcn32s_nyud_color_d", "fcn32s_nyud_color_hha",
-                                               "segnet_camvid")])  # SegNet: H, W multiples of 32
+                                               "segnet_camvid",  # SegNet: H, W multiples of 32
+                                               "deeplabv2_vgg16_voc")])  # DeepLab v2: 8(h-1)+1 x 8(w-1)+1
 def test_every_deploy_net_builds(name):
     net = netspec.Net(_with_input(zoo.net(name, "deploy"), [1, 3, 375, 500]), netspec.TEST)
     for out in net.outputs:
