@@ -660,6 +660,16 @@ def read_net_binary(path: PathLike) -> caffe_pb2.NetParameter:
             f"{src}: expected a Caffe NetParameter with 'layer' (field 100) or V1 'layers' "
             "(field 2) entries, found none"), data, len(data), "net")
     _check_strings(net, src, "NetParameter")
+    for kind, layers in (("layer", net.layer), ("V1 layers", net.layers)):
+        for layer in layers:
+            for j, blob in enumerate(layer.blobs):  # as read_caffemodel: the shape must match the values held
+                count = 1
+                for d in blob_shape(blob):
+                    count *= d
+                held = len(blob.double_data) or len(blob.data)
+                if count != held:
+                    raise FormatError(f"{src}: {kind} '{layer.name}' blob {j}: shape {blob_shape(blob)} claims "
+                                      f"{count} values, the file holds {held}")
     return net
 
 

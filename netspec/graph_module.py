@@ -381,7 +381,14 @@ class CaffeNet(nn.Module):
                 except KeyError as e:
                     raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
                                        "(forward from an earlier start layer)") from None
-                out = module(*xs)
+                try:
+                    out = module(*xs)
+                except NetspecError as e:
+                    if node.name in str(e):
+                        raise
+                    raise type(e)(f"{self._ident(node)}: {e}") from e
+                except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                    raise self._runtime_error(node, xs, e) from e
                 outs = out if isinstance(out, (tuple, list)) else (out,)
             for j, (t, v) in enumerate(zip(node.tops, outs)):
                 env[t] = v
@@ -398,6 +405,21 @@ class CaffeNet(nn.Module):
             if after is not None:
                 after(node.index)
         return env, loss
+
+    @staticmethod
+    def _ident(node: Node) -> str:
+        return f"{node.where}layer '{node.name}' ({node.type})"
+
+    def _runtime_error(self, node: Node, xs, e: Exception) -> LayerError:
+        """A failure inside a layer's forward, with the layer, its bottoms' shapes and the shapes it was built
+        for (a blob reshaped since, a bad index value...)."""
+        got = ", ".join(f"'{b}' {tuple(x.shape)}" for b, x in zip(node.bottoms, xs))
+        built = {b: self.blob_shapes.get(b) for b in node.bottoms}
+        changed = [f"'{b}' was {tuple(built[b])}" for b, x in zip(node.bottoms, xs)
+                   if built[b] is not None and tuple(built[b]) != tuple(x.shape)]
+        hint = f" (built for {', '.join(changed)}: reshape the net's inputs consistently)" if changed else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return LayerError(f"{self._ident(node)} failed on bottoms {got}{hint}: {type(e).__name__}: {first}")
 
     # -- activation checkpointing ---------------------------------------------------------------------------
     def _checkpointable(self, node: Node) -> bool:

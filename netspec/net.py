@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .blob import Blob, ParamBlob
-from .errors import NetspecError, PrototxtError
+from .errors import NetspecError, PrototxtError, WeightsError
 from .graph import prepare_net
 from .graph_module import CaffeNet
 from .proto import caffe_pb2
@@ -108,11 +108,12 @@ class Net:
     Accepted forms: ``Net(proto, phase)``, ``Net(proto, weights, phase)``, ``Net(proto, phase, weights=w)``,
     ``Net(proto, phase=TEST, weights=w)``; plus ``level=`` and ``stages=`` as pycaffe, and ``dialect=``: the
     Caffe fork whose meaning ambiguous layer types take (``"pspnet"``, ``"segnet"``...; default: the tools'
-    ``--dialect``, else recognised from the net, see docs/caffe_forks.md).
+    ``--dialect``, else recognised from the net, see docs/caffe_forks.md); ``strict=True``: every layer with
+    parameters must get weights from ``weights``.
     """
 
     def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0, stages=None,
-                 device=None, dialect=None):
+                 device=None, dialect=None, strict: bool = False):
         args = list(args)
         if args and isinstance(args[-1], int) and phase is None:
             phase = args.pop()
@@ -152,7 +153,7 @@ class Net:
         self._after: list = []
         self._graph = None
         if weights:
-            self.copy_from(weights)
+            self.copy_from(weights, strict=strict)
 
     # -- pycaffe attributes ---------------------------------------------------------------------------
     @property
@@ -372,14 +373,19 @@ class Net:
                 self.blobs[t].reshape(*s)
 
     # -- weights ----------------------------------------------------------------------------------------
-    def copy_from(self, weights):
-        """Copy trained layers by name, as Caffe's CopyTrainedLayersFrom (comma-separated paths allowed)."""
-        from .weights import copy_trained_layers
+    def copy_from(self, weights, strict: bool = False):
+        """Copy trained layers by name, as Caffe's CopyTrainedLayersFrom (comma-separated paths allowed). Layers
+        with parameters that no file fills are logged at WARNING (``strict``: an error)."""
+        from .weights import copy_trained_layers, report_unloaded
+        copied = []
         for path in str(weights).split(","):
-            copy_trained_layers(self.module, path.strip())
+            copied += copy_trained_layers(self.module, path.strip())
+        report_unloaded(self.module, copied, str(weights), strict)
 
     def save(self, path):
         from .weights import save_caffemodel
+        if os.path.isdir(path):
+            raise WeightsError(f"{path}: is a directory; give the .caffemodel file to write")
         save_caffemodel(self.module, self.net_param, path)
 
     def share_with(self, other: "Net"):

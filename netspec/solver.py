@@ -299,9 +299,8 @@ class Solver:
         self._action: Optional[Callable[[], str]] = None
         self.requested_early_exit = False
         self._last_snapshot: Optional[str] = None
-        for w in param.weights:
-            for path in w.split(","):
-                self.net.copy_from(path.strip())
+        if param.weights:
+            self.net.copy_from(",".join(p.strip() for w in param.weights for p in w.split(",")))
 
     # -- nets (Solver::InitTrainNet / InitTestNets) ------------------------------------------------------
     def _net_source(self, which: str, base_dir, path: Optional[str] = None):

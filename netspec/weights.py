@@ -29,7 +29,11 @@ def copy_trained_layers(module, path: str) -> List[str]:
 
     Source layers with no layer of the same name in the net are ignored (and logged); with duplicate names
     the last layer of that name receives the weights, as Caffe's name index does."""
+    import os
     from . import binary
+    if not os.path.isfile(path):
+        what = "is a directory, not a .caffemodel" if os.path.isdir(path) else "not found"
+        raise WeightsError(f"{path}: weights file {what} (working directory {os.getcwd()})")
     index = {node.name: node.index for node in module.nodes}
     copied = []
     for name, _type, blobs in binary.read_caffemodel(path).weight_layers():
@@ -55,6 +59,25 @@ def copy_trained_layers(module, path: str) -> List[str]:
                 p.copy_(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(p.shape))
         copied.append(name)
     return copied
+
+
+def report_unloaded(module, copied, source: str, strict: bool = False) -> None:
+    """After loading ``source`` (one or more files): a WARNING for every layer with parameters that received
+    nothing (it keeps its filler values: intended for new layers when finetuning, a silent failure when the file
+    is another net's or a layer was renamed), and a summary line; ``strict`` makes any such layer an error."""
+    with_params = [n for n in module.nodes if len(module.layer_blobs(n.index))]
+    missing = [n for n in with_params if n.name not in set(copied)]
+    loaded = len(with_params) - len(missing)
+    for n in missing:
+        log.warning("Layer '%s' (%s) got no weights from %s (no layer of that name there): it keeps its initial "
+                    "values", n.name, n.type, source)
+    if missing and strict:
+        raise WeightsError(f"{source}: {len(missing)} of {len(with_params)} layers with parameters got no weights "
+                           f"(strict): {', '.join(n.name for n in missing[:20])}"
+                           f"{' ...' if len(missing) > 20 else ''}; check the layer names or drop strict")
+    level = logging.WARNING if with_params and loaded == 0 else logging.INFO
+    log.log(level, "Loaded weights for %d of %d layers with parameters from %s%s", loaded, len(with_params), source,
+            " (none matched: is it the caffemodel of another net?)" if level == logging.WARNING else "")
 
 
 def save_caffemodel(module, net_param, path: str, *, with_diff: bool = False) -> None:

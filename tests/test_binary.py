@@ -590,3 +590,16 @@ def test_fuzz_mutated_solverstate_and_blobproto(shared_dir, mutations):
             parse(data)
         except FormatError:
             pass
+
+
+def test_read_net_binary_refuses_a_shape_claim_the_values_do_not_back(tmp_path):
+    from netspec.errors import FormatError
+    net = caffe_pb2.NetParameter()
+    blob = net.layer.add(name="a", type="InnerProduct").blobs.add()
+    blob.shape.dim.extend([2 ** 31, 2 ** 31])
+    blob.data.extend([1.0])
+    path = tmp_path / "claim.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(FormatError, match=r"layer 'a' blob 0: shape \(2147483648, 2147483648\) claims "
+                                          r"4611686018427387904 values, the file holds 1"):
+        binary.read_net_binary(path)

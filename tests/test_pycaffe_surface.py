@@ -146,3 +146,21 @@ def test_forbidding_python_layers(net_file, monkeypatch):
     monkeypatch.setattr(python, "FORBID", True)
     with pytest.raises(caffe.NetspecError, match="forbidden"):
         caffe.Net(str(net_file), caffe.TEST)
+
+
+def test_runtime_failures_name_the_layer_and_shapes_and_save_refuses_a_directory(tmp_path):
+    import numpy as np
+    import netspec
+    from google.protobuf import text_format
+    from netspec.errors import LayerError, WeightsError
+    from netspec.proto import caffe_pb2
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "x" top: "y" '
+            'convolution_param { num_output: 2 kernel_size: 3 } }')
+    net = netspec.Net(text_format.Parse(text, caffe_pb2.NetParameter()), netspec.TEST)
+    with pytest.raises(LayerError, match=r"layer 'conv' \(Convolution\) failed on bottoms 'x' \(2, 4, 8, 8\) "
+                                         r"\(built for 'x' was \(1, 3, 8, 8\)"):
+        net.forward(x=np.zeros((2, 4, 8, 8), np.float32))
+    with pytest.raises(WeightsError, match="is a directory"):
+        net.save(str(tmp_path))
+    assert list(tmp_path.parent.glob(f".{tmp_path.name}*.tmp")) == []

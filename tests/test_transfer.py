@@ -206,3 +206,32 @@ def test_the_documented_command(release, demo, tmp_path):
     for name in ("conv1", "res3b2_branch2b", "bn4b7_branch2a", "scale5c_branch2c"):
         for a, b in zip(trained[name], src[name]):
             np.testing.assert_array_equal(a.reshape(b.shape), b)
+
+
+def test_loading_reports_every_layer_left_without_weights_and_strict_refuses(tmp_path, caplog):
+    import logging
+    import netspec
+    from netspec.errors import WeightsError
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+            'layer { name: "a" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }\n'
+            'layer { name: "b" type: "InnerProduct" bottom: "y" top: "z" inner_product_param { num_output: 2 } }\n')
+    net = netspec.Net(text_format.Parse(text, caffe_pb2.NetParameter()), netspec.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    renamed = text_format.Parse(text.replace('name: "b"', 'name: "b_new"'), caffe_pb2.NetParameter())
+    with caplog.at_level(logging.INFO, logger="netspec"):
+        netspec.Net(renamed, netspec.TEST, weights=str(tmp_path / "w.caffemodel"))
+    assert "Layer 'b_new' (InnerProduct) got no weights from" in caplog.text
+    assert "Loaded weights for 1 of 2 layers with parameters" in caplog.text
+    with pytest.raises(WeightsError, match=r"1 of 2 layers with parameters got no weights \(strict\): b_new"):
+        netspec.Net(renamed, netspec.TEST, weights=str(tmp_path / "w.caffemodel"), strict=True)
+    other = text_format.Parse(text.replace('name: "a"', 'name: "p"').replace('name: "b"', 'name: "q"'),
+                              caffe_pb2.NetParameter())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="netspec"):
+        netspec.Net(other, netspec.TEST, weights=str(tmp_path / "w.caffemodel"))
+    assert "Loaded weights for 0 of 2 layers" in caplog.text and "another net" in caplog.text
+    for bad, words in ((tmp_path / "typo.caffemodel", "weights file not found"), (tmp_path, "is a directory")):
+        with pytest.raises(WeightsError, match=words):
+            netspec.Net(renamed, netspec.TEST, weights=str(bad))

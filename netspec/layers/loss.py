@@ -60,7 +60,12 @@ def _labels(name, x, label, axis, ignore, num_classes):
             f"{name}: number of labels must match number of predictions: scores {shape_str(x.shape)} with axis "
             f"{axis} need {outer * inner} labels ({outer} x {inner}), got {label.numel()} "
             f"({shape_str(label.shape)}), with integer values in {{0, ..., {num_classes - 1}}}")
-    lab = label.detach().reshape(tuple(x.shape[:axis]) + tuple(x.shape[axis + 1:])).long()
+    raw = label.detach()
+    if concrete(raw) and raw.is_floating_point() and raw.numel() and not bool(torch.isfinite(raw).all()):
+        v = float(raw[~torch.isfinite(raw)].reshape(-1)[0])
+        raise LayerError(f"{name}: label value {v} is not a number; labels must be integer class indices "
+                         f"(check the label data); {int((~torch.isfinite(raw)).sum())} such labels")
+    lab = raw.reshape(tuple(x.shape[:axis]) + tuple(x.shape[axis + 1:])).long()
     valid = None if ignore is None else lab != ignore
     if concrete(lab) and lab.numel():
         bad = (lab < 0) | (lab >= num_classes)

@@ -128,10 +128,11 @@ def python_layer(lp, bottom_shapes, ctx):
     if key not in BUILTIN:  # registers the built-in FCN data layers (voc_layers.*, siftflow_layers.*, ...)
         from ..data.fcn_layers import register; register()  # noqa: E702
     cls = BUILTIN.get(key)
+    own = p.module == "netspec" or p.module.startswith("netspec.")  # netspec's own layers (SegDataLayer)
     if cls is None:
-        if FORBID:
+        if FORBID and not own:
             raise LayerError(f"Python layers are forbidden (NETSPEC_FORBID_PYTHON_LAYERS); this net asks for "
-                             f"'{key}'")
+                             f"'{key}' (netspec's own layers, netspec.*, stay allowed)")
         try:
             mod = importlib.import_module(p.module)
         except ImportError as e:
@@ -140,6 +141,9 @@ def python_layer(lp, bottom_shapes, ctx):
         cls = getattr(mod, p.layer, None)
         if cls is None:
             raise LayerError(f"module '{p.module}' has no class '{p.layer}'")
+        if FORBID and not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise LayerError(f"'{key}' is not a netspec Layer class; Python layers are forbidden "
+                             "(NETSPEC_FORBID_PYTHON_LAYERS)")
     try:
         layer = cls(lp)
     except TypeError:

@@ -281,3 +281,12 @@ def test_contrastive(legacy):
             want = -(margin - dist) / (dist + 1e-4) * diff[j] / 3  # Caffe's (d + 1e-4) denominator
         np.testing.assert_allclose(a.grad[j].numpy(), want, rtol=1e-5)
     np.testing.assert_allclose(b.grad.numpy(), -a.grad.numpy(), rtol=1e-6)
+
+
+def test_a_nan_label_is_named_as_nan_not_as_a_huge_integer():
+    import torch
+    from netspec.errors import LayerError
+    from netspec.layers.loss import _labels
+    x = torch.zeros(2, 3)
+    with pytest.raises(LayerError, match=r"label value nan is not a number; .* 1 such labels"):
+        _labels("loss", x, torch.tensor([0.0, float("nan")]), 1, None, 3)

@@ -309,3 +309,34 @@ def test_snapshot_prefix_and_net_path_are_literal(sandbox, name):
     state = Path(name) / f"snap_{name}_iter_2.solverstate"
     assert model.is_file() and state.is_file()
     assert binary.read_solverstate(state).learned_net == str(model)
+
+
+SAFE_MODE_CHILD = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import netspec
+from netspec import prototxt
+from netspec.data import synthetic
+from netspec.errors import LayerError
+synthetic.pack("d", n_train=2, n_val=1, size=8)
+ok = ('layer { name: "data" type: "Python" top: "data" top: "label" python_param { module: "netspec.data.seg" '
+      'layer: "SegDataLayer" param_str: "{\'source\': \'d/train\', \'batch_size\': 1}" } }')
+netspec.Net(prototxt.parse_net(ok), netspec.TRAIN)
+print("BUILT own layer")
+try:
+    netspec.Net(prototxt.parse_net(ok.replace("SegDataLayer", "DataError")), netspec.TRAIN)
+    print("BUILT non-layer")
+except LayerError as e:
+    print("REFUSED", e)
+'''
+
+
+def test_safe_mode_keeps_netspecs_own_python_data_layers(tmp_path):
+    (tmp_path / "child.py").write_text(SAFE_MODE_CHILD)
+    env = dict(os.environ, NETSPEC_FORBID_PYTHON_LAYERS="1")
+    proc = subprocess.run([sys.executable, "child.py", str(REPO)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "BUILT own layer"
+    assert lines[1].startswith("REFUSED") and "is not a netspec Layer class" in lines[1]
