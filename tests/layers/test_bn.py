@@ -224,3 +224,18 @@ def test_net_dialect_decides_a_bare_bn():
               'layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }\n')
     seg = text_format.Parse(bare + unpool, caffe_pb2.NetParameter())  # Upsample: a SegNet net
     assert len(Net(seg, netspec.TEST).params["bn"]) == 2
+
+
+@pytest.mark.slow  # about 3 s (the exporter)
+def test_onnx_export_of_both_forms(tmp_path):
+    """TEST-phase BN (PSPNet frozen, SegNet INFERENCE) is plain arithmetic: exports, onnxruntime agrees."""
+    pytest.importorskip("onnxruntime")
+    from netspec import export
+    text = ('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+            'layer { name: "bn" type: "BN" bottom: "data" top: "a" bn_param { frozen: true eps: 0.01 '
+            'slope_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }\n'
+            'layer { name: "bn2" type: "BN" bottom: "a" top: "b" bn_param { bn_mode: INFERENCE '
+            'scale_filler { type: "gaussian" } shift_filler { type: "gaussian" } } }\n')
+    (tmp_path / "n.prototxt").write_text(text)
+    report = export.export(str(tmp_path / "n.prototxt"), onnx_path=str(tmp_path / "n.onnx"))
+    assert report.checks and all(err < 1e-5 for *_, err in report.checks)
