@@ -317,10 +317,13 @@ def net_graph(model: str, phase=None, level: int = 0, stages=None, shapes: bool 
     return filtered, by_layer, ""
 
 
-def to_dot(net, shapes=None, rankdir: str = "LR", name: Optional[str] = None) -> str:
-    """Graphviz text: layers as boxes (name, type, parameters), blobs as octagons (name, shape); an in-place
-    layer makes a new version of its blob, so the graph stays acyclic."""
+def to_dot(net, shapes=None, rankdir: str = "TB", name: Optional[str] = None) -> str:
+    """Graphviz text: layers as boxes (name, type, parameters), blobs as small octagons (name, shape); an
+    in-place layer makes a new version of its blob, so the graph stays acyclic. Top to bottom by default, as
+    the prototxt reads, with tight spacing: the demo FCN is 586 x 2970 px (Caffe's left-to-right layout gave
+    9227 x 367 px, unreadable at any zoom that shows its width)."""
     lines = [f"digraph {_dot_quote(name or net.name or 'net')} {{", f"  rankdir={rankdir};",
+             "  ranksep=0.18; nodesep=0.2;",
              '  node [fontname="Helvetica", fontsize=10];', '  edge [fontname="Helvetica", fontsize=9];']
     version: Dict[str, int] = {}
     declared = set()
@@ -335,7 +338,8 @@ def to_dot(net, shapes=None, rankdir: str = "LR", name: Optional[str] = None) ->
         declared.add(bid)
         label = name if shape is None else f"{name}\n{' x '.join(map(str, shape))}"
         lines.append(f"  {_dot_quote(bid)} [label={_dot_quote(label)}, "
-                     'shape=octagon, style=filled, fillcolor="#E0E0E0"];')
+                     'shape=octagon, fontsize=8, height=0.3, margin="0.04,0.02", style=filled, '
+                     'fillcolor="#E0E0E0"];')
         return bid
 
     for i, lp in enumerate(net.layer):
@@ -344,7 +348,7 @@ def to_dot(net, shapes=None, rankdir: str = "LR", name: Optional[str] = None) ->
         label = f"{lp.name}\n{lp.type}" + (f"\n{detail}" if detail else "")
         colour = getattr(LAYERS.find(lp.type), "colour", None) or "#6495ED"
         lines.append(f"  {_dot_quote(lid)} [label={_dot_quote(label)}, "
-                     f'shape=box, style="filled,rounded", fillcolor="{colour}"];')
+                     f'shape=box, margin="0.08,0.03", style="filled,rounded", fillcolor="{colour}"];')
         for b in lp.bottom:
             bid = declare_blob(b, None)
             lines.append(f"  {_dot_quote(bid)} -> {_dot_quote(lid)};")
@@ -395,7 +399,9 @@ def draw_net_parser():
                                 "Graphviz is installed.")
     p.add_argument("model", help="net prototxt")
     p.add_argument("out", help="output picture (net.png, net.svg, net.pdf); the .dot and .txt go beside it")
-    p.add_argument("--rankdir", choices=["LR", "TB", "BT", "RL"], default="LR", help="graph direction")
+    p.add_argument("--rankdir", choices=["LR", "TB", "BT", "RL"], default="TB", help="graph direction (default "
+                   "TB: top to bottom, as the prototxt reads; Caffe's draw_net uses LR, a very wide picture for "
+                   "a deep net)")
     p.add_argument("--phase", choices=["TRAIN", "TEST", "ALL"], default="ALL",
                    help="draw the layers of one phase (default ALL: every layer; shapes from the TEST net)")
     add_net_state(p)

@@ -145,3 +145,69 @@ def test_draw_net_without_shapes_when_the_data_is_missing(tmp_path, monkeypatch,
     txt = (tmp_path / "val.txt").read_text()
     assert "no shapes" in txt and "conv1_1" in txt
     assert any("drawing without blob shapes" in m for m in netspec_log)
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_draw_net_default_picture_is_readable(in_demo):
+    # issue #20: the default used to be left to right, 9227 x 367 px for the demo net
+    import cv2
+    assert viz.draw_net_main([os.path.join(DEMO, "train.prototxt"), "demo.png"]) == 0
+    h, w = cv2.imread(str(in_demo / "demo.png")).shape[:2]
+    assert w <= 800 and h > w, (w, h)
+
+
+def _figures(monkeypatch):
+    """The figures viz draws, kept open for inspection."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    return figs
+
+
+def _log(path, losses, test=None, lr=0.001):
+    lines = []
+    for it, v in losses:
+        lines.append(f"I1121 13:40:05.000000 1 solver.py:379] Iteration {it} (5 iter/s, 2s/10 iters), loss = {v}")
+        lines.append(f"I1121 13:40:05.000002 1 solver.py:462] Iteration {it}, lr = {lr}")
+    for it, v in test or []:
+        lines.append(f"I1121 13:40:07.000000 1 solver.py:436] Iteration {it}, Testing net (#0)")
+        lines.append(f"I1121 13:40:07.000002 1 solver.py:424]     Test net output #0: loss = {v} (* 1 = {v} loss)")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_plot_log_single_point_is_visible(tmp_path, monkeypatch, capsys):
+    figs = _figures(monkeypatch)
+    assert viz.plot_log_main([_log(tmp_path / "one.log", [(0, 2.5)])]) == 0
+    line = figs[0].axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0] and line.get_marker() == "o"  # a lone point gets a marker
+
+
+def test_plot_log_keeps_an_early_spike_off_the_axes_or_uses_log_scale(tmp_path, monkeypatch, capsys):
+    figs = _figures(monkeypatch)
+    losses = [(0, 500.0)] + [(i, 1.0 / (1 + 0.1 * i)) for i in range(10, 400, 10)]
+    log = _log(tmp_path / "spike.log", losses)
+    assert viz.plot_log_main([log]) == 0
+    lo, hi = figs[-1].axes[0].get_ylim()
+    assert hi < 2.0 and lo < 0.3  # the curve, not the spike, fills the axes
+    assert any("up to 500" in t.get_text() for t in figs[-1].axes[0].texts)
+    assert viz.plot_log_main([log, "--log-y"]) == 0
+    assert figs[-1].axes[0].get_yscale() == "log"
+
+
+def test_plot_log_compares_several_runs(tmp_path, monkeypatch, capsys):
+    figs = _figures(monkeypatch)
+    a = _log(tmp_path / "a.log", [(0, 2.0), (10, 1.0)], test=[(10, 1.5)])
+    b = _log(tmp_path / "b.log", [(0, 3.0), (10, 0.5)], test=[(10, 0.9)], lr=0.01)
+    out = tmp_path / "cmp.png"
+    assert viz.plot_log_main([f"base={a}", b, "--out", str(out), "--csv", str(tmp_path / "cmp.csv")]) == 0
+    assert out.read_bytes().startswith(PNG)
+    labels = [l.get_label() for l in figs[0].axes[0].get_lines()]
+    assert labels == ["base: train loss", "base: test loss", "b: train loss", "b: test loss"]
+    colours = [l.get_color() for l in figs[0].axes[0].get_lines()]
+    assert colours[0] == colours[1] != colours[2] == colours[3]  # one colour per run
+    rows = (tmp_path / "cmp.csv").read_text().splitlines()
+    assert rows[0] == "run,iteration,kind,name,value" and "b,10,test,loss,0.9" in rows
+    assert "(base)" in capsys.readouterr().out
