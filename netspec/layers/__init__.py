@@ -4,7 +4,7 @@ from . import shape, eltwise, loss, accuracy, recurrent  # noqa: F401
 from . import conv, pooling, inner_product, neuron, normalization, interp  # noqa: F401
 from . import data  # noqa: F401
 from . import bn  # noqa: F401  (PSPNet / SegNet / ENet BN)
-from . import roi_pooling, proposal, axpy, shuffle_channel  # noqa: F401  (Faster R-CNN, SENet, ShuffleNet)
+from . import roi_pooling, proposal, smooth_l1_loss, axpy, shuffle_channel  # noqa: F401  (Faster R-CNN, SENet, ShuffleNet)
 from . import ssd, mobilenet  # noqa: F401  (SSD, MobileNet-SSD / MobileNet forks)
 from . import upsample  # noqa: F401  (SegNet / ENet Upsample)
 from . import seg_data, seg_accuracy, mat_write  # noqa: F401  (DeepLab v1/v2 ImageSegData, SegAccuracy, MatWrite)
