@@ -275,6 +275,15 @@ def box_sizes(boxes):
     return np.where((w < 0) | (h < 0), np.float32(0), w * h).astype(np.float32)
 
 
+def _overlap(box, size, boxes, sizes):
+    """JaccardOverlap of one box with each of ``boxes`` (float32): intersection / (size1 + size2 - intersection),
+    0 when the boxes do not overlap with a positive width and height."""
+    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    inter = iw * ih
+    return np.where((iw > 0) & (ih > 0), inter / (size + sizes - inter), np.float32(0))
+
+
 def nms_fast(boxes, sizes, scores, score_threshold, nms_threshold, eta, top_k):
     """ApplyNMSFast: candidates with score > score_threshold in stable descending score order, the first
     top_k (-1 = all); a candidate is kept when its Jaccard overlap with every box kept so far is <= the
@@ -283,20 +292,17 @@ def nms_fast(boxes, sizes, scores, score_threshold, nms_threshold, eta, top_k):
     cand = cand[np.argsort(-scores[cand], kind="stable")]
     if -1 < top_k < len(cand):
         cand = cand[:top_k]
-    if not len(cand):
-        return []
     b, s = boxes[cand], sizes[cand]
-    with np.errstate(over="ignore", invalid="ignore"):
-        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0])
-        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1])
-        inter = iw * ih
-        overlap = np.where((iw > 0) & (ih > 0), inter / (s[:, None] + s[None, :] - inter), np.float32(0))
+    worst = np.zeros(len(cand), np.float32)  # each candidate's largest overlap with the boxes kept so far
     keep, threshold = [], np.float32(nms_threshold)
     for i in range(len(cand)):
-        if not keep or overlap[i, keep].max() <= threshold:
-            keep.append(i)
-            if eta < 1 and threshold > 0.5:
-                threshold = np.float32(threshold * np.float32(eta))
+        if not worst[i] <= threshold:  # (NaN overlaps reject, as the fork's "overlap <= threshold")
+            continue
+        keep.append(i)
+        with np.errstate(all="ignore"):  # inf / nan boxes give what the C++ float arithmetic gives
+            worst[i + 1:] = np.maximum(worst[i + 1:], _overlap(b[i], s[i], b[i + 1:], s[i + 1:]))
+        if eta < 1 and threshold > 0.5:
+            threshold = np.float32(threshold * np.float32(eta))
     return [int(cand[i]) for i in keep]
 
 
@@ -324,7 +330,7 @@ class DetectionOutput(nn.Module):
         loc = loc.reshape(num, P, L, 4).transpose(0, 2, 1, 3)  # (num, L, P, 4)
         conf = conf.reshape(num, P, C)
         pri = prior.reshape(-1)[:2 * P * 4].reshape(2, P, 4)  # the first image's priors, as the fork
-        with np.errstate(over="ignore", invalid="ignore"):  # inf / nan propagate silently, as in C++
+        with np.errstate(all="ignore"):  # inf / nan propagate silently, as in C++
             boxes = decode_boxes(pri[0], pri[1], loc, self.code_type, self.variance_encoded_in_target)
             sizes = box_sizes(boxes)
         rows = []

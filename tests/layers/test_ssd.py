@@ -246,6 +246,54 @@ def test_detection_output_per_class_locations():
     np.testing.assert_allclose(y[0, 0].numpy(), want, rtol=1e-6)
 
 
+def apply_nms_fast(boxes, scores, score_threshold, nms_threshold, eta, top_k):
+    """bbox_util.cpp ApplyNMSFast line by line (GetMaxScoreIndex's stable sort, JaccardOverlap, the early
+    break, the adaptive threshold), on float32 corner boxes."""
+    f = np.float32
+    pairs = sorted([(scores[i], i) for i in range(len(scores)) if scores[i] > score_threshold], key=lambda p: -p[0])
+    if -1 < top_k < len(pairs):
+        pairs = pairs[:top_k]
+
+    def size(b):
+        return f(0) if b[2] < b[0] or b[3] < b[1] else f(b[2] - b[0]) * f(b[3] - b[1])
+
+    def jaccard(b1, b2):
+        if b2[0] > b1[2] or b2[2] < b1[0] or b2[1] > b1[3] or b2[3] < b1[1]:
+            return f(0)
+        w = f(min(b1[2], b2[2]) - max(b1[0], b2[0]))
+        h = f(min(b1[3], b2[3]) - max(b1[1], b2[1]))
+        if w > 0 and h > 0:
+            inter = w * h
+            return inter / (size(b1) + size(b2) - inter)
+        return f(0)
+
+    threshold, indices = f(nms_threshold), []
+    for _, idx in pairs:
+        keep = True
+        for k in indices:
+            if keep:
+                keep = jaccard(boxes[idx], boxes[k]) <= threshold
+            else:
+                break
+        if keep:
+            indices.append(idx)
+        if keep and eta < 1 and threshold > 0.5:
+            threshold = f(threshold * f(eta))
+    return indices
+
+
+@pytest.mark.parametrize("nms,eta,top_k,thr", [(0.45, 1.0, -1, -1.0), (0.9, 0.8, 150, 0.2), (0.3, 1.0, 50, 0.5)])
+def test_nms_against_apply_nms_fast(nms, eta, top_k, thr):
+    from netspec.layers.ssd import box_sizes, nms_fast
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 0.8, (300, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(-0.02, 0.3, (300, 2)).astype(np.float32)], 1)  # some inverted
+    scores = rng.uniform(0, 1, 300).astype(np.float32).round(2)  # many equal scores: the stable order matters
+    got = nms_fast(boxes, box_sizes(boxes), scores, np.float32(thr), nms, eta, top_k)
+    assert got == apply_nms_fast(boxes, scores, np.float32(thr), nms, eta, top_k)
+    assert 10 < len(got) < 300
+
+
 def test_detection_output_checks_its_bottoms():
     with pytest.raises(LayerError, match="locations"):
         build("DetectionOutput", "detection_output_param { num_classes: 3 }", (1, 8), (1, 9), (1, 2, 12))
