@@ -10,11 +10,12 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .base import concrete, example_net, fail
+from .base import example_net, fail
 
 CodeType = caffe_pb2.PriorBoxParameter
 
@@ -359,8 +360,12 @@ class DetectionOutput(nn.Module):
         return np.asarray(rows, np.float32).reshape(-1, 7)
 
     def forward(self, loc, conf, prior, *unused):
-        if not concrete(loc):
+        if isinstance(loc, FakeTensor) or loc.device.type == "meta":  # shape inference: Reshape's shape
             return loc.new_full((1, 1, 1, 7), -1.0)
+        return self._run(loc, conf, prior)
+
+    @torch.compiler.disable  # numpy and a data-dependent size: torch.compile runs it eagerly (a graph break)
+    def _run(self, loc, conf, prior):
         arrays = [t.detach().to("cpu", torch.float32).numpy() for t in (loc, conf, prior)]
         out = self.detections(*arrays)
         return torch.from_numpy(out).to(device=loc.device, dtype=loc.dtype).reshape(1, 1, -1, 7)
