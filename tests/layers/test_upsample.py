@@ -101,3 +101,44 @@ def test_mask_out_of_range_is_an_error():
 def test_bad_parameters(param, shapes, msg):
     with pytest.raises(LayerError, match=msg):
         build(param, mask_shape=shapes)
+
+
+@pytest.mark.parametrize("shape,upsample,onnx_out", [
+    ((1, 3, 4, 6), "scale: 2", None),  # OpenCV's MaxUnpool takes batch 1 only
+    ((1, 2, 5, 7), "upsample_h: 5 upsample_w: 7", (1, 2, 5, 7)),  # odd sizes: ceil pooling, explicit size
+])
+def test_opencv_second_opinion(shape, upsample, onnx_out, tmp_path):
+    """OpenCV's dnn has no Caffe ``Upsample``, but runs ONNX MaxPool (with indices) + MaxUnpool: the same
+    net (pool, scale the pooled values by 3 and add 1, unpool by the mask) in both agrees."""
+    onnx = pytest.importorskip("onnx")
+    cv2 = pytest.importorskip("cv2")
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Mul", ["p", "three"], ["p3"]), helper.make_node("Add", ["p3", "one"], ["q"]),
+             helper.make_node("MaxUnpool", ["q", "i"] + (["shape"] if onnx_out else []), ["y"],
+                              kernel_shape=[2, 2], strides=[2, 2])]
+    inits = [helper.make_tensor("three", TensorProto.FLOAT, [], [3.0]),
+             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
+    if onnx_out:
+        inits.append(helper.make_tensor("shape", TensorProto.INT64, [4], list(onnx_out)))
+    graph = helper.make_graph(nodes, "unpool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))], initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(tmp_path / "u.onnx"))
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    cv = cv2.dnn.readNetFromONNX(str(tmp_path / "u.onnx"))
+    cv.setInput(x)
+    want = cv.forward()
+    dims = " ".join(f"dim: {d}" for d in shape)
+    text = (f'layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ {dims} }} }} }}\n'
+            'layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+            'layer { name: "s" type: "Power" bottom: "p" top: "q" power_param { scale: 3 shift: 1 } }\n'
+            f'layer {{ name: "u" type: "Upsample" bottom: "q" bottom: "m" top: "y" upsample_param {{ {upsample} }} }}\n')
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), netspec.TEST)
+    net.blobs["x"].data[...] = x
+    got = net.forward()["y"]
+    n, c, h, w = got.shape
+    # OpenCV ignores MaxUnpool's output_shape (its top stays 2H x 2W of the pooled size) and writes the same
+    # per-plane flat index h * W + w there: its plane's first H * W values are the H x W top.
+    flat = want.reshape(n, c, -1)
+    np.testing.assert_allclose(got.reshape(n, c, -1), flat[:, :, :h * w], rtol=1e-6, atol=0)
+    assert not flat[:, :, h * w:].any() and np.count_nonzero(got) == np.count_nonzero(want)
