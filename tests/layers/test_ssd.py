@@ -489,3 +489,13 @@ def test_binary_compatible_with_the_fork_schema():
         assert field in shown, field
     back = caffe_pb2.NetParameter.FromString(theirs.SerializeToString())
     assert back == ours
+
+
+def test_detection_output_under_torch_compile():
+    """The numpy part runs eagerly (a graph break), not the (1, 1, 1, 7) shape-inference placeholder."""
+    want = detect("nms_param { nms_threshold: 0.45 }")
+    prior = torch.tensor([list(np.ravel((A, B, C))), [0.1, 0.1, 0.2, 0.2] * 3], dtype=torch.float32)[None]
+    m = build("DetectionOutput", "detection_output_param { num_classes: 3 nms_param { nms_threshold: 0.45 } }",
+              (1, 12), (1, 9), (1, 2, 12))
+    got = torch.compile(m)(torch.zeros(1, 12), torch.tensor(SCORES).reshape(1, -1), prior)
+    assert torch.equal(got, want)
