@@ -491,8 +491,10 @@ def test_binary_compatible_with_the_fork_schema():
     assert back == ours
 
 
+@pytest.mark.slow
 def test_detection_output_under_torch_compile():
-    """The numpy part runs eagerly (a graph break), not the (1, 1, 1, 7) shape-inference placeholder."""
+    """The numpy part runs eagerly (a graph break), not the (1, 1, 1, 7) shape-inference placeholder; ~2 s of
+    torch.compile start-up."""
     want = detect("nms_param { nms_threshold: 0.45 }")
     prior = torch.tensor([list(np.ravel((A, B, C))), [0.1, 0.1, 0.2, 0.2] * 3], dtype=torch.float32)[None]
     m = build("DetectionOutput", "detection_output_param { num_classes: 3 nms_param { nms_threshold: 0.45 } }",
