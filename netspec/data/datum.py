@@ -70,6 +70,10 @@ def _hwc_to_chw(img: np.ndarray) -> np.ndarray:
 # would otherwise become a 50 MB image, 400 MB once a Data layer has made a float batch of two.)
 _PIXELS_PER_BYTE = 16384
 _PIXELS_ALWAYS_OK = 1 << 20
+#: Whatever its size in bytes, no image with more pixels is decoded (a 109 KB 1-bit PNG can declare 30000 x 30000,
+#: which deflate really can hold: 2.7 GB decoded, far more once batched as floats). Settable with
+#: NETSPEC_MAX_IMAGE_PIXELS (default 2^27, e.g. 16384 x 8192).
+MAX_IMAGE_PIXELS = int(os.environ.get("NETSPEC_MAX_IMAGE_PIXELS", str(1 << 27)))
 _PNM = re.compile(rb"P[1-6]\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)")
 _PFM = re.compile(rb"P[Ff]\s+(\d+)\s+(\d+)")
 _PAM_W, _PAM_H = re.compile(rb"\nWIDTH\s+(\d+)"), re.compile(rb"\nHEIGHT\s+(\d+)")
@@ -131,6 +135,14 @@ def _png_chunk_overrun(data: bytes) -> Optional[str]:
     return None
 
 
+def check_image_file(path: str, what: str) -> None:
+    """Refuse, from its header alone, an image file that would decode to more pixels than netspec accepts (see
+    :data:`MAX_IMAGE_PIXELS`) or than its size can hold: call before any ``cv2.imread``."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 17)
+    _check_declared_size(head, os.path.getsize(path), what)
+
+
 def _check_declared_size(head: bytes, size: int, what: str) -> None:
     """Refuse an image whose header claims far more pixels than ``size`` bytes can encode (see above), or, for a
     complete PNG in memory, a chunk longer than the data."""
@@ -140,6 +152,9 @@ def _check_declared_size(head: bytes, size: int, what: str) -> None:
             raise DataError(f"{what} of {size} bytes cannot be decoded: {overrun}; it is truncated or corrupt "
                             "(not handed to OpenCV, which would allocate what the chunk claims)")
     pixels = _declared_pixels(head)
+    if pixels is not None and pixels > MAX_IMAGE_PIXELS:
+        raise DataError(f"{what}: its header declares {pixels} pixels, more than the {MAX_IMAGE_PIXELS} netspec "
+                        "decodes (a decompression bomb, or a huge image: raise NETSPEC_MAX_IMAGE_PIXELS to accept it)")
     if pixels is not None and pixels > max(_PIXELS_ALWAYS_OK, _PIXELS_PER_BYTE * size):
         raise DataError(f"{what} of {size} bytes cannot be decoded: its header declares {pixels} pixels, far more "
                         "than so few bytes can hold; it is corrupt (not handed to OpenCV, which would allocate "
@@ -274,9 +289,7 @@ def read_image(filename, height: int = 0, width: int = 0, is_color: bool = True,
     if not os.path.isfile(path):
         raise DataError(f"{where}image file '{path}' not found (working directory {os.getcwd()})")
     flag = _COLOR if is_color else _GRAY
-    with open(path, "rb") as f:
-        head = f.read(1 << 17)
-    _check_declared_size(head, os.path.getsize(path), f"{where}image file '{path}'")
+    check_image_file(path, f"{where}image file '{path}'")
     why = ""
     try:
         img = cv2.imread(path, flag)

@@ -72,6 +72,7 @@ import numpy as np
 from ..errors import DataError
 from ..layers.python import BUILTIN, Layer, parse_param_str
 from ..proto import caffe_pb2
+from .datum import check_image_file
 from .shard import Shard
 from .transform import FCN_MEAN
 
@@ -116,7 +117,10 @@ def _missing(path: str, where: str) -> DataError:
 
 
 def _imread(path: str, flags: int):
-    """cv2.imread, with OpenCV's exceptions (its size checks on a corrupt header) read as "cannot decode"."""
+    """cv2.imread after the header check (decompression bombs: netspec.data.datum.check_image_file), with
+    OpenCV's exceptions (its size checks on a corrupt header) read as "cannot decode"."""
+    if os.path.isfile(path):
+        check_image_file(path, f"image file '{path}'")
     try:
         return cv2.imread(path, flags)
     except cv2.error:

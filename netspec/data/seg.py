@@ -154,11 +154,51 @@ class _SegSource:
         return img[:, y:y + self.crop, x:x + self.crop], lab[:, y:y + self.crop, x:x + self.crop]
 
 
+#: param_str keys: name -> (check, what it must be). Checked before anything is read or allocated.
+def _int(lo, hi=None):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi),
+            f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+_KEYS = {
+    "source": (lambda v: isinstance(v, str) and v != "", "a directory path"),
+    "batch_size": _int(1, 4096), "workers": _int(0, 64), "prefetch": _int(0, 256), "seed": _int(0),
+    "crop": _int(0, 8192), "ignore_label": _int(-2 ** 31, 2 ** 31 - 1),
+    "shuffle": (lambda v: isinstance(v, bool), "True or False"), "mirror": (lambda v: isinstance(v, bool), "True or False"),
+    "mean": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(map(_number, v)),
+             "3 numbers (B, G, R)"),
+    "scale": (lambda v: _number(v) and v > 0, "a positive number"),
+    "scale_jitter": (lambda v: v is None or (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_number, v))
+                                            and 0 < v[0] <= v[1] <= 8), "(lo, hi) with 0 < lo <= hi <= 8"),
+    "rotate": (lambda v: _number(v) and 0 <= v <= 180, "degrees between 0 and 180"),
+}
+
+
+def check_param_str(p) -> dict:
+    """SegDataLayer's param_str, checked like a schema: a dict, known keys only (a misspelt key is an error
+    naming the known ones), each value of its kind and range (a crop of 100000 would ask for 112 GiB)."""
+    import difflib
+    if not isinstance(p, dict) or "source" not in p:
+        raise DataError("SegDataLayer: param_str must be a dict with at least 'source', e.g. "
+                        "\"{'source': 'data/demo/train', 'batch_size': 8}\"")
+    for key, value in p.items():
+        if key not in _KEYS:
+            near = difflib.get_close_matches(str(key), _KEYS, n=1)
+            raise DataError(f"SegDataLayer: unknown param_str key {key!r}"
+                            f"{f' (did you mean {near[0]!r}?)' if near else ''}; known keys: {', '.join(_KEYS)}")
+        ok, what = _KEYS[key]
+        if not ok(value):
+            raise DataError(f"SegDataLayer: param_str '{key}' must be {what}, got {value!r}")
+    return p
+
+
 class SegDataLayer(Layer):
     def setup(self, bottom, top):
-        p = parse_param_str(self.param_str)
-        if not isinstance(p, dict) or "source" not in p:
-            raise DataError("SegDataLayer: param_str must be a dict with at least 'source'")
+        p = check_param_str(parse_param_str(self.param_str))
         train = self.phase == caffe_pb2.TRAIN
         self.source = p["source"]
         self.batch_size = int(p.get("batch_size", 1))

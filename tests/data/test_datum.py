@@ -124,3 +124,33 @@ def test_read_image_resize_and_gray(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot be decoded"):
         D.read_image(bad)
+
+
+def _one_bit_png(w, h):
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + (w + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    # A 1-bit PNG packs 8 pixels a byte before deflate: real files reach far past the pixels-per-byte check, so
+    # an absolute cap (NETSPEC_MAX_IMAGE_PIXELS) stops them before OpenCV allocates anything.
+    from netspec.data import datum
+    from netspec.data.fcn_layers import read_bgr
+    monkeypatch.setattr(datum, "MAX_IMAGE_PIXELS", 1 << 20)
+    png = _one_bit_png(2048, 1024)
+    assert len(png) * datum._PIXELS_PER_BYTE > 2048 * 1024      # the per-byte check alone lets it through
+    (tmp_path / "bomb.png").write_bytes(png)
+    for decode in (lambda: datum.decode_image(png), lambda: datum.read_image(str(tmp_path / "bomb.png")),
+                   lambda: read_bgr(tmp_path / "bomb.png")):
+        with pytest.raises(DataError, match="header declares 2097152 pixels, more than the 1048576"):
+            decode()
+    monkeypatch.setattr(datum, "MAX_IMAGE_PIXELS", 1 << 22)
+    assert datum.decode_image(png).shape == (1024, 2048, 1)   # under the cap it decodes as before

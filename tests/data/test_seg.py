@@ -69,3 +69,20 @@ def test_concurrent_packs_of_the_demo_data_agree(tmp_path):
             a, b = LMDBReader(str(tmp_path / "demo" / split / what)), LMDBReader(str(tmp_path / "ref" / split / what))
             assert len(a) == len(b) == (60 if split == "train" else 4)
             assert all(a[i] == b[i] for i in range(len(a)))
+
+
+@pytest.mark.parametrize("param, words", [
+    ({"sorce": "d"}, "at least 'source'"),
+    ({"source": "d", "sorce": "d"}, "unknown param_str key 'sorce' \\(did you mean 'source'\\?\\); known keys: source"),
+    ({"source": "d", "crop": 100000}, "'crop' must be an integer >= 0 and <= 8192, got 100000"),
+    ({"source": "d", "crop": -5}, "'crop' must be an integer >= 0"),
+    ({"source": "d", "scale_jitter": (5000, 5000)}, "'scale_jitter' must be \\(lo, hi\\) with 0 < lo <= hi <= 8"),
+    ({"source": "d", "batch_size": 0}, "'batch_size' must be an integer >= 1"),
+    ({"source": "d", "mean": (1, 2)}, "'mean' must be 3 numbers"),
+    ({"source": "d", "seed": "abc"}, "'seed' must be an integer >= 0, got 'abc'"),
+])
+def test_param_str_is_checked_like_a_schema_before_anything_is_read(param, words):
+    from netspec.data.seg import check_param_str
+    from netspec.errors import DataError
+    with pytest.raises(DataError, match=words):
+        check_param_str(param)
