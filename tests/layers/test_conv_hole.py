@@ -119,6 +119,10 @@ def test_opencv_agrees_with_hole_as_dilation(tmp_path):
     theirs.write_text(body.format(h2="dilation: 2", h6="dilation: 6"))
     torch.manual_seed(0)
     net = netspec.Net(str(ours), netspec.TEST)
+    rng = np.random.default_rng(1)
+    for blobs in net.params.values():  # the prototxt has no fillers: random weights and biases
+        for b in blobs:
+            b.data[...] = rng.standard_normal(b.shape)
     w = tmp_path / "w.caffemodel"
     net.save(str(w))
     x = np.random.default_rng(0).standard_normal((1, 3, 17, 17)).astype(np.float32)
@@ -129,4 +133,15 @@ def test_opencv_agrees_with_hole_as_dilation(tmp_path):
     cv.setInput(x)
     ref = cv.forward()
     assert ref.shape == y.shape
-    assert np.abs(ref - y).max() <= 1e-4 * np.abs(y).max()
+    assert np.abs(y).max() > 1 and np.abs(ref - y).max() <= 1e-4 * np.abs(y).max()
+
+
+def test_hole_gradients():
+    """DeepLab v1 back-propagates through im2col with holes (col2im_gpu with holes); gradcheck the module."""
+    m = build("num_output: 2 kernel_size: 3 pad: 2 hole_h: 2 hole_w: 1", shape=(1, 2, 5, 6)).double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m.weight.normal_()
+        m.bias.normal_()
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: m(a), (x,))
