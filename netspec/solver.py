@@ -509,6 +509,16 @@ class Solver:
                 break
 
     def solve(self, resume_file: Optional[str] = None):
+        """Solver::Solve. The root process holds ``<snapshot_prefix>.lock`` for the run (two runs on one prefix
+        would interleave their snapshots) and first removes temporary snapshot files that killed runs left."""
+        lock = _PrefixLock(self.param.snapshot_prefix) if _is_root() and self.param.snapshot_prefix else None
+        try:
+            self._solve(resume_file)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _solve(self, resume_file: Optional[str] = None):
         p = self.param
         log.info("Solving %s", self.net.name)
         log.info("Learning Rate Policy: %s", p.lr_policy)
@@ -803,6 +813,53 @@ def _images_note(net, rec, reused: bool) -> str:
         if rec["images"] < total:
             note += "; tools/score.py scores them all"
     return note
+
+
+class _PrefixLock:
+    """An exclusive ``flock`` on ``<prefix>.lock`` (holding the owner's pid), and the removal of stale
+    ``.<prefix>_iter_*.tmp`` files: temporaries of snapshots whose writer (a dead pid) was killed mid-write."""
+
+    def __init__(self, prefix: str):
+        import fcntl
+        import glob
+        d, base = os.path.split(prefix)
+        os.makedirs(d or ".", exist_ok=True)
+        self.path = prefix + ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(self.fd)
+            raise SolverError(f"snapshot_prefix '{prefix}' is in use by process {other} (its lock: {self.path}); "
+                              "two runs on one prefix would interleave their snapshots: wait for it to end, or "
+                              "set another snapshot_prefix") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        stale = []
+        for tmp in glob.glob(os.path.join(glob.escape(d or "."), f".{glob.escape(base)}_iter_*.tmp")):
+            parts = os.path.basename(tmp).split(".")
+            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+            if pid is not None and pid != os.getpid() and not _alive(pid):
+                os.unlink(tmp)
+                stale.append(tmp)
+        if stale:
+            log.info("Removed %d temporary snapshot file(s) of killed runs: %s", len(stale), ", ".join(stale))
+
+    def release(self):
+        import fcntl
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rank() -> int:

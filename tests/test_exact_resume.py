@@ -235,3 +235,23 @@ def test_sigkill_campaign_50(workdir):
     kills, resumed, worst = kill_campaign(workdir, 50)
     print(f"\nSIGKILL campaign: {kills} kills, {resumed} resumed from a snapshot, max |diff| {worst}")
     assert worst == 0.0 and resumed >= kills // 2
+
+
+def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
+    from netspec import solver as solver_mod
+    snap = workdir / "snap"
+    snap.mkdir()
+    dead = snap / ".r_iter_4.caffemodel.999999.0a1b2c3d.tmp"    # left by a run killed mid-write
+    live = snap / f".r_iter_4.caffemodel.{os.getpid()}.0a1b2c3d.tmp"
+    dead.write_bytes(b"x" * 100)
+    live.write_bytes(b"x")
+    held = solver_mod._PrefixLock("snap/r")
+    try:
+        with pytest.raises(SolverError, match=rf"snapshot_prefix 'snap/r' is in use by process {os.getpid()}"):
+            Solver("solver.prototxt").solve()
+    finally:
+        held.release()
+    assert not dead.exists() and live.exists()
+    (workdir / "solver.prototxt").write_text(_solver_text(max_iter=2))
+    Solver("solver.prototxt").solve()   # the lock is free again once the other run ends
+    assert (snap / "r_iter_2.solverstate").is_file()
