@@ -239,3 +239,47 @@ def test_onnx_export_of_both_forms(tmp_path):
     (tmp_path / "n.prototxt").write_text(text)
     report = export.export(str(tmp_path / "n.prototxt"), onnx_path=str(tmp_path / "n.onnx"))
     assert report.checks and all(err < 1e-5 for *_, err in report.checks)
+
+
+@pytest.mark.parametrize("fork", ["pspnet", "segnet"])
+def test_opencv_second_opinion_through_bvlc_layers(fork, tmp_path):
+    """OpenCV has no BN layer; its BatchNorm (global statistics) + Scale (bias) compute the same affine map from
+    the same numbers: PSPNet's frozen BN = BatchNorm(mean, variance, eps) + Scale(slope, bias); SegNet's
+    INFERENCE BN = Scale(scale, shift). netspec writes the BVLC net's caffemodel from the BN blobs."""
+    cv2 = pytest.importorskip("cv2")
+    import netspec
+    from netspec.net import Net
+    head = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 6 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 4 '
+            'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n')
+    bn = ('layer { name: "bn" type: "BN" bottom: "c" top: "y" bn_param { frozen: true eps: 0.001 } }\n'
+          if fork == "pspnet" else 'layer { name: "bn" type: "BN" bottom: "c" top: "y" bn_param { bn_mode: INFERENCE } }\n')
+    bvlc = ('layer { name: "bnb" type: "BatchNorm" bottom: "c" top: "b" batch_norm_param { use_global_stats: true '
+            'eps: 0.001 } }\nlayer { name: "sc" type: "Scale" bottom: "b" top: "y" scale_param { bias_term: true } }\n'
+            if fork == "pspnet" else
+            'layer { name: "sc" type: "Scale" bottom: "c" top: "y" scale_param { bias_term: true } }\n')
+    torch.manual_seed(0)
+    ours = Net(text_format.Parse(head + bn, caffe_pb2.NetParameter()), netspec.TEST)
+    rng = np.random.default_rng(0)
+    blobs = ours.params["bn"]
+    for b in blobs:
+        b.data[...] = rng.uniform(0.5, 2.0, b.shape) * rng.choice([-1, 1], b.shape)
+    if fork == "pspnet":
+        blobs[3].data[...] = np.abs(blobs[3].data)  # a variance
+    (tmp_path / "bvlc.prototxt").write_text(head + bvlc)
+    theirs = Net(str(tmp_path / "bvlc.prototxt"), netspec.TEST)
+    theirs.params["c"][0].data[...] = ours.params["c"][0].data
+    theirs.params["c"][1].data[...] = ours.params["c"][1].data
+    if fork == "pspnet":
+        theirs.params["bnb"][0].data[...] = blobs[2].data.ravel()
+        theirs.params["bnb"][1].data[...] = blobs[3].data.ravel()
+        theirs.params["bnb"][2].data[...] = 1
+    theirs.params["sc"][0].data[...] = blobs[0].data.ravel()
+    theirs.params["sc"][1].data[...] = blobs[1].data.ravel()
+    theirs.save(str(tmp_path / "bvlc.caffemodel"))
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    want = ours.forward(x=x)["y"]
+    cv = cv2.dnn.readNetFromCaffe(str(tmp_path / "bvlc.prototxt"), str(tmp_path / "bvlc.caffemodel"))
+    cv.setInput(x)
+    got = cv.forward()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
