@@ -355,6 +355,9 @@ def read_image_list(path) -> List[Tuple[str, int, int]]:
             except ValueError:
                 raise DataError(f"{path}:{lineno}: expected '<image path> <integer label>', got "
                                 f"{line!r}") from None
+            if not -2 ** 31 <= label < 2 ** 31:  # Datum.label is an int32
+                raise DataError(f"{path}:{lineno}: label {label} does not fit Caffe's int32 Datum label "
+                                f"(-2147483648 .. 2147483647)")
             out.append((name, label, lineno))
     if not out:
         raise DataError(f"image list file '{path}' is empty")

@@ -154,3 +154,11 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
             decode()
     monkeypatch.setattr(datum, "MAX_IMAGE_PIXELS", 1 << 22)
     assert datum.decode_image(png).shape == (1024, 2048, 1)   # under the cap it decodes as before
+
+
+def test_image_list_label_beyond_int32_is_named_with_its_line(tmp_path):
+    from netspec.data.datum import read_image_list
+    path = tmp_path / "list.txt"
+    path.write_text("a.png 1\nb.png 4294967296\n")
+    with pytest.raises(DataError, match=r"list.txt:2: label 4294967296 does not fit Caffe's int32 Datum label"):
+        read_image_list(str(path))
