@@ -164,3 +164,9 @@ def test_runtime_failures_name_the_layer_and_shapes_and_save_refuses_a_directory
     with pytest.raises(WeightsError, match="is a directory"):
         net.save(str(tmp_path))
     assert list(tmp_path.parent.glob(f".{tmp_path.name}*.tmp")) == []
+
+
+def test_python_layers_see_param_str_under_the_old_pycaffe_name_too(net_file):
+    net = caffe.Net(str(net_file), caffe.TEST)
+    layer = net.module.get_module(net._layer_names.index("sq")).layer
+    assert layer.param_str == layer.param_str_ == "{'k': 0.5}"   # py-faster-rcnn's layers read param_str_

@@ -149,6 +149,7 @@ def python_layer(lp, bottom_shapes, ctx):
     except TypeError:
         layer = cls()
     layer.param_str = p.param_str
+    layer.param_str_ = p.param_str  # the older pycaffe name (py-faster-rcnn's layers read it)
     layer.phase = ctx.phase
     if not hasattr(layer, "blobs"):
         layer.blobs = []
