@@ -22,7 +22,9 @@ setup(
     extras_require={
         "datasets": ["scipy>=1.8", "h5py>=3.6"],
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # tools/train.py --tensorboard DIR: torch.utils.tensorboard's SummaryWriter needs the tensorboard package
+        "tensorboard": ["tensorboard>=2.10"],
         "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "grpcio-tools>=1.62", "scipy>=1.8", "h5py>=3.6",
-                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "tensorboard>=2.10"],
     },
 )

@@ -16,7 +16,8 @@ argument parser and every repository file it names checked (cheap, catches renam
 based pages run for real, and the data preparation of the dataset pages. ``-m slow``: every remaining command,
 i.e. the VGG-sized nets. Those are slow mainly because ``tools/train.py`` scores ``test_iter`` batches of the
 test net after the last iteration (736 VGG16 forwards for the VOC FCNs, 2,000 for ADE20K), which --max-iter
-does not shorten; each pad-100 VGG forward costs about a second on a CPU core even for a tiny image.
+does not shorten (the guides' quick tries add --test-iter); each pad-100 VGG forward costs about a second on a
+CPU core even for a tiny image.
 """
 import json
 import os
@@ -192,6 +193,13 @@ def test_coming_from_caffe(demo, tmp_path):
     assert "Convolution" in timing and "(sum)" in timing
     assert "iteration 10: loss" in done[D.find("coming_from_caffe.md", "pycaffe_demo.py")].stdout
     assert re.search(r"^loss\s+Python\s", done[D.find("coming_from_caffe.md", "l1_net")].stdout, re.M)
+    # Caffe's -solver spelling, live CSV scalars, and final scores that name the images they cover
+    short = done[D.find("coming_from_caffe.md", "tools/train.py -solver")]
+    rows = (w / "demo_scalars.csv").read_text().splitlines()
+    assert rows[0] == "iteration,tag,value" and any(",train/loss," in r for r in rows)
+    assert any(",score/mean IU," in r for r in rows)
+    assert re.search(r"^>>> Iteration 2 test net #0: 5 batches x 1 = 5 of the 50 images of data/demo/val",
+                     short.stdout, re.M), short.stdout
 
 
 @pytest.mark.slow

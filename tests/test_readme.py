@@ -43,6 +43,22 @@ def test_demo_train_score_infer_commands(tmp_path):
         assert r.returncode == 0, f"{cmd}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
         if "score.py" in cmd:
             assert re.search(r"^mean IU [0-9.]+$", r.stdout, re.M), r.stdout
+        if "train.py" in cmd:  # no test pass at iteration 40: one more, announced, its images named
+            assert "Scoring test net #0 after training: 20 batches" in r.stderr
+            assert re.search(r"^>>> Iteration 40 test net #0: 20 batches x 1 = 20 of the 50 images of data/demo/val; "
+                             r"tools/score.py scores them all$", r.stdout, re.M), r.stdout
     pngs = sorted((tmp_path / "masks" / "color").glob("*.png"))
     assert len(pngs) == 50
     assert (tmp_path / "demo.pt").exists() and (tmp_path / "demo.onnx").exists()
+
+
+def test_a_checkout_folder_named_netspec_beside_a_script_shadows_the_package(tmp_path):
+    # what the README warns about: the script's folder comes first on sys.path, and the checkout folder
+    # (no __init__.py at its top) is imported as an empty namespace package
+    (tmp_path / "netspec").symlink_to(REPO, target_is_directory=True)
+    (tmp_path / "my_script.py").write_text("import netspec\nnetspec.Net\n")
+    r = subprocess.run([sys.executable, "my_script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "AttributeError: module 'netspec' has no attribute 'Net'" in r.stderr
+    readme = (REPO / "README.md").read_text()
+    assert "AttributeError: module 'netspec' has no attribute 'Net'" in readme and "netspec-src" in readme

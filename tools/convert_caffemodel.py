@@ -1,15 +1,15 @@
 """Convert Caffe weights to and from PyTorch state dicts; list a caffemodel; fold BatchNorm for deploy.
 
 Usage:
-    python tools/convert_caffemodel.py IN.caffemodel OUT.pt [--prototxt NET.prototxt] [--fp16]
-    python tools/convert_caffemodel.py IN.pt OUT.caffemodel --prototxt NET.prototxt
+    python tools/convert_caffemodel.py IN.caffemodel OUT.pt [--model NET.prototxt] [--fp16]
+    python tools/convert_caffemodel.py IN.pt OUT.caffemodel --model NET.prototxt
     python tools/convert_caffemodel.py IN.caffemodel OUT.pt --fold-bn --out-prototxt DEPLOY_FOLDED.prototxt
     python tools/convert_caffemodel.py --list IN.caffemodel
 
 The direction comes from the extensions (.caffemodel; .pt or .pth). A .pt holds a state dict whose keys are
 those of ``netspec.Net(NET.prototxt, TEST).module.state_dict()`` (``conv1.weight``, ``conv1.bias``; see
 ``netspec/convert.py`` for the name mapping), loadable with ``torch.load(path, weights_only=True)``. Without
---prototxt the keys come from the caffemodel's own layer list. V0/V1 files are upgraded on the way. The
+--model the keys come from the caffemodel's own layer list. V0/V1 files are upgraded on the way. The
 output never replaces an input file. Exit status: 0 done, 2 bad input, 1 I/O error.
 """
 
