@@ -37,18 +37,18 @@ input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv"
-        norm_param { across_spatial: false eps: 1e-5 } }
+        my_norm_param { across_spatial: false eps: 1e-5 } }
 """
 
 
 @pytest.fixture
 def fork(tmp_path):
-    """A fork's caffe.proto (the bundled one plus SSD's norm_param = 206) and a net that uses the field."""
+    """A fork's caffe.proto (the bundled one plus a field of its own, my_norm_param) and a net that uses it."""
     src = open(os.path.join(ROOT, "netspec", "proto", "caffe.proto")).read()
     at = src.index("  optional CropParameter crop_param = 144;")
     (tmp_path / "caffe.proto").write_text(
-        src[:at] + "  optional NormalizeParameter norm_param = 206;\n" + src[at:]
-        + "\nmessage NormalizeParameter {\n  optional bool across_spatial = 1 [default = true];\n"
+        src[:at] + "  optional MyNormParameter my_norm_param = 3001;\n" + src[at:]
+        + "\nmessage MyNormParameter {\n  optional bool across_spatial = 1 [default = true];\n"
           "  optional float eps = 4 [default = 1e-10];\n}\n")
     (tmp_path / "net.prototxt").write_text(NET)
     yield tmp_path
@@ -58,13 +58,13 @@ def fork(tmp_path):
 @needs_protoc
 def test_proto_option_reads_a_forks_fields(fork, capsys):
     assert timing.main(["--model", str(fork / "net.prototxt"), "--iterations", "1", "--quiet"]) != 0
-    assert "norm_param" in capsys.readouterr().err
+    assert "my_norm_param" in capsys.readouterr().err
     rc = timing.main(["--proto", str(fork / "caffe.proto"), "--model", str(fork / "net.prototxt"),
                       "--iterations", "1", "--quiet"])
     assert rc == 0
     table = capsys.readouterr().out
     assert "conv" in table and "relu" in table
-    assert "NormalizeParameter" in proto.caffe_pb2.DESCRIPTOR.message_types_by_name
+    assert "MyNormParameter" in proto.caffe_pb2.DESCRIPTOR.message_types_by_name
 
 
 @needs_protoc
@@ -74,11 +74,11 @@ def test_upgrade_tool_keeps_the_forks_fields(fork):
                         str(fork / "caffe.proto"), str(fork / "net.prototxt"), str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "norm_param" in out.read_text() and "across_spatial: false" in out.read_text()
+    assert "my_norm_param" in out.read_text() and "across_spatial: false" in out.read_text()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "upgrade_net_proto.py"),
                         str(fork / "net.prototxt"), str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
-    assert "norm_param" in r.stderr and "--proto" in r.stderr and "net.prototxt:7" in r.stderr
+    assert "my_norm_param" in r.stderr and "--proto" in r.stderr and "net.prototxt:7" in r.stderr
 
 
 def test_missing_proto_file_is_a_clear_error(tmp_path):

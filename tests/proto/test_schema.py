@@ -158,15 +158,22 @@ LAYER_PARAMS = {
     "softmax_param": 125, "spp_param": 132, "slice_param": 126, "swish_param": 147,
     "tanh_param": 127, "threshold_param": 128, "tile_param": 138, "window_data_param": 129,
 }
-EXTENSIONS = {"interp_param": 2143}
+EXTENSIONS = {"interp_param": 2143,
+              # SSD (weiliu89/caffe ssd): the fork's own numbers, unused by BVLC
+              "permute_param": 202, "prior_box_param": 203, "detection_output_param": 204, "norm_param": 206}
+# LayerParameter's other upstream fields (name, type, bottom, top, loss_weight, param, blobs, include, exclude,
+# phase, propagate_down)
+UPSTREAM_OTHER = set(range(1, 12))
 
 
 def test_layer_param_numbers():
     fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
     params = {name: f.number for name, f in fields.items() if name.endswith("_param")}
     assert params == {**LAYER_PARAMS, **EXTENSIONS}
-    # Every extension number is far from upstream's range (next available ID 149).
-    assert all(number >= 1000 for number in EXTENSIONS.values())
+    # No extension takes a number upstream uses (or its next available ID, 149); a fork's own number is
+    # kept where it is free, so the fork's binary files decode (docs/schema_extensions.md).
+    upstream = set(LAYER_PARAMS.values()) | UPSTREAM_OTHER | {149}
+    assert not upstream & set(EXTENSIONS.values())
 
 
 def test_packed_repeated_numbers():
@@ -251,9 +258,9 @@ message SolverParameter { optional float base_lr = 5; }
 message LayerParameter {
   optional string name = 1;
   optional string type = 2;
-  optional NormalizeParameter norm_param = 149;
+  optional MyNormParameter my_norm_param = 149;
 }
-message NormalizeParameter { optional bool across_spatial = 1 [default = true]; }
+message MyNormParameter { optional bool across_spatial = 1 [default = true]; }
 """
 
 
@@ -269,14 +276,14 @@ def test_load_proto_swaps_schema(tmp_path, restore_schema):
 
     path = tmp_path / "caffe.proto"
     path.write_text(FORK_PROTO)
-    text = 'layer { name: "n" type: "Normalize" norm_param { across_spatial: false } }'
-    with pytest.raises(Exception, match="norm_param"):
+    text = 'layer { name: "n" type: "MyNorm" my_norm_param { across_spatial: false } }'
+    with pytest.raises(Exception, match="my_norm_param"):
         prototxt.parse_net(text)
     module = netspec.proto.load_proto(path)
     assert netspec.proto.pb2() is module
     net = prototxt.parse_net(text)
-    assert net.layer[0].norm_param.across_spatial is False
-    assert module.NormalizeParameter().across_spatial is True
+    assert net.layer[0].my_norm_param.across_spatial is False
+    assert module.MyNormParameter().across_spatial is True
     assert module.TEST == 1
     assert prototxt.parse_net(prototxt.to_text(net)) == net
     # the bundled module stays intact and usable
