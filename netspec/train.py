@@ -233,7 +233,13 @@ def main(argv=None) -> int:
         if (args.tensorboard or args.scalars_csv) and scalars is None and (
                 not distributed or int(os.environ.get("RANK", "0")) == 0):
             scalars = Scalars(args.tensorboard, args.scalars_csv)
-            logging.getLogger("netspec").addHandler(scalars)
+            root = logging.getLogger("netspec")
+            if root.level > logging.INFO:  # --quiet: the scalars still need the INFO records, the console not
+                for h in root.handlers:
+                    if getattr(h, "_netspec", False):
+                        h.setLevel(root.level)
+                root.setLevel(logging.INFO)
+            root.addHandler(scalars)
         if args.loader_workers is not None:
             if args.loader_workers < 0:
                 raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")

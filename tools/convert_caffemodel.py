@@ -47,7 +47,7 @@ def main(argv=None):
                         help="phase the prototxt is built in (default TEST)")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the caffemodel lacks blobs for a layer of the prototxt")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only: print nothing on success")
     args = parse_args(parser, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
