@@ -160,7 +160,9 @@ LAYER_PARAMS = {
 }
 EXTENSIONS = {"interp_param": 2143,
               # SSD (weiliu89/caffe ssd): the fork's own numbers, unused by BVLC
-              "permute_param": 202, "prior_box_param": 203, "detection_output_param": 204, "norm_param": 206}
+              "permute_param": 202, "prior_box_param": 203, "detection_output_param": 204, "norm_param": 206,
+              # DeepLab v1/v2 (its 144 and 145 are upstream's crop_param and parameter_param)
+              "seg_accuracy_param": 2150, "mat_write_param": 2151}
 # LayerParameter's other upstream fields (name, type, bottom, top, loss_weight, param, blobs, include, exclude,
 # phase, propagate_down)
 UPSTREAM_OTHER = set(range(1, 12))
@@ -215,6 +217,9 @@ def test_enums_and_defaults():
 
 def test_v1_layer_type_enum_complete():
     values = {v.name: v.number for v in caffe_pb2.V1LayerParameter.LayerType.DESCRIPTOR.values}
+    # DeepLab v1's types (netspec extensions; its IMAGE_SEG_DATA = 39 is upstream's DECONVOLUTION)
+    deeplab = {"IMAGE_SEG_DATA": 2154, "SEG_ACCURACY": 40, "INTERP": 41, "MAT_WRITE": 43}
+    assert {k: values.pop(k) for k in deeplab} == deeplab
     assert len(values) == 40
     assert sorted(values.values()) == list(range(40))
     assert values["CONVOLUTION"] == 4 and values["DECONVOLUTION"] == 39
