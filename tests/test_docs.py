@@ -214,12 +214,12 @@ def test_coming_from_caffe_resume_plot_draw(demo, tmp_path):
 def test_coming_from_caffe_own_proto_fields(tmp_path):
     w = D.workdir(tmp_path)
     D.save_files("coming_from_caffe.md", w)
-    (w / "ssd").mkdir()
-    src = (D.REPO / "netspec" / "proto" / "caffe.proto").read_text()   # a fork's caffe.proto: BVLC's + SSD's field
+    (w / "myfork").mkdir()
+    src = (D.REPO / "netspec" / "proto" / "caffe.proto").read_text()   # a fork's caffe.proto: netspec's + a field
     at = src.index("  optional CropParameter crop_param = 144;")
-    (w / "ssd" / "caffe.proto").write_text(
-        src[:at] + "  optional NormalizeParameter norm_param = 206;\n" + src[at:]
-        + "\nmessage NormalizeParameter {\n  optional bool across_spatial = 1 [default = true];\n"
+    (w / "myfork" / "caffe.proto").write_text(
+        src[:at] + "  optional MyNormParameter my_norm_param = 3001;\n" + src[at:]
+        + "\nmessage MyNormParameter {\n  optional bool across_spatial = 1 [default = true];\n"
           "  optional FillerParameter scale_filler = 2;\n  optional bool channel_shared = 3 [default = true];\n"
           "  optional float eps = 4 [default = 1e-10];\n}\n")
     out = D.run(D.find("coming_from_caffe.md", "normalize_layer.py"), w).stdout
