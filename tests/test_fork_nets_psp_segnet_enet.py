@@ -148,7 +148,7 @@ def _segnet(name, tmp_path):
     net, out = run(param, phase)
     batch = net.blobs["data"].shape[0]
     if phase == netspec.TRAIN:
-        assert np.isfinite(out["loss"]) and out["per_class_accuracy"].shape == (11,)
+        assert np.isfinite(out["loss"]) and out["per_class_accuracy"].shape == (11, 1, 1, 1)  # SegNet's shape
     else:
         assert out["prob"].shape == (batch, 11, 40, 48)
         np.testing.assert_allclose(out["prob"].sum(1), 1, rtol=1e-5)

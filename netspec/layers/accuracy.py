@@ -14,8 +14,12 @@ class Accuracy(nn.Module):
         super().__init__()
         self.name, self.axis, self.top_k, self.ignore, self.per_class = name, axis, top_k, ignore, per_class
 
+    #: caffe-segnet accuracy_layer.cpp: the per-class top is C x 1 x 1 x 1 and a class never labelled scores 1
+    segnet = False
+
     def top_shapes(self, bottom_shapes):
-        return [()] + ([(bottom_shapes[0][self.axis],)] if self.per_class else [])
+        c = bottom_shapes[0][self.axis]
+        return [()] + ([(c, 1, 1, 1) if self.segnet else (c,)] if self.per_class else [])
 
     @torch.no_grad()
     def forward(self, x, label):
@@ -33,7 +37,8 @@ class Accuracy(nn.Module):
         zeros = torch.zeros(C, dtype=x.dtype, device=x.device)
         nums = zeros.scatter_add(0, safe.reshape(-1), valid.reshape(-1))
         wins = zeros.scatter_add(0, safe.reshape(-1), (correct * valid).reshape(-1))
-        return acc, torch.where(nums > 0, wins / nums.clamp_min(1), zeros)
+        per = torch.where(nums > 0, wins / nums.clamp_min(1), zeros + float(self.segnet))
+        return acc, (per.reshape(C, 1, 1, 1) if self.segnet else per)
 
 
 @register("Accuracy", bottoms=2, tops=(1, 2),
@@ -57,4 +62,6 @@ def build_accuracy(lp, bottom_shapes, ctx):
     if p.top_k > x[axis]:
         raise fail(lp, ctx, f"top_k {p.top_k} must be at most the number of classes {x[axis]}")
     ignore = p.ignore_label if p.HasField("ignore_label") else None
-    return Accuracy(ident(lp, ctx), axis, p.top_k, ignore, len(lp.top) > 1)
+    m = Accuracy(ident(lp, ctx), axis, p.top_k, ignore, len(lp.top) > 1)
+    m.segnet = getattr(ctx, "dialect", None) == "segnet"
+    return m
