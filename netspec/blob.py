@@ -82,6 +82,11 @@ class Blob:
         return f"Blob(shape={self.shape})"
 
 
+#: Bumped whenever a ParamBlob hands out a numpy view of its parameter: writes through such a view change the
+#: parameter without torch's version counter seeing it, so caches of derived weights (netspec.fold) also key on this.
+numpy_views = [0]
+
+
 class ParamBlob(Blob):
     """A view of a learnable ``nn.Parameter``: writing ``.data`` writes the parameter, ``.diff`` its grad."""
 
@@ -98,6 +103,7 @@ class ParamBlob(Blob):
 
     @property
     def data(self) -> np.ndarray:
+        numpy_views[0] += 1
         return _np(self._param.data)
 
     @data.setter

@@ -350,25 +350,43 @@ class CaffeNet(nn.Module):
     def run(self, feed: Dict[str, torch.Tensor], *, keep: bool = False, start: int = 0,
             end: Optional[int] = None, env: Optional[Dict[str, torch.Tensor]] = None,
             on_top: Optional[Callable] = None, before: Optional[Callable] = None,
-            after: Optional[Callable] = None, retain=()):
+            after: Optional[Callable] = None, retain=(), fold: bool = False):
         """Run layers ``start..end`` (inclusive). Returns (env, loss).
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
         their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
+        ``fold`` (gradient-free whole-net runs only): Convolution -> BatchNorm -> Scale chains run as one
+        convolution (netspec.fold).
         """
         env = {} if env is None else env
         end = len(self.nodes) - 1 if end is None else end
-        if (self.checkpoint and torch.is_grad_enabled() and not keep and start == 0 and end == len(self.nodes) - 1
-                and on_top is None and before is None and after is None):
+        whole = start == 0 and end == len(self.nodes) - 1 and on_top is None and before is None and after is None
+        if self.checkpoint and torch.is_grad_enabled() and not keep and whole:
             return self._run_checkpointed(feed, env, retain)
+        if fold and whole and not keep and not torch.is_grad_enabled():
+            heads, absorbed = self._fold_plan()
+            return self._run_nodes(self.nodes, feed, env, keep, retain=retain, subst=heads, skip=absorbed)
         return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
 
-    def _run_nodes(self, nodes, feed, env, keep=False, on_top=None, before=None, after=None, retain=()):
+    def _fold_plan(self):
+        if getattr(self, "_folds", None) is None:
+            from .fold import plan
+            self._folds = plan(self)
+        return self._folds
+
+    def _run_nodes(self, nodes, feed, env, keep=False, on_top=None, before=None, after=None, retain=(),
+                   subst=None, skip=()):
         loss = None
         for node in nodes:
+            if node.index in skip:  # absorbed into an earlier layer (fold): only its blob bookkeeping remains
+                if not keep:
+                    for b in self._free_after[node.index]:
+                        if b not in retain:
+                            env.pop(b, None)
+                continue
             if before is not None:
                 before(node.index)
-            module = getattr(self, node.key)
+            module = getattr(self, node.key) if subst is None else subst.get(node.index) or getattr(self, node.key)
             if getattr(module, "is_input", False):
                 outs = []
                 for t in node.tops:

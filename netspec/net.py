@@ -315,7 +315,7 @@ class Net:
         dev = next((p.device.type for p in self.module.parameters()), "cpu")
         return torch.autocast(dev, dtype=amp)
 
-    def _run_fast(self, retain=()):
+    def _run_fast(self, retain=(), fold: bool = False):
         feed = self._feed()
         feed.channels_last = getattr(self, "_channels_last", False)
         with self._autocast():
@@ -328,7 +328,8 @@ class Net:
                 loss = env.pop("__loss__", None)
             else:
                 env, loss = self.module.run(feed, before=self._call(self._before),
-                                            after=self._call(self._after), retain=retain)
+                                            after=self._call(self._after), retain=retain,
+                                            fold=fold and not self._before and not self._after)
         return env, loss
 
     def forward_backward(self, loss_scale: float = 1.0) -> float:
@@ -342,10 +343,12 @@ class Net:
         self._keep_outputs(env)
         return float(loss.detach())
 
-    def forward_only(self, retain=()) -> Dict[str, np.ndarray]:
-        """Forward without autograd, keeping only the outputs and the blobs named in ``retain``."""
+    def forward_only(self, retain=(), fold: bool = True) -> Dict[str, np.ndarray]:
+        """Forward without autograd, keeping only the outputs and the blobs named in ``retain``. ``fold``:
+        Convolution -> BatchNorm -> Scale chains run as one convolution (netspec.fold; same outputs to float32
+        rounding)."""
         with torch.no_grad():
-            env, _ = self._run_fast(retain)
+            env, _ = self._run_fast(retain, fold=fold)
         self._keep_outputs(env, retain)
         return {o: self.blobs[o].data for o in self.outputs}
 
