@@ -85,6 +85,12 @@ def detect(net) -> Optional[Tuple[str, str]]:
     found = {}
     bvlc = True
     from .registry import LAYERS
+    if not len(net.layer) and len(getattr(net, "layers", ())):  # a V1 net (DeepLab v1): read it upgraded
+        from .upgrade import upgrade_net
+        try:
+            net = upgrade_net(net)[0]
+        except NetspecError:
+            return None
     for lp in net.layer:
         for name, why in _evidence(lp):
             found.setdefault(name, why)
