@@ -69,8 +69,9 @@ def add_verbosity(p, progress: bool = True):
 def progress(iterable=None, *, desc: str, total: Optional[int] = None, unit: str = "it", delay: float = 2.0,
              enabled: Optional[bool] = None):
     """``iterable`` wrapped in a tqdm bar on stderr that appears once the pass has taken ``delay`` seconds
-    (short passes draw nothing), unless bars are off (``--no-progress``, ``--quiet``)."""
-    on = PROGRESS["enabled"] if enabled is None else enabled
+    (short passes draw nothing), unless bars are off (``--no-progress``, ``--quiet``) or stderr is not a
+    terminal (a log redirected to a file keeps Caffe's lines only; the pass is announced there)."""
+    on = (PROGRESS["enabled"] and sys.stderr.isatty()) if enabled is None else enabled
     if not on:
         return iterable if iterable is not None else range(total or 0)
     from tqdm import tqdm

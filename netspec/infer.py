@@ -9,6 +9,7 @@ keeps VOC's void colour in both.
 import argparse
 import logging
 import os
+import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
         if args.compile:
             net.configure(compile=True, freeze=True)
         infer_images(net, files, args.out, args.mean, args.scale, args.layer, args.alpha,
-                     progress=PROGRESS["enabled"])
+                     progress=PROGRESS["enabled"] and sys.stderr.isatty())
         log.info("wrote %d label maps, colour masks and overlays under %s", len(files), args.out)
     except NetspecError as e:
         log.error("%s", e)

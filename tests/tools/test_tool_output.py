@@ -86,11 +86,17 @@ def test_tensorboard_without_the_package_is_a_clear_error(in_demo, tmp_path, net
     assert msg and "pip install tensorboard" in msg[0] and "--scalars-csv" in msg[0]
 
 
-def test_progress_bar_shows_on_stderr_and_the_switches_turn_it_off(capsys):
-    bar = cli.progress(range(3), desc="scoring", delay=0)
+def test_progress_bar_shows_on_stderr_and_the_switches_turn_it_off(capsys, monkeypatch):
+    bar = cli.progress(range(3), desc="scoring", delay=0, enabled=True)
     assert list(bar) == [0, 1, 2]
     bar.close()
     assert "scoring" in capsys.readouterr().err
+    # on a terminal the bar is on by default; a log redirected to a file gets none
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not isinstance(cli.progress(range(3), desc="scoring", delay=0), range)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert isinstance(cli.progress(range(3), desc="scoring", delay=0), range)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     for flag in ("--no-progress", "--quiet"):
         cli.parse_args(score_parser_with_defaults(), [flag])
         try:
