@@ -79,6 +79,26 @@ def progress(iterable=None, *, desc: str, total: Optional[int] = None, unit: str
                 dynamic_ncols=True)
 
 
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total: int, *, desc: str, unit: str = "it", delay: float = 2.0, enabled: Optional[bool] = None,
+                 **kw):
+    """A tqdm bar to ``update()`` by hand (work done in a few large steps, such as a snapshot's files), on the
+    same terms as :func:`progress`; an object whose update/close do nothing when bars are off."""
+    on = (PROGRESS["enabled"] and sys.stderr.isatty()) if enabled is None else enabled
+    if not on:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False, file=sys.stderr, dynamic_ncols=True,
+                **kw)
+
+
 def parse_args(parser, argv):
     """``parser.parse_args(argv)`` with the shared ``--dialect`` and ``--proto`` options, Caffe's single-dash
     spellings of its flags (``-solver``, ``-weights``, ``-gpu``, ``-model``, ``-iterations``, ``-snapshot``)

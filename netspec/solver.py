@@ -705,12 +705,16 @@ class Solver:
         sfile = self.snapshot_filename(".solverstate")
         extra = train_state.sidecar(sfile)
         written = []
+        from . import cli  # a bar for large nets (a VGG16 FCN writes 2 x 0.5 GB); none for small or quick ones
+        sizes = (4 * sum(t.numel() for t in self.net.module.parameters()), 4 * sum(h.numel() for h in self.history))
+        bar = cli.progress_bar(sum(sizes), desc="snapshot", unit="B", unit_scale=True)
         try:
             d = os.path.dirname(model)
             if d and not os.path.isdir(d):
                 os.makedirs(d, exist_ok=True)
             log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model)
+            bar.update(sizes[0])
             written.append(model)
             train_state.save(extra, train_state.capture(self, [self.net] + self.test_nets))
             written.append(extra)
@@ -718,6 +722,7 @@ class Solver:
                                            history=[h.detach().cpu().numpy() for h in self.history])
             log.info("Snapshotting solver state to binary proto file %s", sfile)
             binary.write_solverstate(sfile, state)
+            bar.update(sizes[1])
         except OSError as e:
             for path in written:  # a weights file without its solver state is no snapshot: do not leave one
                 try:
@@ -729,6 +734,8 @@ class Solver:
             raise SolverError(f"cannot write snapshot {model}: {what}{where}. The previous snapshot "
                               f"({self._last_snapshot or 'none'}) is intact; free disk space or change "
                               "snapshot_prefix, then resume with --snapshot") from e
+        finally:
+            bar.close()
         self._last_snapshot = sfile
         return model, sfile
 

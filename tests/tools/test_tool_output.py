@@ -243,3 +243,28 @@ def test_gitignore_covers_the_readme_outputs():
     r = subprocess.run(["git", "check-ignore", "demo.onnx", "demo.pt", "masks/color/a.png", "data/demo/x"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.stdout.split() == ["demo.onnx", "demo.pt", "masks/color/a.png", "data/demo/x"]
+
+
+def test_snapshot_reports_its_bytes_to_a_progress_bar(tmp_path, monkeypatch):
+    from netspec import prototxt
+    from netspec.solver import Solver
+    calls = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            calls.append(("open", total, kw["desc"]))
+
+        def update(self, n):
+            calls.append(("update", n))
+
+        def close(self):
+            calls.append(("close",))
+    monkeypatch.setattr(cli, "progress_bar", Bar)
+    sp = prototxt.parse_solver(f'base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 max_iter: 1 display: 0 '
+                               f'snapshot_prefix: "{tmp_path}/s"')
+    sp.net_param.CopyFrom(prototxt.parse_net(ZERO_NET))
+    s = Solver(sp, device="cpu")
+    model, state = s.snapshot()
+    n = 4 * sum(b.data.size for bl in s.net.params.values() for b in bl)  # float32 weights; SGD history: as many
+    assert calls == [("open", 2 * n, "snapshot"), ("update", n), ("update", n), ("close",)]
+    assert os.path.exists(model) and os.path.exists(state)
