@@ -333,7 +333,7 @@ def test_layer_list_keys_when_the_net_cannot_be_built(tmp_path):
     conv = net.layer.add(name="conv.1", type="Convolution", bottom=["data"], top=["c"], phase=caffe_pb2.TRAIN)
     conv.convolution_param.num_output = 2
     conv.convolution_param.kernel_size.append(1)
-    net.layer.add(name="norm", type="Normalize", bottom=["c"], top=["n"], phase=caffe_pb2.TRAIN)
+    net.layer.add(name="norm", type="Region", bottom=["c"], top=["n"], phase=caffe_pb2.TRAIN)
     net.layer.add(name="forward", type="BatchNorm", bottom=["n"], top=["b"], phase=caffe_pb2.TRAIN)
     blobs = [[], [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)], [np.full(2, 3.0, np.float32)],
              [np.zeros(2, np.float32), np.ones(2, np.float32), np.ones(1, np.float32)]]

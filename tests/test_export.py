@@ -310,3 +310,20 @@ def test_relative_error_rules():
     assert relative_error(np.array([np.nan, 1.0]), np.array([0.0, 1.0])) == float("inf")
     assert relative_error(np.zeros((2, 2)), np.zeros((2, 3))) == float("inf")
     assert relative_error(np.array([1e-9]), np.array([0.0])) == pytest.approx(1e-9)
+
+
+def test_mvn_of_a_constant_input_exports_without_nan(tmp_path):
+    # MVN divides by sqrt(var) + eps; a scalar eps of 1e-9 was folded away by the exporter's optimiser, so a
+    # constant image (var 0) gave 0/0 = NaN in onnxruntime while Caffe and netspec give 0.
+    _need_onnx()
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
+            'layer { name: "mvn" type: "MVN" bottom: "x" top: "y" }')
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TEST)
+    out = tmp_path / "mvn.onnx"
+    export.export(net, onnx_path=str(out), check=False, echo=lambda _l: None)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": np.full((1, 2, 4, 4), 3.0, np.float32)})[0]
+    assert np.isfinite(got).all() and np.abs(got).max() == 0

@@ -184,7 +184,10 @@ class DeployMVN(nn.Module):
 
     def __init__(self, m):
         super().__init__()
-        self.normalize_variance, self.across_channels, self.eps = m.normalize_variance, m.across_channels, m.eps
+        self.normalize_variance, self.across_channels = m.normalize_variance, m.across_channels
+        # A 1-element tensor, not a Python float: the ONNX exporter's optimiser folds "+ 1e-9" away as a scalar,
+        # and a constant input (variance 0) then gives 0/0.
+        self.register_buffer("eps", torch.tensor([m.eps], dtype=torch.float32), persistent=False)
 
     def forward(self, x):
         dims = tuple(range(1 if self.across_channels else 2, x.dim()))
