@@ -354,7 +354,8 @@ class CaffeNet(nn.Module):
         """Run layers ``start..end`` (inclusive). Returns (env, loss).
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
-        their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as produced (first versions included).
+        their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as
+        produced (first versions included).
         ``fold`` (gradient-free whole-net runs only): Convolution -> BatchNorm -> Scale chains run as one
         convolution (netspec.fold).
         """

@@ -105,8 +105,9 @@ def load(path: str) -> Dict:
     except Exception as e:
         raise SolverError(f"{path}: not a netspec training state ({type(e).__name__}: {e}); delete it to resume "
                           "without it (the data stream then restarts)") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SolverError(f"{path}: unknown training-state format {state.get('format') if isinstance(state, dict) else '?'}")
+    found = state.get("format") if isinstance(state, dict) else "?"
+    if found != FORMAT:
+        raise SolverError(f"{path}: unknown training-state format {found} (this netspec writes {FORMAT})")
     return state
 
 

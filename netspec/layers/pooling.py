@@ -199,7 +199,7 @@ def _detail(lp) -> str:
           example=example_net("Pooling", 'pooling_param { pool: MAX kernel_size: 3 stride: 2 }'))
 def pooling(lp, bottom_shapes, ctx):
     """Pooling: pooling_param pool (MAX), kernel_size|kernel_h/w, stride|stride_h/w (1), pad|pad_h/w (0),
-    global_pooling, round_mode (CEIL; netspec extension). A 2nd top (MAX only) is the argmax mask.
+    global_pooling, round_mode (CEIL; BVLC since 2018) or a fork's ceil_mode. A 2nd top (MAX only) is the argmax mask.
 
     pooled = ceil((H + 2*pad - k) / stride) + 1, minus 1 when pad > 0 and (pooled-1)*stride >= H + pad
     (torch's ceil_mode clips even without padding). AVE divisor = window clipped to H + pad.
