@@ -113,18 +113,22 @@ def parse_args(parser, argv):
                         help="read every net as written for this Caffe fork where forks give one layer type "
                              "different meanings (pspnet, segnet, ...; see docs/caffe_forks.md); default: "
                              "recognised from each net's layers and fields")
+    if any(a.dest == "weights" for a in parser._actions):  # tools that load weights
+        parser.add_argument("--strict-weights", action="store_true",
+                            help="fail when a layer with parameters gets no weights from the file (default: "
+                                 "a warning per layer and a loaded-N-of-M summary)")
     if parser.epilog is None:
         parser.epilog = ("Caffe's single-dash spellings (-solver, -weights, -gpu, -model, -iterations, -snapshot) "
                          "are accepted for the flags this tool has.")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(caffe_spellings(argv, parser))
     PROGRESS["enabled"] = not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
-    if args.dialect:
-        from .runtime import set_dialect
-        try:
-            set_dialect(args.dialect)
-        except NetspecError as e:
-            parser.exit(2, f"error: --dialect: {e}\n")
+    from .runtime import set_dialect, set_strict_weights
+    set_strict_weights(getattr(args, "strict_weights", False))  # process-wide: each tool run sets both afresh
+    try:
+        set_dialect(args.dialect or None)
+    except NetspecError as e:
+        parser.exit(2, f"error: --dialect: {e}\n")
     if args.proto:
         from .proto import load_proto
         try:

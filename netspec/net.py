@@ -379,11 +379,12 @@ class Net:
     def copy_from(self, weights, strict: bool = False):
         """Copy trained layers by name, as Caffe's CopyTrainedLayersFrom (comma-separated paths allowed). Layers
         with parameters that no file fills are logged at WARNING (``strict``: an error)."""
+        from . import runtime
         from .weights import copy_trained_layers, report_unloaded
         copied = []
         for path in str(weights).split(","):
             copied += copy_trained_layers(self.module, path.strip())
-        report_unloaded(self.module, copied, str(weights), strict)
+        report_unloaded(self.module, copied, str(weights), strict or runtime.strict_weights())
 
     def save(self, path):
         from .weights import save_caffemodel

@@ -5,7 +5,7 @@ import torch
 
 log = logging.getLogger("netspec")
 
-_state = {"device": torch.device("cpu"), "gpu_id": 0, "dialect": None}
+_state = {"device": torch.device("cpu"), "gpu_id": 0, "dialect": None, "strict_weights": False}
 
 
 def set_mode_cpu():
@@ -39,6 +39,16 @@ def set_dialect(name):
 
 def dialect():
     return _state["dialect"]
+
+
+def set_strict_weights(on: bool = True):
+    """Every weights load from now on fails when a layer with parameters gets nothing (the tools'
+    ``--strict-weights``; ``Net(..., strict=True)`` for one net)."""
+    _state["strict_weights"] = bool(on)
+
+
+def strict_weights() -> bool:
+    return _state["strict_weights"]
 
 
 def set_random_seed(seed: int):

@@ -850,8 +850,18 @@ class _PrefixLock:
             if pid is not None and pid != os.getpid() and not _alive(pid):
                 os.unlink(tmp)
                 stale.append(tmp)
+        # A snapshot killed between its files: the weights and the .trainstate without the .solverstate (written
+        # last) are no snapshot. Only netspec's own (a .trainstate beside them) are removed.
+        for extra in glob.glob(os.path.join(glob.escape(d or "."), f"{glob.escape(base)}_iter_*.trainstate")):
+            stem = extra[:-len(".trainstate")]
+            if ".rank" not in os.path.basename(stem) and not os.path.exists(stem + ".solverstate"):
+                for path in (stem + ".caffemodel", extra):
+                    if os.path.exists(path):
+                        os.unlink(path)
+                        stale.append(path)
         if stale:
-            log.info("Removed %d temporary snapshot file(s) of killed runs: %s", len(stale), ", ".join(stale))
+            log.info("Removed %d file(s) of snapshots that killed runs left incomplete: %s", len(stale),
+                     ", ".join(stale))
 
     def release(self):
         import fcntl

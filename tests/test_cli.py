@@ -87,3 +87,20 @@ def test_missing_proto_file_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "error: --proto" in r.stderr and "nope.proto: no such file" in r.stderr
+
+
+def test_strict_weights_flag_and_dialect_are_set_afresh_by_each_tool_run(tmp_path):
+    import argparse
+    from netspec import runtime
+    from netspec.cli import parse_args
+
+    def parser():
+        p = argparse.ArgumentParser(prog="x.py")
+        p.add_argument("--weights")
+        return p
+    parse_args(parser(), ["--weights", "w", "--strict-weights", "--dialect", "PSPNet"])
+    assert runtime.strict_weights() and runtime.dialect() == "pspnet"
+    parse_args(parser(), ["--weights", "w"])
+    assert not runtime.strict_weights() and runtime.dialect() is None
+    with pytest.raises(SystemExit):
+        parse_args(parser(), ["--dialect", "nonesuch"])

@@ -246,6 +246,10 @@ def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
     live = snap / f".r_iter_4.caffemodel.{os.getpid()}.0a1b2c3d.tmp"
     dead.write_bytes(b"x" * 100)
     live.write_bytes(b"x")
+    half = [snap / "r_iter_6.caffemodel", snap / "r_iter_6.trainstate"]   # killed before its .solverstate
+    whole = [snap / "r_iter_2.caffemodel", snap / "r_iter_2.trainstate", snap / "r_iter_2.solverstate"]
+    for f in half + whole:
+        f.write_bytes(b"x")
     held = solver_mod._PrefixLock("snap/r")
     try:
         with pytest.raises(SolverError, match=rf"snapshot_prefix 'snap/r' is in use by process {os.getpid()}"):
@@ -253,6 +257,9 @@ def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
     finally:
         held.release()
     assert not dead.exists() and live.exists()
+    assert not any(f.exists() for f in half) and all(f.exists() for f in whole)
+    for f in whole:
+        f.unlink()
     (workdir / "solver.prototxt").write_text(_solver_text(max_iter=2))
     Solver("solver.prototxt").solve()   # the lock is free again once the other run ends
     assert (snap / "r_iter_2.solverstate").is_file()
