@@ -159,14 +159,17 @@ def classes(solver, net):
 def feed(solver, net, samples):
     """Fill the Input tops from (image, label) pairs, one per batch item: scaled BGR minus the
     mean for 3-channel tops, its grey level for 1-channel ones, and the label clipped into each
-    label top's class range (255 kept)."""
+    label top's class range (255 becomes the loss's ignore_label)."""
     ncls = classes(solver, net)
+    # the void value each loss ignores (255, CamVid's 11 in SegNet)
+    void = {l.bottom[1]: l.loss_param.ignore_label if l.loss_param.HasField("ignore_label") else 255
+            for l in loss_layers(net)}
     for top in net.layer[0].top:
         blob = solver.net.blobs[top]
         assert blob.shape[0] == len(samples)
         for n, (image, label) in enumerate(samples):
             if top in ncls:
-                blob.data[n, 0] = np.where(label == 255, 255, np.minimum(label, ncls[top] - 1))
+                blob.data[n, 0] = np.where(label == 255, void[top], np.minimum(label, ncls[top] - 1))
             elif blob.shape[1] == 1:
                 blob.data[n, 0] = (image.mean(axis=2) - MEAN.mean()) * SCALE
             else:
