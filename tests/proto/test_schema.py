@@ -162,7 +162,10 @@ EXTENSIONS = {"interp_param": 2143,
               # SSD (weiliu89/caffe ssd): the fork's own numbers, unused by BVLC
               "permute_param": 202, "prior_box_param": 203, "detection_output_param": 204, "norm_param": 206,
               # DeepLab v1/v2 (its 144 and 145 are upstream's crop_param and parameter_param)
-              "seg_accuracy_param": 2150, "mat_write_param": 2151}
+              "seg_accuracy_param": 2150, "mat_write_param": 2151,
+              # SegNet / ENet (bn_param 45 and dense_image_data_param 46: their numbers; PSPNet's BN shares
+              # bn_param; upsample_param: SegNet's 137 and ENet's 147 are upstream's)
+              "bn_param": 45, "dense_image_data_param": 46, "upsample_param": 2160}
 # LayerParameter's other upstream fields (name, type, bottom, top, loss_weight, param, blobs, include, exclude,
 # phase, propagate_down)
 UPSTREAM_OTHER = set(range(1, 12))
