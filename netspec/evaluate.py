@@ -91,7 +91,7 @@ def test_parser():
 
 
 def test_main(argv=None) -> int:
-    from . import TEST, Net
+    from .net import TEST, Net
     args = parse_args(test_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
@@ -363,7 +363,7 @@ def score_parser():
 
 def score_main(argv=None, out=None) -> int:
     import sys
-    from . import TEST, Net
+    from .net import TEST, Net
     from .net import load_net_param
     args = parse_args(score_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)

@@ -203,7 +203,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from . import TEST, Net
+    from .net import TEST, Net
     args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:

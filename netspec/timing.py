@@ -185,7 +185,7 @@ def build_parser():
 
 def main(argv=None, out=None) -> int:
     import sys
-    from . import TEST, TRAIN, Net
+    from .net import TEST, TRAIN, Net
     args = parse_args(build_parser(), argv)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.iterations < 1:

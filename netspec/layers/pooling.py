@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import LayerError
 from ..proto import caffe_pb2
+from ..coords import undefined, window_map
 from ..registry import Export, register
 from .base import example_net, fail
 
@@ -173,7 +174,6 @@ def _deploy(m, dynamic_hw):
 
 
 def _coord(lp):
-    from ..coord_map import undefined, window_map
     pp = lp.pooling_param
     if pp.global_pooling:
         raise undefined("global pooling")

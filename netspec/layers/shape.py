@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, NetspecError
+from ..coords import CoordMap, undefined
 from ..registry import Export, register
 from .base import canonical_axis, concrete, example_net, fail, ident, shape_str  # noqa: F401  (re-exported)
 
@@ -127,7 +128,6 @@ class Concat(nn.Module):
 
 
 def _concat_coord(lp):
-    from ..coord_map import CoordMap, undefined
     if lp.concat_param.axis != 1:
         raise undefined("concatenation along a spatial axis")
     return CoordMap.identity()
