@@ -80,6 +80,14 @@ class PSPNetBN(nn.Module):
         x_hat = xc * _channel(torch.pow(var + self.eps, -0.5), x)
         return x_hat * _channel(self.slope, x) + _channel(self.bias, x)
 
+    def affine(self):
+        """(k, b), per channel, with y = k * x + b when the stored statistics normalise; None with batch
+        statistics. For inference folding into a preceding convolution."""
+        if self.batch_stats:
+            return None
+        k = self.slope.reshape(-1) * torch.pow(self.variance.reshape(-1) + self.eps, -0.5)
+        return k, self.bias.reshape(-1) - self.mean.reshape(-1) * k
+
     def extra_repr(self):
         stats = "batch" if self.batch_stats else "stored"
         return (f"PSPNet, {self.slope.shape[1]}, stats={stats}, momentum={self.momentum}, eps={self.eps}, "
@@ -111,6 +119,10 @@ class SegNetBN(nn.Module):
             return y
         stats = (mean.detach().reshape(1, -1, 1, 1), var.detach().reshape(1, -1, 1, 1))
         return (y,) + stats[:self.n_tops - 1]
+
+    def affine(self):
+        """(k, b), per channel, with y = k * x + b in bn_mode INFERENCE; None in LEARN (batch statistics)."""
+        return None if self.learn else (self.scale.reshape(-1), self.shift.reshape(-1))
 
     def extra_repr(self):
         return f"SegNet, {self.scale.shape[1]}, bn_mode={'LEARN' if self.learn else 'INFERENCE'}"

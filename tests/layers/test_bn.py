@@ -283,3 +283,18 @@ def test_opencv_second_opinion_through_bvlc_layers(fork, tmp_path):
     cv.setInput(x)
     got = cv.forward()
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("fields,phase,affine", [
+    (PSP % "frozen: true eps: 0.01", TRAIN, True), (PSP % "", TEST, True), (PSP % "", TRAIN, False),
+    ("bn_param { bn_mode: INFERENCE }", TRAIN, True), ("bn_param { bn_mode: LEARN }", TEST, False),
+])
+def test_affine_form_for_folding(fields, phase, affine):
+    """``affine()``: (k, b) with y = k x + b per channel wherever no batch statistics are used, else None."""
+    m = build(fields, phase=phase)
+    set_blobs(m, SLOPE, BIAS, MEAN, VAR)
+    ab = m.affine()
+    assert (ab is not None) == affine
+    if affine:
+        k, b = (t.detach().numpy() for t in ab)
+        np.testing.assert_allclose(m(torch.tensor(X)).detach().numpy(), bc(k) * X + bc(b), rtol=1e-5, atol=1e-5)
