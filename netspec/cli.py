@@ -162,9 +162,9 @@ def setup_logging(level=logging.INFO, stream=None):
 def parse_gpus(spec: Optional[str]) -> List[int]:
     if spec is None or spec == "":
         return []
-    n = __import__("torch").cuda.device_count()
     if spec == "all":
-        return list(range(n))
+        import torch
+        return list(range(torch.cuda.device_count()))
     try:
         return [int(g) for g in spec.split(",")]
     except ValueError:

@@ -19,13 +19,15 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-#: Types a chain may absorb, after a Convolution.
-_FOLDABLE = ("BatchNorm", "Scale", "Bias")
+#: Types a chain may absorb, after a Convolution (BN: the PSPNet / SegNet forks' layer, through its affine()).
+_FOLDABLE = ("BatchNorm", "Scale", "Bias", "BN")
 
 
 def _absorbable(node, module) -> bool:
     if node.type == "BatchNorm":
         return bool(module.use_global_stats)
+    if node.type == "BN":
+        return module.affine() is not None
     # Scale / Bias: own per-channel blobs on axis 1 (not a second bottom)
     v = module.weight if node.type == "Scale" else module.bias
     return len(node.bottoms) == 1 and module.axis == 1 and v is not None and v.dim() == 1
@@ -88,6 +90,9 @@ class FoldedConv(nn.Module):
                         w, b = w * g.reshape(-1, 1, 1, 1), b * g
                         if m.bias is not None:
                             b = b + m.bias.detach().double()
+                    elif kind == "BN":  # the forks' BN with stored statistics: y = k x + c per channel
+                        k, c = (v.detach().double() for v in m.affine())
+                        w, b = w * k.reshape(-1, 1, 1, 1), b * k + c
                     else:  # Bias
                         b = b + m.bias.detach().double()
                 dtype = self.conv.weight.dtype

@@ -270,7 +270,11 @@ class CaffeNet(nn.Module):
         implicit loss_weight 1, and lr_mult 0 specs for blobs that are statistics, not learned (BatchNorm)."""
         blobs = list(module.parameters())
         fixed = blobs and not lp.param and all(not p.requires_grad for p in blobs)
-        if not (entry.loss and not lp.loss_weight) and not fixed:
+        # A module may name blobs its fork never trains (PSPNet's frozen BN: fixed_blobs): lr_mult and
+        # decay_mult 0 whatever the prototxt says, as the fork's LayerSetUp forces them.
+        forced = [i for i in getattr(module, "fixed_blobs", ()) if i < len(blobs)
+                  and (i >= len(lp.param) or lp.param[i].lr_mult != 0 or lp.param[i].decay_mult != 0)]
+        if not (entry.loss and not lp.loss_weight) and not fixed and not forced:
             return lp
         out = type(lp)()
         out.CopyFrom(lp)
@@ -279,6 +283,10 @@ class CaffeNet(nn.Module):
         if fixed:
             for _ in blobs:
                 out.param.add().lr_mult = 0.0
+        for i in forced:
+            while len(out.param) <= i:
+                out.param.add()
+            out.param[i].lr_mult = out.param[i].decay_mult = 0.0
         return out
 
     # -- parameter sharing by ParamSpec.name (Caffe's AppendParam) ---------------------------------------

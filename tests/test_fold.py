@@ -67,3 +67,35 @@ def test_batch_statistics_are_not_folded():
                                         caffe_pb2.NetParameter()), netspec.TRAIN)
     heads, absorbed = net.module._fold_plan()
     assert [n.name for n in net.module.nodes if n.index in heads] == ["c2"]   # only the Scale -> Bias chain
+
+
+FORK_BN = """
+name: "forks"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "bn1" type: "BN" bottom: "c1" top: "c1"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 1 }
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 1 } bn_param { frozen: true } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "bn2" type: "BN" bottom: "c2" top: "c2" bn_param { bn_mode: INFERENCE } }
+"""
+
+
+def test_the_forks_bn_folds_and_pspnet_frozen_blobs_never_train():
+    torch.manual_seed(0)
+    net = netspec.Net(text_format.Parse(FORK_BN, caffe_pb2.NetParameter()), netspec.TRAIN)
+    rng = np.random.default_rng(1)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.uniform(0.5, 1.5, b.data.shape)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    want = net.forward_only(fold=False)["c2"].copy()
+    got = net.forward_only()["c2"]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    heads, absorbed = net.module._fold_plan()
+    assert len(heads) == 2 and len(absorbed) == 2
+    # PSPNet's frozen BN: every blob at lr_mult 0 and decay_mult 0 whatever the prototxt says (its LayerSetUp)
+    specs = [(lp.lr_mult, lp.decay_mult) for lp in net.module.learnable_params() if lp.layer == "bn1"]
+    assert specs == [(0.0, 0.0)] * 4

@@ -165,7 +165,11 @@ EXTENSIONS = {"interp_param": 2143,
               "seg_accuracy_param": 2150, "mat_write_param": 2151,
               # SegNet / ENet (bn_param 45 and dense_image_data_param 46: their numbers; PSPNet's BN shares
               # bn_param; upsample_param: SegNet's 137 and ENet's 147 are upstream's)
-              "bn_param": 45, "dense_image_data_param": 46, "upsample_param": 2160}
+              "bn_param": 45, "dense_image_data_param": 46, "upsample_param": 2160,
+              # Faster R-CNN (caffe-fast-rcnn's own numbers), ShuffleNet's (164); OpenCV's proposal_param is 201,
+              # SSD's multibox_loss_param, so 2191 here
+              "roi_pooling_param": 8266711, "smooth_l1_loss_param": 8266712, "shuffle_channel_param": 164,
+              "proposal_param": 2191}
 # LayerParameter's other upstream fields (name, type, bottom, top, loss_weight, param, blobs, include, exclude,
 # phase, propagate_down)
 UPSTREAM_OTHER = set(range(1, 12))
