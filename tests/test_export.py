@@ -327,3 +327,16 @@ def test_mvn_of_a_constant_input_exports_without_nan(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": np.full((1, 2, 4, 4), 3.0, np.float32)})[0]
     assert np.isfinite(got).all() and np.abs(got).max() == 0
+
+
+def test_a_forks_bn_with_batch_statistics_is_refused_for_export():
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
+            'layer { name: "bn" type: "BN" bottom: "x" top: "y" bn_param { frozen: false momentum: 0.9 } }')
+    from netspec.net import TRAIN
+    net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TRAIN)   # PSPNet's BN, moving averages
+    with pytest.raises(ExportError, match=r"layer 'bn' \(BN\) updates its statistics in forward"):
+        export.check_exportable(net.module)
+    frozen = Net(text_format.Parse(text.replace("false", "true"), caffe_pb2.NetParameter()), TRAIN)
+    export.check_exportable(frozen.module)
