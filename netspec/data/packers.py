@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, NetspecError
-from . import fcn_layers as F
+from ..layers import fcn_data as F
 from .datum import encode_image, encoded_datum
 from .lmdb_io import LMDBWriter
 

@@ -328,9 +328,10 @@ def test_pascalcontext_layer_maps_to_59_classes(tmp_path):
                                                                     "diningtable", "sky", "tvmonitor"]
 
 
-def test_builtin_layers_register_lazily_and_ignore_forbid(tmp_path, monkeypatch):
+def test_builtin_layers_are_registered_with_the_layers_and_ignore_forbid(tmp_path, monkeypatch):
+    # netspec.layers.fcn_data registers them when netspec.layers is imported (no lazy import from python.py,
+    # which made an import circle)
     make_voc(tmp_path / "voc")
-    monkeypatch.delitem(pylayer.BUILTIN, "voc_layers.VOCSegDataLayer")
     monkeypatch.setattr(pylayer, "FORBID", True)     # built-ins import no user code
     net = data_net(tmp_path, "voc_layers", "VOCSegDataLayer",
                    {"voc_dir": str(tmp_path / "voc"), "split": "seg11valid", "mean": F.VOC_MEAN}, phase=TEST)
