@@ -165,86 +165,105 @@ class CaffeNet(nn.Module):
         used_keys = set()
         shapes: Dict[str, Tuple[int, ...]] = {}
         input_shapes = dict(input_shapes or {})
+        self._folds = None  # the inference folding plan (netspec.fold), made on first use
         for i, lp in enumerate(net.layer):
             w = where(i)
             entry = LAYERS.get(lp.type, where=f"{w}layer '{lp.name}': ")
             ident = f"{w}layer '{lp.name}' ({lp.type})"
-            for what, n, arity in (("bottom", len(lp.bottom), entry.bottoms), ("top", len(lp.top), entry.tops)):
-                if not accepts(arity, n):
-                    raise LayerError(f"{ident} takes {describe(arity)} {what}s, got {n}")
-            loss_w = list(lp.loss_weight)
-            if entry.loss and not loss_w:
-                loss_w = [1.0]
-            if loss_w and len(loss_w) != len(lp.top):
-                raise LayerError(f"{ident}: loss_weight must be unspecified or given once per top blob "
-                                 f"({len(lp.top)} tops, {len(loss_w)} loss weights)")
-            loss_w = loss_w or [0.0] * len(lp.top)
-            prop = list(lp.propagate_down)
-            if prop and len(prop) != len(lp.bottom):
-                raise LayerError(f"{ident}: propagate_down must be given once per bottom "
-                                 f"({len(lp.bottom)} bottoms, {len(prop)} values)")
-            prop = prop or [True] * len(lp.bottom)
-            key = module_key(lp.name)
-            k = 1
-            while key in used_keys or hasattr(self, key):
-                key = f"{module_key(lp.name)}#{k}"
-                k += 1
-            used_keys.add(key)
+            loss_w, prop = self._check(lp, entry, ident)
+            key = self._free_key(lp.name, used_keys)
             bshapes = [shapes[b] for b in lp.bottom]
-            ctx = BuildContext(phase=phase, where=w, dialect=self.dialect)
-            try:
-                with _AllocationGuard():
-                    module = entry.builder(lp, bshapes, ctx)
-            except _TooBig as e:
-                raise LayerError(f"{ident}: a parameter or buffer of shape {e.shape} has {e.count} elements, more "
-                                 f"than Caffe's limit of INT_MAX ({INT_MAX}) per blob; check num_output, "
-                                 "kernel and shape fields") from None
-            except NetspecError:
-                raise
-            except Exception as e:  # a builder's own check: give it the layer's identity
-                raise LayerError(f"{ident}: cannot build with bottom shapes {bshapes}: {e}") from e
-            n_blobs = len(list(module.parameters()))
-            if len(lp.param) > n_blobs:  # Net::Init: CHECK_LE(param_size, num_param_blobs)
-                raise LayerError(f"{ident}: Too many params specified for layer: {len(lp.param)} param {{ }} "
-                                 f"blocks, but the layer has {n_blobs} parameter blob{'s' * (n_blobs != 1)}")
+            module = self._build(lp, entry, bshapes, BuildContext(phase=phase, where=w, dialect=self.dialect), ident)
             self.add_module(key, module)
             lp = self._as_set_up(lp, entry, module)
             node = Node(i, lp.name, lp.type, key, list(lp.bottom), list(lp.top), loss_w, prop, lp, w)
             self._share_params(node, module)
             if not net.force_backward:
                 # Caffe computes no diff for a param with lr_mult 0 (param_need_backward) unless forced.
-                for j, (spec, prm) in enumerate(zip(lp.param, module.parameters())):
+                for spec, prm in zip(lp.param, module.parameters()):
                     if spec.lr_mult == 0:
                         prm.requires_grad_(False)
             if getattr(module, "is_input", False):
                 self.input_blobs.extend(lp.top)
-                tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]
-            else:
-                try:
-                    tshapes = infer_top_shapes(module, bshapes)
-                except NetspecError:
-                    raise
-                except Exception as e:
-                    raise LayerError(f"{ident}: cannot run on bottom shapes "
-                                     f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(lp.bottom, bshapes))}: {e}"
-                                     ) from e
-            for t, sh in zip(lp.top, tshapes):
-                if any(d < 0 for d in sh):
-                    raise LayerError(f"{ident}: top '{t}' would have negative dimensions {tuple(sh)}")
-                if math.prod(sh) > INT_MAX:
-                    raise LayerError(f"{ident}: top '{t}' of shape {tuple(sh)} has {math.prod(sh)} elements, more "
-                                     "than Caffe's limit of INT_MAX (2147483647) per blob; check the dims")
-            if len(tshapes) != len(lp.top):
-                raise LayerError(f"{ident}: produced {len(tshapes)} tops, the prototxt names {len(lp.top)}")
-            for t, s in zip(lp.top, tshapes):
-                shapes[t] = s
-            node.top_shapes = tshapes
+            node.top_shapes = self._shape(lp, module, bshapes, input_shapes, ident)
+            shapes.update(zip(lp.top, node.top_shapes))
             self.nodes.append(node)
         self.blob_shapes = shapes
         #: Activation checkpointing in the training fast path (see ``_checkpoint_plan``); off by default.
         self.checkpoint = False
         self._ckpt_plans: Dict[Tuple[str, ...], list] = {}
         self._plan()
+
+    # -- the three steps per layer: check the prototxt, build the module, infer the top shapes -------------------
+    @staticmethod
+    def _check(lp, entry, ident):
+        """Arity, loss_weight and propagate_down as Caffe's Net::Init checks them: (loss weights, propagate)."""
+        for what, n, arity in (("bottom", len(lp.bottom), entry.bottoms), ("top", len(lp.top), entry.tops)):
+            if not accepts(arity, n):
+                raise LayerError(f"{ident} takes {describe(arity)} {what}s, got {n}")
+        loss_w = list(lp.loss_weight)
+        if entry.loss and not loss_w:
+            loss_w = [1.0]
+        if loss_w and len(loss_w) != len(lp.top):
+            raise LayerError(f"{ident}: loss_weight must be unspecified or given once per top blob "
+                             f"({len(lp.top)} tops, {len(loss_w)} loss weights)")
+        prop = list(lp.propagate_down)
+        if prop and len(prop) != len(lp.bottom):
+            raise LayerError(f"{ident}: propagate_down must be given once per bottom "
+                             f"({len(lp.bottom)} bottoms, {len(prop)} values)")
+        return loss_w or [0.0] * len(lp.top), prop or [True] * len(lp.bottom)
+
+    def _free_key(self, name: str, used: set) -> str:
+        key, k = module_key(name), 1
+        while key in used or hasattr(self, key):
+            key = f"{module_key(name)}#{k}"
+            k += 1
+        used.add(key)
+        return key
+
+    @staticmethod
+    def _build(lp, entry, bshapes, ctx, ident) -> nn.Module:
+        """The registry's builder under the INT_MAX allocation guard, its failures named with the layer."""
+        try:
+            with _AllocationGuard():
+                module = entry.builder(lp, bshapes, ctx)
+        except _TooBig as e:
+            raise LayerError(f"{ident}: a parameter or buffer of shape {e.shape} has {e.count} elements, more "
+                             f"than Caffe's limit of INT_MAX ({INT_MAX}) per blob; check num_output, "
+                             "kernel and shape fields") from None
+        except NetspecError:
+            raise
+        except Exception as e:  # a builder's own check: give it the layer's identity
+            raise LayerError(f"{ident}: cannot build with bottom shapes {bshapes}: {e}") from e
+        n_blobs = len(list(module.parameters()))
+        if len(lp.param) > n_blobs:  # Net::Init: CHECK_LE(param_size, num_param_blobs)
+            raise LayerError(f"{ident}: Too many params specified for layer: {len(lp.param)} param {{ }} "
+                             f"blocks, but the layer has {n_blobs} parameter blob{'s' * (n_blobs != 1)}")
+        return module
+
+    @staticmethod
+    def _shape(lp, module, bshapes, input_shapes, ident) -> List[Tuple[int, ...]]:
+        """The top shapes (an Input layer's own, or given ``input_shapes``; else a fake-tensor run), checked
+        against Caffe's blob limits."""
+        if getattr(module, "is_input", False):
+            tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]
+        else:
+            try:
+                tshapes = infer_top_shapes(module, bshapes)
+            except NetspecError:
+                raise
+            except Exception as e:
+                raise LayerError(f"{ident}: cannot run on bottom shapes "
+                                 f"{', '.join(f'{b} {tuple(s)}' for b, s in zip(lp.bottom, bshapes))}: {e}") from e
+        for t, sh in zip(lp.top, tshapes):
+            if any(d < 0 for d in sh):
+                raise LayerError(f"{ident}: top '{t}' would have negative dimensions {tuple(sh)}")
+            if math.prod(sh) > INT_MAX:
+                raise LayerError(f"{ident}: top '{t}' of shape {tuple(sh)} has {math.prod(sh)} elements, more "
+                                 "than Caffe's limit of INT_MAX (2147483647) per blob; check the dims")
+        if len(tshapes) != len(lp.top):
+            raise LayerError(f"{ident}: produced {len(tshapes)} tops, the prototxt names {len(lp.top)}")
+        return tshapes
 
     @staticmethod
     def _dialect(net, chosen: Optional[str]) -> Optional[str]:
@@ -378,7 +397,7 @@ class CaffeNet(nn.Module):
         return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
 
     def _fold_plan(self):
-        if getattr(self, "_folds", None) is None:
+        if self._folds is None:
             from .fold import plan
             self._folds = plan(self)
         return self._folds

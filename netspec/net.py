@@ -149,6 +149,11 @@ class Net:
         self.layer_dict = OrderedDict((l.name, l) for l in self.layers)
         self.inputs = list(self.module.input_blobs)
         self.outputs = list(self.module.output_blobs)
+        # configure()'s settings: autocast dtype, channels_last feeding, the compiled module and freezing
+        self._amp = None
+        self._channels_last = False
+        self._compiled = None
+        self._freeze = False
         self._before: list = []
         self._after: list = []
         self._graph = None
@@ -309,7 +314,7 @@ class Net:
         self._compiled = torch.compile(self.module) if compile else None
 
     def _autocast(self):
-        amp = getattr(self, "_amp", None)
+        amp = self._amp
         if amp is None:
             return contextlib.nullcontext()
         dev = next((p.device.type for p in self.module.parameters()), "cpu")
@@ -317,12 +322,12 @@ class Net:
 
     def _run_fast(self, retain=(), fold: bool = False):
         feed = self._feed()
-        feed.channels_last = getattr(self, "_channels_last", False)
+        feed.channels_last = self._channels_last
         with self._autocast():
-            compiled = getattr(self, "_compiled", None)
+            compiled = self._compiled
             if (compiled is not None and not self._before and not self._after
                     and set(retain) <= set(self.module.output_blobs)):
-                frozen = getattr(self, "_freeze", False) and not torch.is_grad_enabled()
+                frozen = self._freeze and not torch.is_grad_enabled()
                 with _freezing() if frozen else contextlib.nullcontext():
                     env = dict(compiled({n: feed[n] for n in self.inputs}))
                 loss = env.pop("__loss__", None)

@@ -295,6 +295,7 @@ class Solver:
         self._active_cache = None
         self._temp: Optional[List[torch.Tensor]] = None
         self._losses: List[float] = []
+        self._loss_scale = 1.0  # fp16's dynamic loss scale (configure(precision="fp16"))
         self.smoothed_loss = 0.0
         self._action: Optional[Callable[[], str]] = None
         self.requested_early_exit = False
@@ -382,7 +383,7 @@ class Solver:
         return int(t.item())
 
     def forward_backward(self) -> float:
-        return self.net.forward_backward(getattr(self, "_loss_scale", 1.0))
+        return self.net.forward_backward(self._loss_scale)
 
     def _reduce_gradients(self) -> bool:
         """Average the gradients over processes (Caffe's multi-GPU meaning) and undo the fp16 loss scale.
@@ -394,7 +395,7 @@ class Solver:
             for g in grads:
                 dist.all_reduce(g)
             torch._foreach_mul_(grads, 1.0 / n)
-        scale = getattr(self, "_loss_scale", 1.0)
+        scale = self._loss_scale
         if scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / scale)
             if not all(bool(torch.isfinite(g).all()) for g in grads):

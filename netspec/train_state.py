@@ -90,7 +90,7 @@ def _set_rng_state(s: Dict) -> None:
 def capture(solver, nets: List) -> Dict:
     """The training state of ``solver`` (its iteration, its generators, the layers of ``nets``)."""
     return {"format": FORMAT, "iter": solver.iter, "rng": _rng_state(),
-            "loss_scale": getattr(solver, "_loss_scale", 1.0),
+            "loss_scale": solver._loss_scale,
             "nets": [{name: obj.train_state() for name, obj in stateful_layers(net)} for net in nets]}
 
 
@@ -124,6 +124,5 @@ def apply(solver, nets: List, state: Dict, path: str) -> None:
                               "(was the snapshot written for another net?)")
         for name, s in layers.items():
             have[name].load_train_state(s)
-    if "loss_scale" in state and hasattr(solver, "_loss_scale"):
-        solver._loss_scale = state["loss_scale"]
+    solver._loss_scale = state["loss_scale"]
     _set_rng_state(state["rng"])
