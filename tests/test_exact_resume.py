@@ -263,3 +263,20 @@ def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
     (workdir / "solver.prototxt").write_text(_solver_text(max_iter=2))
     Solver("solver.prototxt").solve()   # the lock is free again once the other run ends
     assert (snap / "r_iter_2.solverstate").is_file()
+
+
+def test_the_solverstate_is_streamed_from_the_tensors_and_a_missing_snapshot_is_named(workdir, monkeypatch):
+    # Building one SolverState message of every history blob took about 6x the history (1 GB -> 6.2 GB for
+    # FCN-8s); the snapshot now hands the tensors' arrays to the streaming writer.
+    from netspec import binary
+
+    def no_message(*a, **k):
+        raise AssertionError("the solverstate was built as a protobuf message")
+    s = Solver("solver.prototxt")
+    s.step(1)
+    monkeypatch.setattr(binary, "array_to_blob", no_message)   # the per-blob message of the old path
+    s.snapshot()
+    state = binary.read_solverstate(workdir / "snap" / "r_iter_1.solverstate")
+    assert state.iter == 1 and len(state.history) == 2 * len(s.net.module.learnable_params())   # Adam: m and v
+    with pytest.raises(SolverError, match="nope.solverstate: snapshot not found"):
+        Solver("solver.prototxt").restore("nope.solverstate")
