@@ -1,5 +1,6 @@
 """Helpers every layer builder shares: naming the layer in errors, Caffe's axis rule, value checks, and the
 small nets that registry entries give as ``example`` for the registry sweep (tests/test_all_layers.py)."""
+import functools
 from typing import Sequence
 
 import torch
@@ -38,6 +39,21 @@ def concrete(t: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or isinstance(t, FakeTensor) or t.device.type == "meta":
         return False
     return True
+
+
+def eager(fn):
+    """``torch.compiler.disable(fn)`` (torch.compile runs it eagerly: numpy, data-dependent sizes), made on
+    first use under compilation: decorating at import would import torch._dynamo, about 1 s of every start-up."""
+    disabled = []
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            if not disabled:
+                disabled.append(torch.compiler.disable(fn))
+            return disabled[0](*args, **kwargs)
+        return fn(*args, **kwargs)
+    return run
 
 
 def _dims(shape: Sequence[int]) -> str:

@@ -15,7 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from ..fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .base import example_net, fail
+from .base import eager, example_net, fail
 
 CodeType = caffe_pb2.PriorBoxParameter
 
@@ -364,7 +364,7 @@ class DetectionOutput(nn.Module):
             return loc.new_full((1, 1, 1, 7), -1.0)
         return self._run(loc, conf, prior)
 
-    @torch.compiler.disable  # numpy and a data-dependent size: torch.compile runs it eagerly (a graph break)
+    @eager  # numpy and a data-dependent size: torch.compile runs it eagerly (a graph break)
     def _run(self, loc, conf, prior):
         arrays = [t.detach().to("cpu", torch.float32).numpy() for t in (loc, conf, prior)]
         out = self.detections(*arrays)
