@@ -1,73 +1,9 @@
 """Convert Caffe weights: ``.caffemodel`` <-> PyTorch state dict (``.pt``), list, fold BatchNorm.
 
 Entry points: :func:`convert` (what ``tools/convert_caffemodel.py`` runs), :func:`list_file`,
-:func:`caffemodel_to_state_dict`, :func:`fold_batchnorm`.
-
-Name mapping
-------------
-A state dict written here has exactly the keys of ``Net(prototxt, TEST).module.state_dict()``:
-
-* one key per Caffe param blob, ``<key>.<attr>``;
-* ``<key>`` is the Caffe layer name escaped by :func:`netspec.graph_module.module_key` (``%`` -> ``%25``,
-  ``.`` -> ``%2E``, the empty name -> ``%00``); a second layer of the same name gets ``<key>#1``, a third
-  ``<key>#2`` (Caffe accepts duplicate names), and so does a name that clashes with an ``nn.Module``
-  attribute (a layer named ``forward`` becomes ``forward#1``);
-* ``<attr>`` names the blob by its position in Caffe's ``layer.blobs``: Convolution, Deconvolution,
-  InnerProduct, Embed: ``weight`` (blob 0), ``bias`` (blob 1); Scale: ``weight``, ``bias`` (with a 2nd
-  bottom only ``bias``); Bias: ``bias``; PReLU, Parameter: ``weight``; BatchNorm: ``mean``, ``variance``,
-  ``scale_factor`` (Caffe's un-normalised accumulators and the scale-factor blob, stored as they are);
-  any other type (LSTM, RNN, ...): the names its netspec module registers, in Caffe's blob order.
-* Tensors have the module's shapes, which are Caffe's blob shapes (Convolution weight
-  ``(num_output, C/group, kh, kw)``, Deconvolution ``(C, num_output/group, kh, kw)``, InnerProduct
-  ``(num_output, K)`` or ``(K, num_output)`` with ``transpose``). Blobs stored with legacy 4-D dims
-  (``num/channels/height/width``, V1 files) are reshaped to the module's shape, as Caffe's
-  ``CopyTrainedLayersFrom`` does; a blob that does not fit is an error naming the layer and both shapes.
-
-Which net gives the keys: ``--prototxt P`` when given (the layers of P that the caffemodel does not hold are
-reported and left out of the state dict; caffemodel layers that P lacks are ignored, as Caffe ignores them).
-Without a prototxt the net is built from the caffemodel's own layer list (a Caffe-written caffemodel holds
-every layer with its parameters, Split layers included), so the keys are the same. Where that net cannot be
-built (e.g. a TRAIN-phase snapshot whose Data layer reads an LMDB that is not here) the keys are derived from
-the layer list alone: ``<key>.<attr>`` as above for the types named there (Convolution ... BatchNorm) and
-``<key>.<blob index>`` (``lstm1.0``, ``lstm1.1``, or ``norm.0`` for a type netspec does not know) for any
-other type; blobs then keep their stored shape (legacy 4-D dims included). The reverse direction accepts
-those index keys too.
-
-Duplicate layer names follow Caffe: a caffemodel layer fills the *last* net layer of its name, and a
-name the caffemodel holds twice leaves the last one's blobs.
-
-The reverse direction (``.pt`` -> ``.caffemodel``) needs the prototxt: the module built from it says which
-key is which blob; every key must be present with the module's shape. The caffemodel is written as Caffe's
-``net.save()`` writes it (every instantiated layer with ``phase``, Split layers included), so OpenCV's
-``readNetFromCaffe`` and Caffe load it. ``.caffemodel`` -> ``.pt`` -> ``.caffemodel`` with the net's prototxt
-gives back a Caffe-written file byte for byte.
-
-BatchNorm folding (``fold_bn``)
--------------------------------
-Caffe's BatchNorm (global statistics, i.e. TEST phase) computes, per channel ``c``::
-
-    s      = blobs[2][0]                      (the scale-factor blob; factor = 0 if s == 0 else 1/s)
-    mean_c = blobs[0][c] * factor             var_c = blobs[1][c] * factor
-    y      = (x - mean_c) / sqrt(var_c + eps)      eps = batch_norm_param.eps (default 1e-5)
-
-and a following Scale layer (``bias_term`` optional) ``z = gamma_c * y + beta_c``. With ``x = W*in + b``
-coming from a Convolution (or Deconvolution, or InnerProduct) whose output feeds only the BatchNorm::
-
-    a_c  = gamma_c / sqrt(var_c + eps)
-    W'_c = a_c * W_c                          (every weight of output channel c)
-    b'_c = a_c * (b_c - mean_c) + beta_c      (b_c = 0 for a layer without bias; it gains one)
-
-computed in float64, stored as float32. The BatchNorm and Scale layers are removed, the convolution's top
-becomes the name the removed layers wrote (so ReLU, in-place or not, and later layers read it unchanged), and
-``bias_term: true`` is set. Only a Scale with one bottom, ``axis: 1`` and ``num_axes: 1`` that alone reads
-the BatchNorm's output is folded with it. A BatchNorm with ``use_global_stats: false``, after any other layer
-type, or whose input blob is also read by another layer, is left alone (and reported). The folded prototxt is
-written with ``out_prototxt`` (for a caffemodel's own layer list without the Split layers Caffe inserted).
-
-Memory: a caffemodel is read with :func:`netspec.binary.read_caffemodel` (mmap, float data straight into
-numpy), the net that names the blobs is built on the ``meta`` device (no parameter memory, no filler time),
-state-dict tensors share the arrays' memory, and a ``.pt`` is read memory-mapped: converting a 550 MB VGG16
-takes about 1.15x the file size above the interpreter (``bench/bench_convert.py``).
+:func:`caffemodel_to_state_dict`, :func:`fold_batchnorm`. The contract (state-dict keys, shapes, which net
+names the blobs, duplicate names, the reverse direction, the BatchNorm folding maths, memory) is written out in
+docs/porting_weights.md, "The conversion in full".
 """
 
 from __future__ import annotations
