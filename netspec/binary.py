@@ -25,7 +25,6 @@ Writers are byte-compatible with Caffe (fields in field-number order, ``data`` a
 from __future__ import annotations
 
 import contextlib
-import logging
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -62,8 +61,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-
-_log = logging.getLogger("netspec")
 
 # Protobuf wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -135,23 +132,6 @@ class CaffeModel:
         (the order Caffe serializes them in)."""
         yield from zip(self.net.layers, self.v1_blobs)
         yield from zip(self.net.layer, self.blobs)
-
-    def weight_layers(self) -> Iterator[tuple[str, str, list[tuple[np.ndarray, bool]]]]:
-        """``(name, type, [(array, legacy), ...])`` per layer of the *upgraded* net, in
-        order, as Caffe's ``CopyTrainedLayersFrom`` sees it (V0/V1 files are upgraded
-        first, see :func:`netspec.upgrade.upgrade_caffemodel`). ``legacy`` is True for a
-        blob stored with num/channels/height/width: Caffe then compares shapes
-        right-aligned in 4-D (``Blob::ShapeEquals``)."""
-        from netspec import upgrade  # upgrade imports this module
-
-        model = self
-        if upgrade.needs_upgrade(self.net):
-            model, messages = upgrade.upgrade_caffemodel(self)
-            for message in messages:
-                _log.info(message)
-        for layer, arrays in zip(model.net.layer, model.blobs):
-            yield layer.name, layer.type, [(a, is_legacy_blob(stub))
-                                           for stub, a in zip(layer.blobs, arrays)]
 
     @property
     def nbytes(self) -> int:

@@ -27,13 +27,17 @@ Solvers (``UpgradeSolverAsNeeded``): the ``solver_type`` enum becomes the ``type
 
 from __future__ import annotations
 
+import logging
+
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
-from netspec import proto
+from netspec import binary, proto
 from netspec.binary import CaffeModel
 from netspec.errors import PrototxtError
 from netspec.proto import caffe_pb2  # annotations only: classes come from the net's schema
+
+log = logging.getLogger("netspec")
 
 __all__ = [
     "needs_upgrade",
@@ -689,3 +693,15 @@ def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str = "<solver>", 
     log.append("Note that future Caffe releases will only support 'type' field (string) for "
                "a solver's type.")
     return solver, log
+
+
+def weight_layers(model: CaffeModel):
+    """``(name, type, [(array, legacy), ...])`` per layer of the *upgraded* net of a caffemodel, in order, as
+    Caffe's ``CopyTrainedLayersFrom`` sees it (V0/V1 files upgraded first). ``legacy`` is True for a blob stored
+    with num/channels/height/width: Caffe then compares shapes right-aligned in 4-D (``Blob::ShapeEquals``)."""
+    if needs_upgrade(model.net):
+        model, messages = upgrade_caffemodel(model)
+        for message in messages:
+            log.info(message)
+    for layer, arrays in zip(model.net.layer, model.blobs):
+        yield layer.name, layer.type, [(a, binary.is_legacy_blob(stub)) for stub, a in zip(layer.blobs, arrays)]

@@ -30,13 +30,13 @@ def copy_trained_layers(module, path: str) -> List[str]:
     Source layers with no layer of the same name in the net are ignored (and logged); with duplicate names
     the last layer of that name receives the weights, as Caffe's name index does."""
     import os
-    from . import binary
+    from . import binary, upgrade
     if not os.path.isfile(path):
         what = "is a directory, not a .caffemodel" if os.path.isdir(path) else "not found"
         raise WeightsError(f"{path}: weights file {what} (working directory {os.getcwd()})")
     index = {node.name: node.index for node in module.nodes}
     copied = []
-    for name, _type, blobs in binary.read_caffemodel(path).weight_layers():
+    for name, _type, blobs in upgrade.weight_layers(binary.read_caffemodel(path)):
         if name not in index:
             log.info("Ignoring source layer %s", name)
             continue

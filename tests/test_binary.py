@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netspec import binary
+from netspec import binary, upgrade
 from netspec.errors import FormatError, NetspecError
 from netspec.proto import caffe_pb2
 
@@ -141,7 +141,7 @@ def test_fanout_split_caffemodel_keeps_split_layers(shared_dir):
 
 def test_weight_layers_upgrades_and_flags_legacy_dims(shared_dir):
     v1 = binary.read_caffemodel(shared_dir / "golden/formats/v1_vgg_like/weights.caffemodel")
-    layers = list(v1.weight_layers())
+    layers = list(upgrade.weight_layers(v1))
     assert layers[0] == ("input", "Input", [])
     name, ltype, blobs = layers[1]
     assert (name, ltype) == ("conv1_1", "Convolution")
@@ -149,7 +149,7 @@ def test_weight_layers_upgrades_and_flags_legacy_dims(shared_dir):
                                                          ((1, 1, 1, 4), True)]
     caffe_written = binary.read_caffemodel(
         shared_dir / "golden/formats/fanout_split_caffemodel/weights.caffemodel")
-    for _, _, blobs in caffe_written.weight_layers():
+    for _, _, blobs in upgrade.weight_layers(caffe_written):
         assert all(not legacy for _, legacy in blobs)
 
 

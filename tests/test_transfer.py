@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import netspec
-from netspec import binary, zoo
+from netspec import binary, upgrade, zoo
 from netspec.data.synthetic import pack
 from netspec.solver import Solver
 from netspec.zoo.deeplab import resnet101_deploy
@@ -112,7 +112,7 @@ class _Log(logging.Handler):
 
 
 def _release_blobs(path):
-    return {name: [a for a, _ in blobs] for name, _, blobs in binary.read_caffemodel(str(path)).weight_layers()
+    return {name: [a for a, _ in blobs] for name, _, blobs in upgrade.weight_layers(binary.read_caffemodel(str(path)))
             if blobs}
 
 

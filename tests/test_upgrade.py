@@ -83,7 +83,7 @@ def test_v1_caffemodel_weights_match_forward_params(shared_dir):
     model = binary.read_caffemodel(shared_dir / V1_CASE / "weights.caffemodel")
     got = [(name, ltype, [list(np.squeeze(a).shape) if legacy else list(a.shape)
                           for a, legacy in blobs])
-           for name, ltype, blobs in model.weight_layers()]
+           for name, ltype, blobs in upgrade.weight_layers(model)]
     want = [(l["name"], l["type"], [[d for d in s if d != 1] or [1] for s in l["param_shapes"]])
             for l in meta["layers"]]
     assert [(n, t) for n, t, _ in got] == [(n, t) for n, t, _ in want]

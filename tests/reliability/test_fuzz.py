@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzkit import FUZZ_COUNTS, fuzz_examples, record
-from netspec import binary, prototxt
+from netspec import binary, prototxt, upgrade
 from netspec.data import datum as D
 from netspec.data.lmdb_io import LMDBReader, LMDBWriter
 from netspec.errors import NetspecError
@@ -287,7 +287,7 @@ def _check_model(data):
         stubs = list(layer.blobs) + (list(layer.layer.blobs) if hasattr(layer, "layer") else [])
         for stub, arr in zip(stubs, arrays):
             assert arr.dtype == np.float32 and arr.shape == binary.blob_shape(stub)
-    layers = list(model.weight_layers())  # V0/V1 upgrade on the mutated metadata
+    layers = list(upgrade.weight_layers(model))  # V0/V1 upgrade on the mutated metadata
     return model, layers
 
 
