@@ -240,12 +240,10 @@ def main(argv=None) -> int:
                         h.setLevel(root.level)
                 root.setLevel(logging.INFO)
             root.addHandler(scalars)
-        if args.loader_workers is not None:
-            if args.loader_workers < 0:
-                raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
-            os.environ["NETSPEC_LOADER_WORKERS"] = str(args.loader_workers)
-        if args.loader_kind:
-            os.environ["NETSPEC_LOADER_KIND"] = args.loader_kind
+        if args.loader_workers is not None and args.loader_workers < 0:
+            raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
+        from .data.workers import set_loader
+        set_loader(args.loader_workers, args.loader_kind or None)  # passed on, not through os.environ
         solver = Solver(args.solver, level=args.level, stages=stages, device=device)
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter
@@ -258,7 +256,7 @@ def main(argv=None) -> int:
         if args.weights:
             for w in args.weights.split(","):
                 log.info("Finetuning from %s", w.strip())  # as caffe.cpp's CopyLayers: --weights only
-                solver.net.copy_from(w.strip())
+            solver.net.copy_from(args.weights)  # one report (and --strict-weights check) over every file
         if not args.snapshot:  # a snapshot's weights are restored later, in solve()
             solver.warn_zero_layers()
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
@@ -271,6 +269,8 @@ def main(argv=None) -> int:
         log.error("%s", e)
         return 1
     finally:
+        from .data.workers import set_loader
+        set_loader()  # this run's loader settings end with it
         if scalars is not None:
             logging.getLogger("netspec").removeHandler(scalars)
             scalars.close()

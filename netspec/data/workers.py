@@ -52,10 +52,27 @@ KINDS = ("thread", "process")
 BatchTask = collections.namedtuple("BatchTask", "index items")
 
 
+#: Set by the program (tools/train.py's --loader-workers/--loader-kind), before the environment is consulted.
+_CHOSEN = {"workers": None, "kind": None}
+
+
+def set_loader(workers=None, kind=None) -> None:
+    """Loader workers per data layer and their kind for data layers built from now on (None: the environment's
+    NETSPEC_LOADER_WORKERS / NETSPEC_LOADER_KIND, else 1 thread)."""
+    if workers is not None and int(workers) < 0:
+        raise DataError(f"loader workers {workers}: give 0 (load in forward) or more")
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"loader kind {kind!r}: use one of {', '.join(KINDS)}")
+    _CHOSEN.update(workers=None if workers is None else int(workers), kind=kind)
+
+
 def loader_workers(default: int = 1) -> int:
-    """``NETSPEC_LOADER_WORKERS`` (default 1); 0 when ``NETSPEC_DATA_PREFETCH=0``."""
+    """The number set with :func:`set_loader`, else ``NETSPEC_LOADER_WORKERS`` (default 1); 0 when
+    ``NETSPEC_DATA_PREFETCH=0``."""
     if os.environ.get("NETSPEC_DATA_PREFETCH", "1") in ("0", "", "false", "False"):
         return 0
+    if _CHOSEN["workers"] is not None:
+        return _CHOSEN["workers"]
     raw = os.environ.get("NETSPEC_LOADER_WORKERS", "")
     if not raw.strip():
         return default
@@ -69,6 +86,8 @@ def loader_workers(default: int = 1) -> int:
 
 
 def loader_kind() -> str:
+    if _CHOSEN["kind"] is not None:
+        return _CHOSEN["kind"]
     kind = os.environ.get("NETSPEC_LOADER_KIND", "thread").strip().lower() or "thread"
     if kind not in KINDS:
         raise DataError(f"NETSPEC_LOADER_KIND={kind!r}: use one of {', '.join(KINDS)}")

@@ -29,13 +29,24 @@ def _weights(path):
 
 
 def test_loader_and_checkpoint_flags_train_the_same_net(in_demo, tmp_path, monkeypatch):
-    # set through monkeypatch, so that what train.main writes into os.environ is undone after the test
+    from netspec.data import workers
     monkeypatch.setenv("NETSPEC_LOADER_WORKERS", "1")
     monkeypatch.setenv("NETSPEC_LOADER_KIND", "thread")
+    made = []
+    real_init = workers.Loader.__init__
+
+    def spy(self, source, n, *args, **kw):
+        made.append((n, args[1] if len(args) > 1 else kw.get("kind")))
+        real_init(self, source, n, *args, **kw)
+    monkeypatch.setattr(workers.Loader, "__init__", spy)
     assert train.main(["--solver", _solver_copy(tmp_path, "plain"), "--quiet", "--loader-workers", "0"]) == 0
+    assert made == []                          # --loader-workers 0: loaded in forward
     assert train.main(["--solver", _solver_copy(tmp_path, "flags"), "--quiet", "--loader-workers", "2",
                        "--loader-kind", "process", "--checkpoint-activations"]) == 0
-    assert os.environ["NETSPEC_LOADER_WORKERS"] == "2" and os.environ["NETSPEC_LOADER_KIND"] == "process"
+    assert (2, "process") in made
+    # passed to the loaders, not through os.environ, and over with the run
+    assert os.environ["NETSPEC_LOADER_WORKERS"] == "1" and os.environ["NETSPEC_LOADER_KIND"] == "thread"
+    assert workers.loader_workers() == 1 and workers.loader_kind() == "thread"
     a, b = _weights(str(tmp_path / "plain_iter_3.caffemodel")), _weights(str(tmp_path / "flags_iter_3.caffemodel"))
     for name in a:
         for x, y in zip(a[name], b[name]):
