@@ -21,25 +21,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb", **open_kw):
-    """``with atomic_write(path) as f: f.write(...)``; ``mode`` "wb" or "w" (text: pass ``encoding=``)."""
-    path = Path(path)
-    tmp = _temp_beside(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, mode, **open_kw) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path)
-
-
-@contextlib.contextmanager
 def atomic_path(path):
     """A temporary path beside ``path`` for writers that take a path (``torch.save``); fsynced and renamed over
     ``path`` on success, removed on failure."""
@@ -55,3 +36,12 @@ def atomic_path(path):
             os.unlink(tmp)
         raise
     _fsync_dir(path)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", **open_kw):
+    """``with atomic_write(path) as f: f.write(...)``; ``mode`` "wb" or "w" (text: pass ``encoding=``)."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, mode, **open_kw) as f:  # (the fault tests inject a full disk through os.fdopen)
+            yield f
