@@ -1,10 +1,9 @@
-"""Text-format parsing and writing: upstream files, text-format quirks, error messages, fuzzing."""
+"""Text-format parsing and writing: upstream files, text-format quirks, error messages (the parser's fuzzing is in
+tests/reliability/test_fuzz.py)."""
 
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from netspec import prototxt
 from netspec.errors import PrototxtError
@@ -276,61 +275,7 @@ def test_bad_enum_and_range():
         prototxt.parse_net("input_dim: 99999999999")
 
 
-# --------------------------------------------------------------------------------------------
-# Fuzz: any text either parses or raises PrototxtError
-
-SEED = (
-    'name: "FCN"\n'
-    "input: \"data\"\ninput_dim: 1 input_dim: 3 input_dim: 500 input_dim: 500\n"
-    "layer {\n  name: \"conv1\"  # comment\n  type: \"Convolution\"\n  bottom: \"data\"\n"
-    "  top: \"conv1\"\n  param { lr_mult: 1 decay_mult: 1 }\n"
-    "  convolution_param { num_output: 64 pad: 100 kernel_size: 3 engine: CAFFE }\n}\n"
-    "layer: { name: 'pool' type: 'Pooling' pooling_param < pool: MAX stride: 2 > }\n"
-    "layers { type: CONVOLUTION blobs_lr: 1e-3 }\n"
-    "layer { python_param { param_str: \"{'a': \\\"b\\\"}\" } clip_param { min: 0 max: 6 } }\n"
-)
-ALPHABET = list("{}<>[]:;,#\"'\\\n .-+eE0123456789") + ["layer", "name", "dim", "\xff", "\x00", "é"]
-
-
-@st.composite
-def mutated_text(draw):
-    text = SEED
-    for _ in range(draw(st.integers(1, 6))):
-        pos = draw(st.integers(0, len(text)))
-        action = draw(st.sampled_from(["insert", "delete", "replace", "truncate"]))
-        piece = "".join(draw(st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=3)))
-        if action == "insert":
-            text = text[:pos] + piece + text[pos:]
-        elif action == "delete":
-            text = text[:pos] + text[pos + len(piece):]
-        elif action == "replace":
-            text = text[:pos] + piece + text[pos + len(piece):]
-        else:
-            text = text[:pos]
-    as_bytes = draw(st.booleans())
-    return text.encode("utf-8", errors="surrogatepass") if as_bytes else text
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated_text())
-def test_fuzz_parse_or_prototxt_error(text):
-    try:
-        net = prototxt.parse_net(text, path="fuzz.prototxt")
-    except PrototxtError as err:
-        assert str(err).startswith("fuzz.prototxt")
-        return
-    assert prototxt.parse_net(prototxt.to_text(net)) == net
-    assert isinstance(prototxt.layer_lines(text), list)
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=200))
-def test_fuzz_random_bytes(data):
-    try:
-        prototxt.parse_net(data, path="fuzz.prototxt")
-        prototxt.parse_solver(data, path="fuzz.prototxt")
-    except PrototxtError:
-        pass
+# Fuzzing the parser (mutated nets and solvers, random bytes): tests/reliability/test_fuzz.py.
 
 
 def test_a_net_path_that_is_no_regular_file_is_refused_before_reading(tmp_path):
