@@ -357,3 +357,64 @@ def test_tiny_ssd_trains_three_steps():
         s.step(1)
         losses.append(float(s.net.blobs["mbox_loss"].data))
     assert all(np.isfinite(losses)) and losses[0] > losses[1] > losses[2], losses
+
+
+# -- the released SSD300 VGG16 train / test nets (ssd_pascal.py's files) on a synthetic AnnotatedDatum LMDB ---
+
+SSD = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "forks" / "ssd"
+
+
+def _released(name, tmp_path, size=268):
+    """The released net with its AnnotatedData reading a 2-image synthetic LMDB at ``size`` (conv9_2 needs
+    about 260), batch 1."""
+    from netspec.data.annotated import write_annotated_lmdb
+    rng = np.random.default_rng(0)
+    items = [(rng.integers(0, 256, (60, 80, 3)).astype(np.uint8),
+              [(3, .1, .2, .5, .7), (12, .4, .3, .9, .9), (5, .6, .1, .8, .3, 1)]) for _ in range(2)]
+    write_annotated_lmdb(tmp_path / "db", items)
+    path = SSD / name
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in tests/data/forks/ssd")
+    p = prototxt.parse_net(path.read_text())
+    data = p.layer[0]
+    data.data_param.source = str(tmp_path / "db")
+    data.data_param.batch_size = 1
+    data.transform_param.resize_param.height = data.transform_param.resize_param.width = size
+    return p
+
+
+@pytest.mark.slow
+def test_released_ssd300_train_net_forward_backward(tmp_path):
+    import netspec
+    from netspec.net import Net
+    p = _released("VGG_VOC0712_SSD_300x300_train.prototxt", tmp_path)
+    torch.manual_seed(0)
+    n = Net(p, netspec.TRAIN)
+    loss = float(np.asarray(n.forward()["mbox_loss"]))
+    assert np.isfinite(loss) and loss > 0
+    n.backward()
+    lab = n.blobs["label"].data.reshape(-1, 8)
+    g_loc = n.blobs["mbox_loc"].diff.reshape(-1, 4)
+    g_conf = n.blobs["mbox_conf"].diff.reshape(-1, 21)
+    pos = np.abs(g_loc).sum(1) > 0
+    sel = np.abs(g_conf).sum(1) > 0
+    if (lab[:, 0] >= 0).any():  # boxes survived the sampler: positives and 3x as many mined negatives
+        assert 0 < pos.sum() and sel.sum() <= 4 * pos.sum() and np.all(sel[pos])
+    assert np.isfinite(n.blobs["conv1_1"].diff).all() and np.abs(n.params["conv1_1"][0].diff).sum() > 0
+
+
+@pytest.mark.slow
+def test_released_ssd300_test_net_detection_evaluate(tmp_path):
+    import netspec
+    from netspec.net import Net
+    p = _released("VGG_VOC0712_SSD_300x300_test.prototxt", tmp_path)
+    (tmp_path / "sizes.txt").write_text("a 60 80\nb 60 80\n")
+    ev = [l for l in p.layer if l.type == "DetectionEvaluate"][0]
+    ev.detection_evaluate_param.name_size_file = str(tmp_path / "sizes.txt")
+    torch.manual_seed(0)
+    n = Net(p, netspec.TEST)
+    rows = n.forward()["detection_eval"].reshape(-1, 5)
+    assert rows.shape[0] >= 20 and (rows[:20, 0] == -1).all() and list(rows[:20, 1]) == list(range(1, 21))
+    assert rows[2, 2] == 1 and rows[11, 2] == 1 and rows[4, 2] == 0  # labels 3 and 12; label 5 is difficult
+    det = rows[20:]
+    assert ((det[:, 3] + det[:, 4]) <= 1).all()
