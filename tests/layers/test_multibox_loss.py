@@ -242,6 +242,73 @@ def test_match_bbox_against_the_fork_transcription(seed):
                 np.testing.assert_allclose(ovl, np.float32(rovl), rtol=1e-6)
 
 
+# -- the whole Forward_cpu against a loop transcription (random boxes, two images) ---------------------------
+
+def fork_forward(loc, conf, priors, var, gt_rows, C, thr, ratio, neg_overlap):
+    """MultiBoxLossLayer::Forward_cpu with share_location, use_prior_for_matching, PER_PREDICTION,
+    MAX_NEGATIVE, CENTER_SIZE, SMOOTH_L1, SOFTMAX, VALID, written loop by loop from bbox_util.cpp."""
+    num, P = loc.shape[0], len(priors)
+    gts = {}
+    for r in gt_rows:
+        if int(r[0]) != -1:
+            gts.setdefault(int(r[0]), []).append((int(r[1]), [float(v) for v in r[3:7]]))
+    loc_l, conf_l, n_match = 0.0, 0.0, 0
+    for i in range(num):
+        if i not in gts:
+            continue
+        boxes = np.float32([b for _, b in gts[i]])
+        labels = [lab for lab, _ in gts[i]]
+        idx, ovl = fork_match_bbox(boxes, labels, priors, -1, MB.PER_PREDICTION, thr, False)
+        c = conf[i].reshape(P, C)
+        tgt = [labels[g] if g > -1 else 0 for g in idx]
+        closs = [nll(list(c[j]), tgt[j]) for j in range(P)]
+        pos = [j for j in range(P) if idx[j] > -1]
+        n_match += len(pos)
+        elig = [(closs[j], j) for j in range(P) if idx[j] == -1 and ovl[j] < neg_overlap]
+        elig.sort(key=lambda t: -t[0])
+        negs = [j for _, j in elig[:min(int(len(pos) * np.float32(ratio)), len(elig))]]
+        for j in pos:
+            pr, b = priors[j], boxes[idx[j]]
+            pw, ph = pr[2] - pr[0], pr[3] - pr[1]
+            t = [((b[0] + b[2]) / 2 - (pr[0] + pr[2]) / 2) / pw / var[0],
+                 ((b[1] + b[3]) / 2 - (pr[1] + pr[3]) / 2) / ph / var[1],
+                 math.log((b[2] - b[0]) / pw) / var[2], math.log((b[3] - b[1]) / ph) / var[3]]
+            loc_l += smooth_l1([loc[i, j * 4 + k] - t[k] for k in range(4)])
+            conf_l += closs[j]
+        conf_l += sum(closs[j] for j in negs)
+    return (loc_l + conf_l) / max(1, n_match)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_forward_against_the_fork_transcription(seed):
+    rng = np.random.default_rng(seed)
+    P, C, num = 30, 4, 2
+    priors = random_boxes(rng, P, 0.1, 0.9)
+    rows = [(i, int(rng.integers(1, C)), *random_boxes(rng, 1, 0.2, 0.8)[0]) for i in (0, 0, 0, 1)]
+    gt = gt_blob(rows)
+    loc = rng.uniform(-1.5, 1.5, (num, P * 4)).astype(np.float32)
+    conf = rng.standard_normal((num, P * C)).astype(np.float32)
+    m = mbox("code_type: CENTER_SIZE overlap_threshold: 0.4 neg_pos_ratio: 2.5 neg_overlap: 0.3",
+             num=num, P=P, C=C, G=len(rows))
+    got = m(torch.tensor(loc), torch.tensor(conf), prior_blob(priors), gt).item()
+    want = fork_forward(loc.astype(np.float64), conf.astype(np.float64), priors, VAR, gt.numpy().reshape(-1, 8),
+                        C, 0.4, 2.5, 0.3)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    m = mbox("code_type: CENTER_SIZE neg_pos_ratio: 2")
+    loc, conf = LOC.cuda().requires_grad_(), CONF.cuda().requires_grad_()
+    loss = m(loc, conf, prior_blob().cuda(), GT.cuda())
+    loss.backward()
+    loc0, conf0 = LOC.clone().requires_grad_(), CONF.clone().requires_grad_()
+    ref = m(loc0, conf0, prior_blob(), GT)
+    ref.backward()
+    assert loss.device.type == "cuda" and loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    np.testing.assert_allclose(conf.grad.cpu().numpy(), conf0.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
 # -- gradients -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("param", ["code_type: CENTER_SIZE overlap_threshold: 0.3",
