@@ -159,6 +159,23 @@ def test_resize_policy_boxes():
                                [.1, (7.5 + 1) / 20, .4, (7.5 + 3) / 20], rtol=1e-6)
 
 
+def test_resize_images():
+    img = image()
+    rp = caffe_pb2.ResizeParameter(height=20, width=20, resize_mode=caffe_pb2.ResizeParameter.FIT_LARGE_SIZE_AND_PAD,
+                                   pad_value=[7])
+    # 40 x 10 -> 20 x floor(20 / 4) = 5 rows, floor(15 / 2) = 7 rows of 7 above, 8 below (LINEAR: no draw)
+    out = ad.apply_resize(img, rp, Stub())
+    np.testing.assert_array_equal(out[7:12], cv2.resize(img, (20, 5), interpolation=cv2.INTER_LINEAR))
+    assert (out[:7] == 7).all() and (out[12:] == 7).all() and out.shape == (20, 20, 3)
+    # WARP with interp_mode NEAREST, AREA: a draw in [0, 1) below 1/2 picks the first
+    rp = caffe_pb2.ResizeParameter(height=5, width=9, interp_mode=[caffe_pb2.ResizeParameter.NEAREST,
+                                                                   caffe_pb2.ResizeParameter.AREA])
+    np.testing.assert_array_equal(ad.apply_resize(img, rp, Stub(.3)),
+                                  cv2.resize(img, (9, 5), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(ad.apply_resize(img, rp, Stub(.7)),
+                                  cv2.resize(img, (9, 5), interpolation=cv2.INTER_AREA))
+
+
 def test_distortion_adjusts_as_convert_to():
     img = image()
     p = caffe_pb2.DistortionParameter(brightness_prob=1, brightness_delta=32, contrast_prob=1, contrast_lower=.5,
