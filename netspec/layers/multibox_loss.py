@@ -172,6 +172,11 @@ class MultiBoxLoss(nn.Module):
             all_gt = ground_truth(gt, p.background_label_id, p.use_difficult_gt)
         except ValueError as e:
             raise LayerError(f"{self.name}: {e}") from None
+        if not p.map_object_to_agnostic or self.mining:  # the fork's CHECK_GE / CHECK_LT on the labels
+            bad = [int(v) for labels, _, _ in all_gt.values() for v in labels if not 0 <= v < C]
+            if bad:
+                raise LayerError(f"{self.name}: ground-truth label {bad[0]} is outside [0, {C}) "
+                                 f"(num_classes {C})")
         plan = Plan()
         matches, match_ovl = [], []
         for i in range(num):  # FindMatches
@@ -393,7 +398,8 @@ class MultiBoxLoss(nn.Module):
 
     def extra_repr(self):
         p = self.p
-        return (f"num_classes={self.C}, share_location={p.share_location}, match_type={MB.MatchType.Name(p.match_type)}, "
+        return (f"num_classes={self.C}, share_location={p.share_location}, "
+                f"match_type={MB.MatchType.Name(p.match_type)}, "
                 f"overlap_threshold={p.overlap_threshold:g}, mining={MB.MiningType.Name(p.mining_type)}, "
                 f"neg_pos_ratio={p.neg_pos_ratio:g}, neg_overlap={p.neg_overlap:g}, "
                 f"code_type={CodeType.CodeType.Name(p.code_type)}, normalization={self.norm}")
@@ -404,10 +410,12 @@ def _example_label(values, name="label"):
     (or detections) for the registry sweep, which feeds random numbers to Input blobs."""
     fill = " ".join(f"data_filler {{ type: 'constant' value: {v} }} shape {{ dim: 1 dim: 1 dim: 1 dim: 1 }}"
                     for v in values)
-    tops = " ".join(f"top: '{name}{k}'" for k in range(len(values)))
+    parts = [f"{name}{k}" for k in range(len(values))]
+    tops = " ".join(f"top: '{t}'" for t in parts)
+    bottoms = " ".join(f"bottom: '{t}'" for t in parts)
     return (f"layer {{ name: 'dd_{name}' type: 'DummyData' {tops} dummy_data_param {{ {fill} }} }}\n"
-            f"layer {{ name: 'cat_{name}' type: 'Concat' {' '.join(f'bottom: {name!r}' for name in [f'{name}{k}' for k in range(len(values))])} "
-            f"top: '{name}' concat_param {{ axis: 3 }} }}\n").replace("'", '"')
+            f"layer {{ name: 'cat_{name}' type: 'Concat' {bottoms} top: '{name}' concat_param {{ axis: 3 }} }}\n"
+            ).replace("'", '"')
 
 
 _MB_EXAMPLE = (
@@ -511,7 +519,10 @@ class DetectionEvaluate(nn.Module):
         pixels = bool(self.sizes)
         n_valid = int((det[:, 1] != -1).sum())
         out = np.zeros((C - (bg != -1) + n_valid, 5), f32)
-        all_gt = ground_truth(gt, bg, True, stop_at_minus_one=True)
+        try:
+            all_gt = ground_truth(gt, bg, True, stop_at_minus_one=True)
+        except ValueError as e:
+            raise LayerError(f"DetectionEvaluate: {e}") from None
         dets = {}
         for r in det:  # GetDetectionResults
             item = int(r[0])

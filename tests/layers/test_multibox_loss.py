@@ -376,6 +376,11 @@ def test_refusals():
         mbox("share_location: false", L=3)
     with pytest.raises(LayerError, match="location"):
         mbox("", P=4, L=2)
+    with pytest.raises(LayerError, match="outside"):
+        mbox("code_type: CENTER_SIZE")(LOC, CONF, prior_blob(), gt_blob([(0, 3, .1, .1, .5, .5)]))
+    ev = build("DetectionEvaluate", "detection_evaluate_param { num_classes: 3 }", [(1, 1, 1, 7), (1, 1, 1, 8)])
+    with pytest.raises(LayerError, match="background"):
+        ev(torch.tensor([[[[0, 1, .9, .1, .1, .5, .5]]]]), gt_blob([(0, 0, .1, .1, .5, .5)]))
 
 
 # -- a small SSD-like training net ---------------------------------------------------------------------------
@@ -389,11 +394,13 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "loc" type: "Convolution" bottom: "conv1" top: "loc"
         convolution_param { num_output: 12 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
-layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm"
+        permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "loc_flat" type: "Flatten" bottom: "loc_perm" top: "mbox_loc" flatten_param { axis: 1 } }
 layer { name: "conf" type: "Convolution" bottom: "conv1" top: "conf"
         convolution_param { num_output: 9 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
-layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm"
+        permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "conf_flat" type: "Flatten" bottom: "conf_perm" top: "mbox_conf" flatten_param { axis: 1 } }
 layer { name: "pb" type: "PriorBox" bottom: "conv1" bottom: "data" top: "mbox_priorbox"
         prior_box_param { min_size: 4 max_size: 8 aspect_ratio: 2 flip: false clip: true
