@@ -135,6 +135,33 @@ def test_logistic_conf_loss_by_hand():
     assert loss.item() == pytest.approx(want, rel=1e-5)
 
 
+def test_hard_example_mining_by_hand():
+    """HARD_EXAMPLE ranks every prior by confidence + location loss and keeps sample_size of them; a positive
+    not kept leaves both losses. Per-prior losses here: p0 (matched) nll(row0, 1) + SmoothL1 = 1.11,
+    p1 0.095, p2 1.862, p3 2.239 (background targets)."""
+    d = [p - t for p, t in zip([.5, 1.5, -1., 0.], TARGET)]
+    m = mbox("code_type: CENTER_SIZE mining_type: HARD_EXAMPLE sample_size: 2")
+    loss = m(LOC, CONF, prior_blob(), GT)
+    assert m.last_plan.num_matches == 0 and m.last_plan.neg_indices == [[2, 3]]
+    assert loss.item() == pytest.approx(nll(CONF_ROWS[2], 0) + nll(CONF_ROWS[3], 0), rel=1e-5)  # / max(1, 0)
+    m = mbox("code_type: CENTER_SIZE mining_type: HARD_EXAMPLE sample_size: 3")
+    loss = m(LOC, CONF, prior_blob(), GT)
+    assert m.last_plan.num_matches == 1 and m.last_plan.neg_indices == [[2, 3]]
+    want = smooth_l1(d) + nll(CONF_ROWS[0], 1) + nll(CONF_ROWS[2], 0) + nll(CONF_ROWS[3], 0)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_bp_inside_zeroes_the_gradient_of_corners_outside():
+    priors = PRIORS.copy()
+    priors[0] = (-.1, 0, .4, .5)  # gt (0, 0, .4, .5) overlaps it by 0.2 / 0.25
+    m = mbox("code_type: CORNER bp_inside: true mining_type: NONE")
+    loc = LOC.clone().requires_grad_()
+    m(loc, CONF, prior_blob(priors), gt_blob([(0, 1, 0, 0, .4, .5)])).backward()
+    d = [.5 - .1 / .1, 1.5 - 0, -1. - 0, 0. - 0]  # CORNER targets: (gt - prior) / variance
+    want = [0] + [x if abs(x) < 1 else math.copysign(1, x) for x in d[1:]]  # xmin -0.1 is outside: no gradient
+    np.testing.assert_allclose(loc.grad.numpy()[0, :4], want, rtol=1e-5, atol=1e-7)
+
+
 # -- encodings -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("code,in_target,want", [
