@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .cli import add_net_state, add_verbosity, parse_args, progress as progress_bar, setup_logging, stages, tool_device
 from .data.transform import FCN_MEAN
@@ -51,6 +50,7 @@ def caffe_test(net, iterations: int) -> Tuple[float, "OrderedDict[str, np.ndarra
     """Caffe's ``test()``: ``iterations`` forwards, logging every output element per batch and the means.
 
     Returns ``(mean loss, {output: mean value array})``."""
+    import torch
     log.info("Running for %d iterations.", iterations)
     weights = dict(net.loss_outputs())
     sums: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -91,8 +91,8 @@ def test_parser():
 
 
 def test_main(argv=None) -> int:
-    from .net import TEST, Net
     args = parse_args(test_parser(), argv)
+    from .net import TEST, Net  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         device = tool_device(args.gpu)
@@ -363,9 +363,9 @@ def score_parser():
 
 def score_main(argv=None, out=None) -> int:
     import sys
-    from .net import TEST, Net
-    from .net import load_net_param
     args = parse_args(score_parser(), argv)
+    import torch
+    from .net import TEST, Net, load_net_param  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     out = out or sys.stdout
     try:

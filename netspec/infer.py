@@ -203,8 +203,8 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from .net import TEST, Net
     args = parse_args(build_parser(), argv)
+    from .net import TEST, Net  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         files = list_images(args.images)

@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
-import torch
 
 from .cli import add_net_state, add_verbosity, parse_args, setup_logging, stages, tool_device
 from .errors import NetspecError
@@ -36,11 +35,13 @@ class LayerTimer:
         self._records = []
 
     def _sync(self):
+        import torch
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def forward(self, timed: bool = True) -> Optional[float]:
         """One forward through every layer; returns the total loss when not ``timed`` (the warm-up)."""
+        import torch
         cm = self.net.module
         env: Dict[str, Tuple[torch.Tensor, int]] = {}
         needs: Dict[int, bool] = {}
@@ -81,6 +82,7 @@ class LayerTimer:
 
     def backward(self, timed: bool = True):
         """Every layer's backward, last to first (layers nothing flows through take ~0 ms, as in Caffe)."""
+        import torch
         if not self._records:
             raise NetspecError("backward() needs a forward() first")
         for p in self.net.module.parameters():
@@ -185,8 +187,8 @@ def build_parser():
 
 def main(argv=None, out=None) -> int:
     import sys
-    from .net import TEST, TRAIN, Net
     args = parse_args(build_parser(), argv)
+    from .net import TEST, TRAIN, Net  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     if args.iterations < 1:
         log.error("--iterations must be at least 1")

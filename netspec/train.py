@@ -10,8 +10,6 @@ import signal
 import sys
 from typing import List
 
-import torch
-
 from .cli import (GlogFormatter, add_net_state, add_verbosity, cuda_or_cpu, parse_args, parse_gpus,  # noqa: F401
                   setup_logging)
 from .errors import NetspecError
@@ -160,7 +158,7 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def choose_device(args, solver_param) -> torch.device:
+def choose_device(args, solver_param):
     from .proto import caffe_pb2
     gpus = parse_gpus(args.gpu)
     # Like `caffe train`: without --gpu, use a GPU only when the solver *explicitly* says solver_mode: GPU
@@ -194,6 +192,7 @@ def launch(nproc: int, argv: List[str]) -> int:
 def _wants_launch(args) -> int:
     """How many processes to start for ``--gpu`` outside torchrun: one per listed GPU when there are several
     and CUDA has them; 0 (train here) otherwise."""
+    import torch
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ:
         return 0
     gpus = parse_gpus(args.gpu)
@@ -203,10 +202,10 @@ def _wants_launch(args) -> int:
 
 
 def main(argv=None) -> int:
-    from . import prototxt
-    from .solver import Solver
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
+    from . import prototxt
+    from .solver import Solver  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         nproc = _wants_launch(args)
@@ -226,6 +225,7 @@ def main(argv=None) -> int:
             if dist.get_rank() != 0:
                 logging.getLogger("netspec").setLevel(logging.WARNING)
         if device.type == "cuda":
+            import torch
             torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
             torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
             torch.backends.cudnn.allow_tf32 = not args.no_tf32

@@ -104,3 +104,24 @@ def test_strict_weights_flag_and_dialect_are_set_afresh_by_each_tool_run(tmp_pat
     assert not runtime.strict_weights() and runtime.dialect() is None
     with pytest.raises(SystemExit):
         parse_args(parser(), ["--dialect", "nonesuch"])
+
+
+def test_every_tool_answers_help_without_importing_torch():
+    """`tools/*.py --help` (issue #19: under 0.5 s) must not import torch, which alone takes about a second."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    probe = ("import runpy, sys\nsys.argv = [sys.argv[1], '--help']\ntry:\n    runpy.run_path(sys.argv[0], "
+             "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    heavy = []
+    for tool in sorted((root / "tools").glob("*.py")):
+        r = subprocess.run([sys.executable, "-c", probe, str(tool)], capture_output=True, text=True, cwd=root,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        if r.stdout.strip().splitlines()[-1] != "NO-TORCH":
+            heavy.append(tool.name)
+    assert heavy == [], f"these tools import torch for --help: {heavy}"
+    from netspec import export
+    assert f"default {export.DEFAULT_OPSET}" in subprocess.run(
+        [sys.executable, str(root / "tools" / "export_onnx.py"), "--help"], capture_output=True, text=True).stdout

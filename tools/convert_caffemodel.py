@@ -20,7 +20,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec import convert  # noqa: E402
 from netspec.cli import parse_args, run_tool  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
@@ -49,6 +48,7 @@ def main(argv=None):
                         help="fail when the caffemodel lacks blobs for a layer of the prototxt")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only: print nothing on success")
     args = parse_args(parser, argv)
+    from netspec import convert  # torch: after the arguments (--help stays fast)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     def run():

@@ -20,7 +20,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec import export  # noqa: E402
 from netspec.cli import parse_args, run_tool  # noqa: E402
 
 
@@ -43,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--weights", help="caffemodel (without: the fillers' initial values)")
     parser.add_argument("--out", help="ONNX file to write")
     parser.add_argument("--dynamic-hw", action="store_true", help="make H and W of 4-D inputs dynamic")
-    parser.add_argument("--opset", type=int, help=f"ONNX opset (default {export.DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default 18, the torch.export-based exporter's)")
     parser.add_argument("--torchscript", metavar="FILE", help="also write TorchScript (torch.jit.trace)")
     parser.add_argument("--exported-program", metavar="FILE",
                         help="also write the torch.export program (torch.export.save, .pt2)")
@@ -54,6 +53,7 @@ def main(argv=None):
                         help="example input shape (default: the prototxt's Input shape); repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     args = parse_args(parser, argv)
+    from netspec import export  # torch: after the arguments (--help stays fast)
     if not (args.out or args.torchscript or args.exported_program):
         parser.error("nothing to write: give --out, --torchscript or --exported-program")
 

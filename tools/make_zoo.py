@@ -19,8 +19,6 @@ if str(ROOT) not in sys.path:
 
 
 def main(argv=None):
-    from netspec import zoo
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT,
@@ -32,6 +30,7 @@ def main(argv=None):
                         help="put the packed training split's class_weights.txt (e.g. data/idd/train) into the "
                              "losses of the nets that use one (default: weights of 1, independent of local data)")
     args = parser.parse_args(argv)
+    from netspec import zoo  # torch (the registry): after the arguments (--help stays fast)
     from netspec.zoo import common
     common.CLASS_WEIGHTS_FROM_DATA = args.class_weights_from_data
 

@@ -17,7 +17,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec import TEST, Net, surgery  # noqa: E402
 from netspec.cli import parse_args, run_tool  # noqa: E402
 
 
@@ -34,6 +33,7 @@ def main(argv=None):
     parser.add_argument("--no-dilate", action="store_true",
                         help="treat a dilated target kernel as a mismatch instead of taking the taps it covers")
     args = parse_args(parser, argv)
+    from netspec import TEST, Net, surgery  # torch: after the arguments (--help stays fast)
 
     def run():
         net = Net(args.net, TEST)

@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError, NetspecError
-from ..layers import fcn_data as F
+from . import fcn_files as F
 from .datum import encode_image, encoded_datum
 from .lmdb_io import LMDBWriter
 

@@ -12,3 +12,12 @@ from . import dense_data  # noqa: F401  (SegNet / ENet DenseImageData)
 from . import spatial_dropout  # noqa: F401  (ENet's spatial_dropout Python layer, built in)
 from . import annotated_data  # noqa: F401  (SSD's AnnotatedData)
 from . import multibox_loss  # noqa: F401  (SSD's MultiBoxLoss, DetectionEvaluate)
+
+
+def __getattr__(name):
+    """``netspec.layers.Convolution(...)``: the NetSpec DSL's layer factory (pycaffe's ``caffe.layers``) for any
+    name that is not a layer-family module here."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from ..dsl import layers as dsl_layers
+    return getattr(dsl_layers, name)

@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from ..errors import LayerError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .base import example_net, fail, ident
+from .base import eager, example_net, fail, ident
 from .loss import LOG_FLT_MIN, clamp_st, normalization
 from .ssd import _overlap, box_sizes, decode_boxes
 
@@ -326,7 +326,7 @@ class MultiBoxLoss(nn.Module):
             return loc.new_zeros(())
         return self._run(loc, conf, prior, label)
 
-    @torch.compiler.disable  # data-dependent selection in numpy: torch.compile runs it eagerly
+    @eager  # data-dependent selection in numpy: torch.compile runs it eagerly
     def _run(self, loc, conf, prior, label):
         if loc.dtype in (torch.float16, torch.bfloat16):
             loc, conf = loc.float(), conf.float()
@@ -584,7 +584,7 @@ class DetectionEvaluate(nn.Module):
             return det.new_zeros(self.top_shapes(None)[0])
         return self._run(det, gt)
 
-    @torch.compiler.disable
+    @eager  # numpy rows of a data-dependent count: torch.compile runs it eagerly
     def _run(self, det, gt):
         out = self.rows(det.detach().to("cpu", torch.float32).numpy(), gt.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(out).to(device=det.device, dtype=det.dtype).reshape(1, 1, -1, 5)
