@@ -6,35 +6,48 @@
 
 The names load on first use (PEP 562), so that importing a submodule (a tool's ``--help``) does not import torch.
 """
-import importlib
+import sys
 
 from .errors import NetspecError  # noqa: F401
 from .proto.caffe_pb2 import TEST, TRAIN  # noqa: F401
 
 __version__ = "0.1.0"
 
-#: name -> (submodule, attribute); ``layers`` is the netspec.layers package, which also serves the DSL's
-#: ``L.Convolution(...)`` factory (see netspec/layers/__init__.py).
-_LAZY = {
-    "caffe_pb2": ("proto", "caffe_pb2"), "Layer": ("layers.python", "Layer"), "NetSpec": ("dsl", "NetSpec"),
-    "params": ("dsl", "params"), "Net": ("net", "Net"), "LAYERS": ("registry", "LAYERS"),
-    "register": ("registry", "register"),
-    **{n: ("solver", n) for n in ("AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver",
-                                  "RMSPropSolver", "SGDSolver", "Solver", "get_solver")},
-    **{n: ("runtime", n) for n in ("set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed")},
-}
-__all__ = ["NetspecError", "TEST", "TRAIN", "layers", *_LAZY]
+_SOLVERS = ("AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver", "RMSPropSolver", "SGDSolver",
+            "Solver", "get_solver")
+_RUNTIME = ("set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed")
+__all__ = ["NetspecError", "TEST", "TRAIN", "caffe_pb2", "layers", "Layer", "NetSpec", "params", "Net", "LAYERS",
+           "register", *_SOLVERS, *_RUNTIME]
 
 
 def __getattr__(name):
+    # Only "from .module import name" here: "from . import module" would ask this function for the module first.
+    # ``layers`` is the netspec.layers package, which also serves the DSL's ``L.Convolution(...)`` factory.
     if name == "layers":
-        return importlib.import_module(".layers", __name__)
-    if name not in _LAZY:
+        from .layers.python import Layer  # noqa: F401  (imports the package, every layer registered)
+        value = sys.modules[f"{__name__}.layers"]
+    elif name == "caffe_pb2":
+        from .proto import caffe_pb2 as value
+    elif name == "Layer":
+        from .layers.python import Layer as value
+    elif name == "NetSpec":
+        from .dsl import NetSpec as value
+    elif name == "params":
+        from .dsl import params as value
+    elif name == "Net":
+        from .net import Net as value
+    elif name in ("LAYERS", "register"):
+        from .layers.python import Layer  # noqa: F401  (the registry holds the builders once they are imported)
+        from .registry import LAYERS, register
+        value = LAYERS if name == "LAYERS" else register
+    elif name in _SOLVERS:
+        from .solver import Solver  # noqa: F401
+        value = getattr(sys.modules[f"{__name__}.solver"], name)
+    elif name in _RUNTIME:
+        from .runtime import set_device  # noqa: F401
+        value = getattr(sys.modules[f"{__name__}.runtime"], name)
+    else:
         raise AttributeError(f"module 'netspec' has no attribute '{name}'")
-    module, attr = _LAZY[name]
-    if name == "LAYERS":
-        importlib.import_module(".layers", __name__)  # the registry holds the builders once they are imported
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
     globals()[name] = value
     return value
 

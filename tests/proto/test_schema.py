@@ -169,7 +169,9 @@ EXTENSIONS = {"interp_param": 2143,
               # Faster R-CNN (caffe-fast-rcnn's own numbers), ShuffleNet's (164); OpenCV's proposal_param is 201,
               # SSD's multibox_loss_param, so 2191 here
               "roi_pooling_param": 8266711, "smooth_l1_loss_param": 8266712, "shuffle_channel_param": 164,
-              "proposal_param": 2191}
+              "proposal_param": 2191,
+              # SSD's training layers, at the fork's own numbers
+              "annotated_data_param": 200, "multibox_loss_param": 201, "detection_evaluate_param": 205}
 # LayerParameter's other upstream fields (name, type, bottom, top, loss_weight, param, blobs, include, exclude,
 # phase, propagate_down)
 UPSTREAM_OTHER = set(range(1, 12))
