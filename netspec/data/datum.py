@@ -330,6 +330,19 @@ def read_image_to_datum(filename, label: int, height: int = 0, width: int = 0, i
     return image_to_datum(img, label)
 
 
+def list_file_lines(path) -> List[Tuple[int, str]]:
+    """``(line number, line)`` of every non-blank line of a list file (newline dropped), as the data layers read
+    them; a missing or empty file is a DataError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"image list file '{path}' not found (working directory {os.getcwd()})")
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+        out = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
+    if not out:
+        raise DataError(f"image list file '{path}' is empty")
+    return out
+
+
 def read_image_list(path) -> List[Tuple[str, int, int]]:
     """An image list file as Caffe's ImageData layer and convert_imageset read it: one ``<path> <label>``
     per line, split at the LAST space (paths may contain spaces). Returns ``(path, label, line number)``.
@@ -337,28 +350,20 @@ def read_image_list(path) -> List[Tuple[str, int, int]]:
     Blank lines are skipped; a line whose last field is not an integer raises DataError naming the line.
     A line with no space is a path with label 0 (what Caffe's ``atoi`` gives for it)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"image list file '{path}' not found (working directory {os.getcwd()})")
     out = []
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            pos = line.rfind(" ")
-            if pos < 0:
-                out.append((line, 0, lineno))
-                continue
-            name, lab = line[:pos], line[pos + 1:]
-            try:
-                label = int(lab)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: expected '<image path> <integer label>', got "
-                                f"{line!r}") from None
-            if not -2 ** 31 <= label < 2 ** 31:  # Datum.label is an int32
-                raise DataError(f"{path}:{lineno}: label {label} does not fit Caffe's int32 Datum label "
-                                f"(-2147483648 .. 2147483647)")
-            out.append((name, label, lineno))
-    if not out:
-        raise DataError(f"image list file '{path}' is empty")
+    for lineno, line in list_file_lines(path):
+        pos = line.rfind(" ")
+        if pos < 0:
+            out.append((line, 0, lineno))
+            continue
+        name, lab = line[:pos], line[pos + 1:]
+        try:
+            label = int(lab)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: expected '<image path> <integer label>', got "
+                            f"{line!r}") from None
+        if not -2 ** 31 <= label < 2 ** 31:  # Datum.label is an int32
+            raise DataError(f"{path}:{lineno}: label {label} does not fit Caffe's int32 Datum label "
+                            f"(-2147483648 .. 2147483647)")
+        out.append((name, label, lineno))
     return out

@@ -19,13 +19,12 @@ Loading runs in netspec's loader workers like ImageData (``netspec.data.workers`
 from __future__ import annotations
 
 import logging
-import os
 
 import cv2
 import numpy as np
 import torch
 
-from ..data.datum import read_image
+from ..data.datum import list_file_lines, read_image
 from ..data.shard import Shard
 from ..errors import DataError, LayerError, NetspecError
 from ..proto import caffe_pb2
@@ -38,19 +37,11 @@ log = logging.getLogger("netspec")
 
 def read_pair_list(path):
     """``(image, label image, line number)`` for each pair of whitespace-separated names in ``path``."""
-    if not os.path.isfile(path):
-        raise DataError(f"image list file '{path}' not found (working directory {os.getcwd()})")
-    tokens = []
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, 1):
-            tokens.extend((t, lineno) for t in line.split())
+    tokens = [(t, lineno) for lineno, line in list_file_lines(path) for t in line.split()]
     if len(tokens) % 2:
         raise DataError(f"{path}:{tokens[-1][1]}: '{tokens[-1][0]}' has no label image (the list holds "
                         "<image> <label image> pairs)")
-    pairs = [(tokens[i][0], tokens[i + 1][0], tokens[i][1]) for i in range(0, len(tokens), 2)]
-    if not pairs:
-        raise DataError(f"image list file '{path}' is empty")
-    return pairs
+    return [(tokens[i][0], tokens[i + 1][0], tokens[i][1]) for i in range(0, len(tokens), 2)]
 
 
 class _DensePairSource:

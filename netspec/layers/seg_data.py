@@ -30,7 +30,6 @@ not depend on the number of workers). Random streams are numpy's, not Caffe's.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import List, Optional, Tuple
 
@@ -38,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.datum import read_image
+from ..data.datum import list_file_lines, read_image
 from ..data.shard import Shard
 from ..data.transform import DataTransformer
 from ..data.workers import BatchTask, build_inline
@@ -56,18 +55,10 @@ def read_seg_list(path, with_label: bool) -> List[Tuple[str, str, int]]:
     """The list file as DeepLab reads it: per line the first whitespace-separated token (image) and, when
     ``with_label``, the second ('' when absent). Returns (image, label token, line number); blank lines are
     skipped (DeepLab would keep them as empty names and fail on them)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"image list file '{path}' not found (working directory {os.getcwd()})")
     out = []
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, 1):
-            toks = line.split()
-            if not toks:
-                continue
-            out.append((toks[0], toks[1] if with_label and len(toks) > 1 else "", lineno))
-    if not out:
-        raise DataError(f"image list file '{path}' is empty")
+    for lineno, line in list_file_lines(path):
+        toks = line.split()
+        out.append((toks[0], toks[1] if with_label and len(toks) > 1 else "", lineno))
     return out
 
 
