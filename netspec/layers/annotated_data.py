@@ -33,13 +33,12 @@ import cv2
 import numpy as np
 
 from ..data.datum import decode_datum, key_str
-from ..data.lmdb_io import LMDBReader, WrapCursor, check_lmdb
+from ..data.lmdb_io import LMDBReader
 from ..data.shard import Shard
-from ..data.workers import BatchTask, build_inline
 from ..errors import DataError, LayerError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _deprecated_fields, _ident, resolve_path
+from .data import _DataModule, _LMDBSource, _deprecated_fields, _ident, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -483,28 +482,15 @@ class AnnotatedTransformer:
 # ----------------------------------------------------------------------------------------------------------
 # the source
 # ----------------------------------------------------------------------------------------------------------
-class _AnnotatedSource:
-    """Batches of an LMDB of AnnotatedDatum in key order with wrap-around (as ``_LMDBSource``)."""
+class _AnnotatedSource(_LMDBSource):
+    """Batches of an LMDB of AnnotatedDatum in key order with wrap-around: ``_LMDBSource``'s cursor, planning,
+    state and names, with AnnotatedDatum records and the boxes' label rows."""
 
     def __init__(self, path, batch_size, transformer: AnnotatedTransformer, labels: bool, anno_type,
                  shard: Shard = Shard()):
-        self.path = check_lmdb(path)
-        self.batch_size = batch_size
-        self.t = transformer
-        self.labels = labels
+        super().__init__(path, batch_size, transformer, labels, shard)
         self.anno_type = anno_type  # None: the datum's own type
-        self.shard = shard
-        self.cursor = WrapCursor(self.path)
-        self.reader = LMDBReader(self.path)
-        self.index = 0
-        self.offset = 0
         self.rich = None
-
-    def describe(self):
-        return f"source={self.path!r}, batch_size={self.batch_size}"
-
-    def _where(self):
-        return f"LMDB '{self.path}': "
 
     def _parse(self, value, key):
         try:
@@ -517,8 +503,8 @@ class _AnnotatedSource:
             key, value = r.first()
         try:
             ad = self._parse(value, key)
-            img = self.t.decode(ad, key)
-            shape = (self.batch_size,) + tuple(self.t.infer_shape(img.shape[2], *img.shape[:2]))
+            img = self.transformer.decode(ad, key)
+            shape = (self.batch_size,) + tuple(self.transformer.infer_shape(img.shape[2], *img.shape[:2]))
         except DataError as e:
             raise DataError(self._where() + str(e)) from None
         shapes = [shape]
@@ -527,25 +513,11 @@ class _AnnotatedSource:
             shapes.append((1, 1, max(len(rows_of(ad)), 1), 8) if self.rich else (self.batch_size,))
         return shapes
 
-    def plan(self) -> BatchTask:
-        try:
-            keys, self.offset = self.shard.take(lambda: self.cursor.next(values=False)[0], self.offset,
-                                                self.batch_size)
-        except DataError as e:
-            raise DataError(self._where() + str(e)) from None
-        self.reader.env
-        task = BatchTask(self.index, keys)
-        self.index += 1
-        return task
-
-    def item_name(self, task, i) -> str:
-        return f"{self._where()}record '{key_str(task.items[i])}'"
-
     def build(self, task, out):
         if self.rich is None:
             self.top_shapes()
         n = self.batch_size
-        t = self.t
+        t = self.transformer
         rng = t.batch_rng(task.index, self.shard)
         data = None
         all_rows = []
@@ -582,16 +554,6 @@ class _AnnotatedSource:
             lab = rows.reshape(1, 1, -1, 8) if len(rows) else np.full((1, 1, 1, 8), -1, F)
             return data, np.ascontiguousarray(lab, F)
         return data, label
-
-    def load_batch(self):
-        return build_inline(self)
-
-    def get_state(self):
-        return self.cursor.position, self.cursor.wraps, self.index, self.offset
-
-    def set_state(self, state):
-        self.cursor.close()
-        self.cursor.position, self.cursor.wraps, self.index, self.offset = state
 
 
 @register("AnnotatedData", bottoms=0, tops=(1, 2),
