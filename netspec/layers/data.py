@@ -314,35 +314,76 @@ def data_layer(lp, bottom_shapes, ctx):
 # ----------------------------------------------------------------------------------------------------------
 # ImageData
 # ----------------------------------------------------------------------------------------------------------
-class _ImageListSource:
-    def __init__(self, list_path, root_folder, batch_size, shuffle, new_height, new_width, is_color,
-                 rand_skip, transformer: DataTransformer, labels: bool, shard: Shard = Shard()):
-        self.list_path = list_path
-        self.shard = shard
+class _ListStream:
+    """The item stream of a list-file source, in Caffe's ImageDataLayer order: the list in file order, or
+    shuffled (a new permutation each epoch), an optional random skip at start, wrap-around. ``plan`` takes a
+    batch of line indices for this process's shard; ``get_state``/``set_state`` save the position (exact
+    resume, loader rewinds). Subclasses keep ``self.lines`` of (name, ..., line number) and read the items."""
+
+    def _start(self, list_path, batch_size, shuffle, rand_skip, shard, *, seeded=False):
+        """``seeded``: draw a generator (and its ``seed``) even without shuffle or skip, for per-batch draws."""
+        self.list_path, self.batch_size, self.shuffle, self.shard = list_path, batch_size, shuffle, shard
         self.offset = 0  # lines of the (shuffled) list stream read so far, by this process and the other ranks
-        self.lines = read_image_list(list_path)
-        self.root = root_folder
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.new_height, self.new_width = new_height, new_width
-        self.is_color = is_color
-        self.transformer = transformer
-        self.labels = labels
+        self.index = 0  # batches planned so far
+        self.pos = 0
         self._rng = None
-        if shuffle or rand_skip:
-            self._rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+        if shuffle or rand_skip or seeded:
+            self.seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+            self._rng = np.random.default_rng(self.seed)
         self.order = np.arange(len(self.lines))
         if shuffle:
             log.info("Shuffling data")
             self._rng.shuffle(self.order)
-        self.pos = 0
-        self.index = 0  # batches planned so far
         if rand_skip:
             skip = int(self._rng.integers(rand_skip))
             if skip >= len(self.lines):
                 raise DataError(f"image list '{list_path}': not enough points ({len(self.lines)}) to skip {skip}")
             log.info("Skipping first %d data points.", skip)
             self.pos = skip
+
+    def _advance(self) -> int:
+        line = int(self.order[self.pos])
+        self.pos += 1
+        if self.pos >= len(self.lines):
+            self.pos = 0
+            if self.shuffle:
+                self.order = self._rng.permutation(self.order)  # a new array: saved states keep theirs
+        return line
+
+    def plan(self) -> BatchTask:
+        lines, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
+        task = BatchTask(self.index, lines)
+        self.index += 1
+        return task
+
+    def item_name(self, task, i) -> str:
+        name, _, lineno = self.lines[task.items[i]]
+        return f"{self.list_path}:{lineno}: image '{self.root + name}'"
+
+    def load_batch(self):
+        return build_inline(self)
+
+    def get_state(self):
+        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index,
+                self.offset)
+
+    def set_state(self, state):
+        self.pos, self.order, rs, self.index, *rest = state
+        self.offset = rest[0] if rest else 0  # a state pickled before sharding
+        if rs is not None:
+            self._rng.bit_generator.state = rs
+
+
+class _ImageListSource(_ListStream):
+    def __init__(self, list_path, root_folder, batch_size, shuffle, new_height, new_width, is_color,
+                 rand_skip, transformer: DataTransformer, labels: bool, shard: Shard = Shard()):
+        self.lines = read_image_list(list_path)
+        self.root = root_folder
+        self.new_height, self.new_width = new_height, new_width
+        self.is_color = is_color
+        self.transformer = transformer
+        self.labels = labels
+        self._start(list_path, batch_size, shuffle, rand_skip, shard)
 
     def describe(self):
         return f"source={self.list_path!r}, {len(self.lines)} images, batch_size={self.batch_size}"
@@ -372,25 +413,6 @@ class _ImageListSource:
             shapes.append((self.batch_size,))
         return shapes
 
-    def _advance(self) -> int:
-        line = int(self.order[self.pos])
-        self.pos += 1
-        if self.pos >= len(self.lines):
-            self.pos = 0
-            if self.shuffle:
-                self.order = self._rng.permutation(self.order)  # a new array: saved states keep theirs
-        return line
-
-    def plan(self) -> BatchTask:
-        lines, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
-        task = BatchTask(self.index, lines)
-        self.index += 1
-        return task
-
-    def item_name(self, task, i) -> str:
-        name, _, lineno = self.lines[task.items[i]]
-        return f"{self.list_path}:{lineno}: image '{self.root + name}'"
-
     def build(self, task, out):
         n = self.batch_size
         data = None
@@ -414,19 +436,6 @@ class _ImageListSource:
             self.transformer(arr, where, out=data[i], rng=rng)
             label[i] = lab
         return (data, label) if self.labels else (data,)
-
-    def load_batch(self):
-        return build_inline(self)
-
-    def get_state(self):
-        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index,
-                self.offset)
-
-    def set_state(self, state):
-        self.pos, self.order, rs, self.index, *rest = state
-        self.offset = rest[0] if rest else 0  # a state pickled before sharding
-        if rs is not None:
-            self._rng.bit_generator.state = rs
 
 
 @register("ImageData", bottoms=0, tops=(1, 2),

@@ -22,15 +22,13 @@ import logging
 
 import cv2
 import numpy as np
-import torch
 
 from ..data.datum import list_file_lines, read_image
 from ..data.shard import Shard
 from ..errors import DataError, LayerError, NetspecError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _ident, _transformer, resolve_path
-from ..data.workers import BatchTask, build_inline
+from .data import _DataModule, _ListStream, _ident, _transformer, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -44,13 +42,10 @@ def read_pair_list(path):
     return [(tokens[i][0], tokens[i + 1][0], tokens[i][1]) for i in range(0, len(tokens), 2)]
 
 
-class _DensePairSource:
+class _DensePairSource(_ListStream):
     def __init__(self, list_path, root, p, transformer, shard: Shard = Shard()):
-        self.list_path = list_path
-        self.pairs = read_pair_list(list_path)
+        self.lines = read_pair_list(list_path)
         self.root = root
-        self.batch_size = p.batch_size
-        self.shuffle = p.shuffle
         self.new_size = (p.new_height, p.new_width)
         f = p.label_divide_factor
         self.label_size = (p.new_height // f, p.new_width // f)
@@ -58,25 +53,13 @@ class _DensePairSource:
         self.mirror = p.mirror
         self.is_color = p.is_color
         self.transformer = transformer
-        self.shard = shard
-        self.seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-        self._rng = np.random.default_rng(self.seed)
-        self.order = np.arange(len(self.pairs))
-        if self.shuffle:
-            log.info("Shuffling data")
-            self._rng.shuffle(self.order)
-        self.pos = self.index = self.offset = 0
-        if p.rand_skip:
-            skip = int(self._rng.integers(p.rand_skip))
-            if skip >= len(self.pairs):
-                raise DataError(f"image list '{list_path}': not enough points ({len(self.pairs)}) to skip {skip}")
-            self.pos = skip
+        self._start(list_path, p.batch_size, p.shuffle, p.rand_skip, shard, seeded=True)
 
     def describe(self):
-        return f"source={self.list_path!r}, {len(self.pairs)} pairs, batch_size={self.batch_size}"
+        return f"source={self.list_path!r}, {len(self.lines)} pairs, batch_size={self.batch_size}"
 
     def _read(self, k, rng):
-        img_name, lab_name, lineno = self.pairs[k]
+        img_name, lab_name, lineno = self.lines[k]
         where = f"{self.list_path}:{lineno}: "
         img = read_image(self.root + img_name, *self.new_size, self.is_color, where)
         lab = read_image(self.root + lab_name, 0, 0, False, where)[:, :, 0]
@@ -100,23 +83,8 @@ class _DensePairSource:
         img, lab, _ = self._read(int(self.order[self.pos]), np.random.default_rng(0))
         return [(self.batch_size,) + tuple(img.shape), (self.batch_size, 1) + lab.shape]
 
-    def _advance(self) -> int:
-        k = int(self.order[self.pos])
-        self.pos += 1
-        if self.pos >= len(self.pairs):
-            self.pos = 0
-            if self.shuffle:
-                self.order = self._rng.permutation(self.order)
-        return k
-
-    def plan(self) -> BatchTask:
-        items, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
-        task = BatchTask(self.index, items)
-        self.index += 1
-        return task
-
     def item_name(self, task, i) -> str:
-        img, lab, lineno = self.pairs[task.items[i]]
+        img, lab, lineno = self.lines[task.items[i]]
         return f"{self.list_path}:{lineno}: images '{self.root + img}', '{self.root + lab}'"
 
     def build(self, task, out):
@@ -143,16 +111,6 @@ class _DensePairSource:
             self.transformer(img, where, out=data[i], rng=rng)
             label[i, 0] = lab
         return data, label
-
-    def load_batch(self):
-        return build_inline(self)
-
-    def get_state(self):
-        return self.pos, self.order, self._rng.bit_generator.state, self.index, self.offset
-
-    def set_state(self, state):
-        self.pos, self.order, rs, self.index, self.offset = state
-        self._rng.bit_generator.state = rs
 
 
 @register("DenseImageData", bottoms=0, tops=2,

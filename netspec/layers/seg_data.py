@@ -40,11 +40,10 @@ import torch
 from ..data.datum import list_file_lines, read_image
 from ..data.shard import Shard
 from ..data.transform import DataTransformer
-from ..data.workers import BatchTask, build_inline
 from ..errors import DataError, LayerError, NetspecError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _deprecated_fields, _ident, resolve_path
+from .data import _DataModule, _ListStream, _deprecated_fields, _ident, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -154,38 +153,20 @@ class SegTransformer(DataTransformer):
         label_out[...] = lab
 
 
-class _SegListSource:
+class _SegListSource(_ListStream):
     """Batches of an ImageSegData list: ``plan`` takes the next lines (shuffled order, wrap-around), ``build``
     reads and transforms them with the batch's own generator."""
 
     def __init__(self, list_path, root, p, transformer: SegTransformer, ntops: int, shard: Shard = Shard()):
-        self.list_path, self.root = list_path, root
+        self.root = root
         self.label_type = p.label_type
         self.lines = read_seg_list(list_path, self.label_type != caffe_pb2.ImageDataParameter.NONE)
-        self.batch_size = p.batch_size
-        self.shuffle = p.shuffle
         self.new_height, self.new_width, self.is_color = p.new_height, p.new_width, p.is_color
         self.ignore_label = p.ignore_label
         self.transformer = transformer
         self.ntops = ntops
-        self.shard = shard
-        self.offset = 0
-        self._rng = None
-        if self.shuffle or p.rand_skip:
-            self._rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
-        self.order = np.arange(len(self.lines))
-        if self.shuffle:
-            log.info("Shuffling data")
-            self._rng.shuffle(self.order)
         log.info("A total of %d images.", len(self.lines))
-        self.pos = 0
-        self.index = 0
-        if p.rand_skip:
-            skip = int(self._rng.integers(p.rand_skip))
-            if skip >= len(self.lines):
-                raise DataError(f"image list '{list_path}': not enough points ({len(self.lines)}) to skip {skip}")
-            log.info("Skipping first %d data points.", skip)
-            self.pos = skip
+        self._start(list_path, p.batch_size, p.shuffle, p.rand_skip, shard)
         self._shape = self._first_shape()
 
     def describe(self):
@@ -222,25 +203,6 @@ class _SegListSource:
         n = self.batch_size
         return [(n, c, h, w), (n, 1, h, w), (n, 1, 1, 2)][:self.ntops]
 
-    def _advance(self) -> int:
-        line = int(self.order[self.pos])
-        self.pos += 1
-        if self.pos >= len(self.lines):
-            self.pos = 0
-            if self.shuffle:
-                self.order = self._rng.permutation(self.order)
-        return line
-
-    def plan(self) -> BatchTask:
-        lines, self.offset = self.shard.take(self._advance, self.offset, self.batch_size)
-        task = BatchTask(self.index, lines)
-        self.index += 1
-        return task
-
-    def item_name(self, task, i) -> str:
-        name, lab, lineno = self.lines[task.items[i]]
-        return f"{self.list_path}:{lineno}: image '{self.root + name}'"
-
     def build(self, task, out):
         c, h, w = self._shape
         n = self.batch_size
@@ -261,18 +223,6 @@ class _SegListSource:
                 raise DataError(f"{self.item_name(task, i)}: {type(e).__name__}: {e}") from e
             dim[i, 0, 0] = (min(h, ih), min(w, iw))
         return (data, label, dim)[:self.ntops]
-
-    def load_batch(self):
-        return build_inline(self)
-
-    def get_state(self):
-        return (self.pos, self.order, None if self._rng is None else self._rng.bit_generator.state, self.index,
-                self.offset)
-
-    def set_state(self, state):
-        self.pos, self.order, rs, self.index, self.offset = state
-        if rs is not None:
-            self._rng.bit_generator.state = rs
 
 
 @register("ImageSegData", bottoms=0, tops=(1, 3),
