@@ -110,9 +110,10 @@ def check_exportable(net: CaffeNet, *, opset: Optional[int] = None, dynamic_hw: 
         except ValueError as e:
             problems.append(f"{ident} {e}")
             continue
-        if getattr(module, "updates_state", False):  # any layer whose forward updates statistics (the forks' BN)
+        if getattr(module, "updates_state", False):  # BatchNorm with batch statistics, the forks' BN learning
             problems.append(f"{ident} updates its statistics in forward (batch statistics): build the deploy net "
-                            "with stored statistics (TEST phase, frozen / INFERENCE)")
+                            "with stored ones (BatchNorm: use_global_stats: true; BN: frozen: true or bn_mode: "
+                            "INFERENCE)")
             continue
         if isinstance(rep, nn.Module):
             replacements[node.key] = rep

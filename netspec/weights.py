@@ -66,7 +66,8 @@ def report_unloaded(module, copied, source: str, strict: bool = False) -> None:
     nothing (it keeps its filler values: intended for new layers when finetuning, a silent failure when the file
     is another net's or a layer was renamed), and a summary line; ``strict`` makes any such layer an error."""
     with_params = [n for n in module.nodes if len(module.layer_blobs(n.index))]
-    missing = [n for n in with_params if n.name not in set(copied)]
+    loaded_names = set(copied)
+    missing = [n for n in with_params if n.name not in loaded_names]
     loaded = len(with_params) - len(missing)
     for n in missing:
         log.warning("Layer '%s' (%s) got no weights from %s (no layer of that name there): it keeps its initial "

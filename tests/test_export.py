@@ -340,3 +340,7 @@ def test_a_forks_bn_with_batch_statistics_is_refused_for_export():
         export.check_exportable(net.module)
     frozen = Net(text_format.Parse(text.replace("false", "true"), caffe_pb2.NetParameter()), TRAIN)
     export.check_exportable(frozen.module)
+    bvlc = text.replace('type: "BN"', 'type: "BatchNorm"').replace("bn_param { frozen: false momentum: 0.9 }",
+                                                                 "batch_norm_param { use_global_stats: false }")
+    with pytest.raises(ExportError, match=r"layer 'bn' \(BatchNorm\) updates its statistics .*use_global_stats: true"):
+        export.check_exportable(Net(text_format.Parse(bvlc, caffe_pb2.NetParameter()), TEST).module)

@@ -107,14 +107,7 @@ class BatchNorm(nn.Module):
         return f"{self.mean.numel()}, stats={stats}, moving_average_fraction={self.maf}, eps={self.eps}"
 
 
-def _deploy_batch_norm(m, dynamic_hw):
-    if m.updates_state:
-        raise ValueError("uses batch statistics (use_global_stats: false) and updates its accumulators: set "
-                         "use_global_stats: true for deploy")
-
-
 @register("BatchNorm",
-          export=Export(deploy=_deploy_batch_norm),
           pure=True,
           coord="identity",
           blobs=('mean', 'variance', 'scale_factor'),
