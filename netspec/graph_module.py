@@ -414,7 +414,9 @@ class CaffeNet(nn.Module):
                 continue
             if before is not None:
                 before(node.index)
-            module = getattr(self, node.key) if subst is None else subst.get(node.index) or getattr(self, node.key)
+            module = subst.get(node.index) if subst is not None else None
+            if module is None:
+                module = getattr(self, node.key)
             if getattr(module, "is_input", False):
                 outs = []
                 for t in node.tops:
