@@ -5,7 +5,7 @@ Usage:
 
 Generates a caffemodel with VGG16's layer shapes (13 convs, fc6 4096x25088, fc7, fc8;
 138M float32 params, random data) in a temporary directory with
-``netspec.binary.write_caffemodel`` and reads it back, every step in a fresh child
+``netspec.formats.binary.write_caffemodel`` and reads it back, every step in a fresh child
 process so each peak RSS (``VmHWM`` from /proc/self/status, else
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that step's own:
 
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from netspec import binary  # noqa: E402
+from netspec.formats import binary  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
 from _common import same_bytes  # noqa: E402

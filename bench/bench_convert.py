@@ -9,7 +9,7 @@ process, so each peak RSS is that step's own (``VmHWM`` from /proc/self/status, 
 ``getrusage(RUSAGE_SELF)``; the parent stays small because Linux carries its high-water mark into ``ru_maxrss``
 across fork + exec):
 
-* ``caffemodel -> pt``: ``netspec.convert.convert`` with the keys from the caffemodel's own layer list,
+* ``caffemodel -> pt``: ``netspec.interop.convert.convert`` with the keys from the caffemodel's own layer list,
 * ``caffemodel -> pt (prototxt)``: the same with ``--prototxt``,
 * ``caffemodel -> pt (fp16)``,
 * ``pt -> caffemodel``: back with the prototxt, checked byte-identical to the original (which is written the
@@ -54,7 +54,7 @@ def generate(caffemodel: str, prototxt_path: str) -> int:
     """Write the VGG16 deploy prototxt and a caffemodel with random weights; return the parameter count."""
     import numpy as np
 
-    from netspec import binary, prototxt
+    from netspec.formats import binary, prototxt
     from netspec.proto import caffe_pb2
 
     rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def generate(caffemodel: str, prototxt_path: str) -> int:
 
 def child(mode: str, paths: dict) -> None:
     """Run in a fresh process: one step; print one JSON line."""
-    from netspec import convert  # noqa: F401  (torch and netspec imported before the baseline)
+    from netspec.interop import convert  # noqa: F401  (torch and netspec imported before the baseline)
     base = _max_rss()
     start = time.perf_counter()
     n = 0

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import netspec  # noqa: E402
 from netspec.data.datum import encode_image, encoded_datum  # noqa: E402
 from netspec.data.lmdb_io import LMDBWriter  # noqa: E402
-from netspec.net import Net  # noqa: E402
+from netspec.net.pycaffe import Net  # noqa: E402
 
 H, W = 375, 500
 

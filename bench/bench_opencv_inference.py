@@ -13,7 +13,7 @@ float32 N x C x H x W array to the score array (OpenCV: setInput + forward; nets
 forward, the output blob), with the same number of threads (``--threads``, default torch's). Variants:
 
 * ``no_grad``: ``net.forward_only()`` under ``torch.no_grad()``, what ``tools/infer.py`` runs (Conv -> BatchNorm ->
-  Scale chains folded, netspec.fold);
+  Scale chains folded, netspec.net.fold);
 * ``unfolded``: the same with ``forward_only(fold=False)``;
 * ``inference_mode``: the same under ``torch.inference_mode()``;
 * ``channels_last``: a second net after ``net.configure(channels_last=True)``, under inference_mode;
@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import netspec  # noqa: E402
-from netspec.net import Net  # noqa: E402
-from netspec.prototxt import parse_net, to_text  # noqa: E402
+from netspec.net.pycaffe import Net  # noqa: E402
+from netspec.formats.prototxt import parse_net, to_text  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("no_grad", "unfolded", "inference_mode", "channels_last", "jit_freeze", "compile")

@@ -24,8 +24,8 @@ def main(argv=None):
     p.add_argument("--mparams", type=int, default=64, help="millions of parameters (default: %(default)s)")
     args = p.parse_args(argv)
     import torch  # noqa: F401  (its own memory is not the snapshot's)
-    from netspec import prototxt
-    from netspec.solver import Solver
+    from netspec.formats import prototxt
+    from netspec.solver.solvers import Solver
     side = int((args.mparams * 1e6) ** 0.5)
     net = (f'layer {{ name: "in" type: "Input" top: "x" top: "y" input_param {{ shape {{ dim: 1 dim: {side} }} '
            f'shape {{ dim: 1 dim: {side} }} }} }}\n'

@@ -21,7 +21,7 @@ sys.path.insert(0, REPO)
 
 from bench.bench_train_gpu import train_net  # noqa: E402
 from netspec import proto  # noqa: E402
-from netspec.solver import Solver  # noqa: E402
+from netspec.solver.solvers import Solver  # noqa: E402
 
 
 def make_solver(model, size, solver_type="SGD", frozen_trunk=False):

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import netspec  # noqa: E402
 from netspec.data.synthetic import pack  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
-from netspec.prototxt import parse_net, read_solver  # noqa: E402
-from netspec.solver import Solver  # noqa: E402
+from netspec.formats.prototxt import parse_net, read_solver  # noqa: E402
+from netspec.solver.solvers import Solver  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

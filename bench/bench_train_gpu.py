@@ -25,8 +25,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from netspec import proto, zoo  # noqa: E402
-from netspec.solver import Solver  # noqa: E402
+from netspec import proto
+from netspec.authoring import zoo  # noqa: E402
+from netspec.solver.solvers import Solver  # noqa: E402
 
 #: Peak training memory of Caffe at batch 1 as published (MB), for the batch-1 ratio.
 CAFFE_MB = {"fcn8s_voc": 3759, "fcn2s_vgg16_voc": 3093, "fcn2s_vgg19_voc": 3367}

@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import netspec  # noqa: E402
-from netspec.net import Net  # noqa: E402
+from netspec.net.pycaffe import Net  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VGG = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)]

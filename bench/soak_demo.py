@@ -52,7 +52,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import torch
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
 
     snap_dir = None
     solver = Solver(args.solver)

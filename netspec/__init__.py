@@ -8,6 +8,7 @@ The names load on first use (PEP 562), so that importing a submodule (a tool's `
 """
 import sys
 
+from . import _moved  # noqa: F401  (the modules' pre-0.2 homes, netspec.prototxt & co., still import)
 from .errors import NetspecError  # noqa: F401
 from .proto.caffe_pb2 import TEST, TRAIN  # noqa: F401
 
@@ -31,21 +32,21 @@ def __getattr__(name):
     elif name == "Layer":
         from .layers.python import Layer as value
     elif name == "NetSpec":
-        from .dsl import NetSpec as value
+        from .authoring.dsl import NetSpec as value
     elif name == "params":
-        from .dsl import params as value
+        from .authoring.dsl import params as value
     elif name == "Net":
-        from .net import Net as value
+        from .net.pycaffe import Net as value
     elif name in ("LAYERS", "register"):
         from .layers.python import Layer  # noqa: F401  (the registry holds the builders once they are imported)
         from .registry import LAYERS, register
         value = LAYERS if name == "LAYERS" else register
     elif name in _SOLVERS:
-        from .solver import Solver  # noqa: F401
-        value = getattr(sys.modules[f"{__name__}.solver"], name)
+        from .solver.solvers import Solver  # noqa: F401
+        value = getattr(sys.modules[f"{__name__}.solver.solvers"], name)
     elif name in _RUNTIME:
-        from .runtime import set_device  # noqa: F401
-        value = getattr(sys.modules[f"{__name__}.runtime"], name)
+        from .net.runtime import set_device  # noqa: F401
+        value = getattr(sys.modules[f"{__name__}.net.runtime"], name)
     else:
         raise AttributeError(f"module 'netspec' has no attribute '{name}'")
     globals()[name] = value

@@ -129,7 +129,7 @@ def _labels(rng, n_classes, ignore=255):
 
 def palette_png(path, idx):
     """An 8-bit palette PNG of class indices with VOC's colour map (as SegmentationClass/*.png are)."""
-    from netspec.infer import voc_palette
+    from netspec.tools.infer import voc_palette
     idx = np.asarray(idx, np.uint8)
     h, w = idx.shape
     raw = b"".join(b"\x00" + idx[y].tobytes() for y in range(h))
@@ -282,7 +282,7 @@ def fake_vgg_caffemodel(path, depth=16, seed=5):
     """A V1-format caffemodel (``layers { type: CONVOLUTION }``, legacy 4-D blob dims) with the layers and blob
     shapes of VGG_ILSVRC_<depth>_layers.caffemodel (fc6 a 4096 x 25088 InnerProduct, fc7, fc8) and small random
     weights: ~550 MB, as the real file."""
-    from netspec import binary
+    from netspec.formats import binary
     net = fake_vgg_net(depth)
     rng, blobs = _rng(seed), []
     shapes = {name: shape for name, _, shape in fake_vgg_layers(depth)}
@@ -303,7 +303,7 @@ def fake_vgg_caffemodel(path, depth=16, seed=5):
 
 def fake_vgg_prototxt(path, depth=16):
     """VGG_ILSVRC_<depth>_layers_deploy.prototxt as released: V1 text format."""
-    from netspec import prototxt
+    from netspec.formats import prototxt
     Path(path).write_text(prototxt.to_text(fake_vgg_net(depth)))
     return path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import netspec
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import netspec
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 from google.protobuf import text_format
 

@@ -1,4 +1,4 @@
-"""netspec.binary: caffemodel / solverstate / binaryproto reading and writing.
+"""netspec.formats.binary: caffemodel / solverstate / binaryproto reading and writing.
 
 Reference: files written by real Caffe under ../shared/golden (their values must equal a
 plain protobuf parse; writing them back must reproduce the bytes), plus hand-built
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netspec import binary, upgrade
+from netspec.formats import binary
+from netspec.passes import upgrade
 from netspec.errors import FormatError, NetspecError
 from netspec.proto import caffe_pb2
 
@@ -40,7 +41,7 @@ def _bits(a):
 
 
 def _reference_arrays(layer):
-    """Arrays of a protobuf-parsed layer, decoded independently of netspec.binary."""
+    """Arrays of a protobuf-parsed layer, decoded independently of netspec.formats.binary."""
     blobs = list(layer.blobs)
     if isinstance(layer, caffe_pb2.V1LayerParameter):
         blobs += list(layer.layer.blobs)

@@ -1,4 +1,4 @@
-"""netspec.cli: the exit codes and message every tool gives on bad input (run_tool); the shared --proto
+"""netspec.tools.cli: the exit codes and message every tool gives on bad input (run_tool); the shared --proto
 option (a fork's caffe.proto for nets that use its fields)."""
 import importlib.util
 import os
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from netspec import proto, timing
-from netspec.cli import run_tool
+from netspec import proto
+from netspec.tools import timing
+from netspec.tools.cli import run_tool
 from netspec.errors import FormatError
 
 
@@ -91,8 +92,8 @@ def test_missing_proto_file_is_a_clear_error(tmp_path):
 
 def test_strict_weights_flag_and_dialect_are_set_afresh_by_each_tool_run(tmp_path):
     import argparse
-    from netspec import runtime
-    from netspec.cli import parse_args
+    from netspec.net import runtime
+    from netspec.tools.cli import parse_args
 
     def parser():
         p = argparse.ArgumentParser(prog="x.py")
@@ -122,6 +123,6 @@ def test_every_tool_answers_help_without_importing_torch():
         if r.stdout.strip().splitlines()[-1] != "NO-TORCH":
             heavy.append(tool.name)
     assert heavy == [], f"these tools import torch for --help: {heavy}"
-    from netspec import export
+    from netspec.interop import export
     assert f"default {export.DEFAULT_OPSET}" in subprocess.run(
         [sys.executable, str(root / "tools" / "export_onnx.py"), "--help"], capture_output=True, text=True).stdout

@@ -1,4 +1,4 @@
-"""caffemodel <-> PyTorch state dict conversion, listing and BatchNorm folding (netspec.convert,
+"""caffemodel <-> PyTorch state dict conversion, listing and BatchNorm folding (netspec.interop.convert,
 tools/convert_caffemodel.py). Golden cases read ../shared/golden in place (skipped without it)."""
 
 import importlib.util
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from netspec import binary, convert
-from netspec.convert import ConvertError
+from netspec.formats import binary
+from netspec.interop import convert
+from netspec.interop.convert import ConvertError
 from netspec.errors import FormatError, WeightsError
-from netspec.net import TEST, TRAIN, Net
+from netspec.net.pycaffe import TEST, TRAIN, Net
 from netspec.proto import caffe_pb2
 
 ROOT = Path(__file__).resolve().parents[1]

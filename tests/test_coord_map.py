@@ -3,10 +3,10 @@ from fractions import Fraction
 
 import pytest
 
-from netspec import prototxt, zoo
-from netspec.coord_map import (CoordMap, CoordMapError, check_crops, coord_map,
-                               coord_map_from_to, crop, crop_offsets)
-from netspec.dsl import NetSpec, layers as L, params as P
+from netspec.formats import prototxt
+from netspec.authoring import zoo
+from netspec.authoring.coord_map import CoordMap, CoordMapError, check_crops, coord_map, coord_map_from_to, crop, crop_offsets
+from netspec.authoring.dsl import NetSpec, layers as L, params as P
 
 F = Fraction
 

@@ -1,4 +1,4 @@
-"""netspec.dialects.detect: which Caffe fork a net is written for, from its own layer types and fields (the
+"""netspec.passes.dialects.detect: which Caffe fork a net is written for, from its own layer types and fields (the
 released nets of each fork: tests/data/forks/*; PSPNet, SegNet, ENet in test_fork_nets_psp_segnet_enet.py)."""
 import gzip
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from netspec import dialects
-from netspec.prototxt import parse_net
+from netspec.passes import dialects
+from netspec.formats.prototxt import parse_net
 from netspec.proto import caffe_pb2
 
 FORKS = Path(__file__).parent / "data" / "forks"

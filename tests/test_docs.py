@@ -304,7 +304,7 @@ def test_multi_gpu_cpu_rehearsals(tmp_path):
 
 PROBE = r'''
 import hashlib, torch.distributed as dist
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 dist.init_process_group("gloo")
 s = Solver("solvers/demo.prototxt")
 s.net.forward()
@@ -376,7 +376,8 @@ ZOO_MODELS = {"voc_sbd.md": ["fcn32s_voc", "fcn2s_vgg19_voc"], "ade20k.md": ["fc
 def test_dataset_page_data_preparation(page, tmp_path, monkeypatch):
     """Links, lists and packing: every command of the page that is not surgery, training, scoring or inference.
     Then the data layers of the page's zoo nets (train and val) read a batch from what the commands made."""
-    from netspec import TEST, TRAIN, Net, prototxt
+    from netspec import TEST, TRAIN, Net
+    from netspec.formats import prototxt
     w = D.workdir(tmp_path)
     _dataset_downloads(page, w)
     done = _run_page(page, w, skip=HEAVY)

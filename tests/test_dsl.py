@@ -1,8 +1,8 @@
 """The NetSpec DSL: naming, in-place layers, schema-driven keyword routing, errors."""
 import pytest
 
-from netspec import prototxt
-from netspec.dsl import DSLError, NetSpec, layers as L, params as P, to_proto
+from netspec.formats import prototxt
+from netspec.authoring.dsl import DSLError, NetSpec, layers as L, params as P, to_proto
 from netspec.proto import caffe_pb2
 
 CONV = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
@@ -212,7 +212,7 @@ def test_errors_name_the_problem(make, message):
 
 def test_fcn32s_written_with_the_dsl_equals_upstream(shared_dir):
     """The pycaffe idiom (net.py of fcn.berkeleyvision.org) gives upstream's voc-fcn32s net."""
-    from netspec.coord_map import crop
+    from netspec.authoring.coord_map import crop
 
     def conv_relu(bottom, nout, ks=3, stride=1, pad=1):
         conv = L.Convolution(bottom, kernel_size=ks, stride=stride, num_output=nout, pad=pad,

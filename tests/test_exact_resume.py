@@ -1,7 +1,7 @@
 """Resume is exact: a run stopped at a snapshot and resumed from it ends with the same weights, bit for bit (CPU),
 as the uninterrupted run, through the real data layers (Data from an LMDB with random crops and mirrors,
 SegDataLayer with shuffling, scale jitter and loader threads, FCN's VOCSegDataLayer with its own generator) and
-Dropout. What the .solverstate cannot hold lives in the .trainstate sidecar (netspec.train_state)."""
+Dropout. What the .solverstate cannot hold lives in the .trainstate sidecar (netspec.solver.train_state)."""
 import os
 import signal
 import subprocess
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from netspec import binary, train_state
+from netspec.formats import binary
+from netspec.solver import train_state
 from netspec.data import array_to_datum
 from netspec.data.lmdb_io import LMDBWriter
 from netspec.errors import SolverError
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from test_fcn_layers import make_voc  # noqa: E402
@@ -182,7 +183,7 @@ def test_the_sidecar_loads_without_running_code(workdir):
 LOOP = """
 import sys, numpy as np
 sys.path.insert(0, {repo!r})
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 s = Solver("solver.prototxt")
 if sys.argv[1] != "-":
     s.restore(sys.argv[1])
@@ -239,7 +240,7 @@ def test_sigkill_campaign_50(workdir):
 
 
 def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
-    from netspec import solver as solver_mod
+    from netspec.solver import solvers as solver_mod
     snap = workdir / "snap"
     snap.mkdir()
     dead = snap / ".r_iter_4.caffemodel.999999.0a1b2c3d.tmp"    # left by a run killed mid-write
@@ -268,7 +269,7 @@ def test_one_prefix_one_run_and_stale_temporaries_are_removed(workdir):
 def test_the_solverstate_is_streamed_from_the_tensors_and_a_missing_snapshot_is_named(workdir, monkeypatch):
     # Building one SolverState message of every history blob took about 6x the history (1 GB -> 6.2 GB for
     # FCN-8s); the snapshot now hands the tensors' arrays to the streaming writer.
-    from netspec import binary
+    from netspec.formats import binary
 
     def no_message(*a, **k):
         raise AssertionError("the solverstate was built as a protobuf message")

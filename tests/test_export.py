@@ -1,4 +1,4 @@
-"""ONNX / TorchScript / torch.export export of deploy nets (netspec.export, tools/export_onnx.py), and OpenCV's
+"""ONNX / TorchScript / torch.export export of deploy nets (netspec.interop.export, tools/export_onnx.py), and OpenCV's
 dnn module as a second opinion on caffemodels netspec writes.
 
 The ONNX tests need onnx, onnxscript and onnxruntime (``pip install onnx onnxscript onnxruntime``) and skip
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from netspec import export
-from netspec.export import ExportError, relative_error
-from netspec.net import TEST, Net
+from netspec.interop import export
+from netspec.interop.export import ExportError, relative_error
+from netspec.net.pycaffe import TEST, Net
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DEPLOY = ROOT / "prototxt" / "demo" / "deploy.prototxt"
@@ -285,7 +285,7 @@ def test_golden_dilated_fcn2s_deploy_exports_with_dynamic_hw(shared_dir, tmp_pat
     """The reduced Dilated FCN-2s (pad 100, dilation, Scale skips, five Crops named 'Cropping', four
     Eltwise named 'fuse') with Caffe-written weights, its loss layer removed, at two input sizes."""
     _need_onnx()
-    from netspec import prototxt
+    from netspec.formats import prototxt
     d = shared_dir / "golden" / "nets" / "dilated_fcn2s_vgg19"
     if not d.is_dir():
         pytest.skip("golden case absent")
@@ -334,7 +334,7 @@ def test_a_forks_bn_with_batch_statistics_is_refused_for_export():
     from netspec.proto import caffe_pb2
     text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
             'layer { name: "bn" type: "BN" bottom: "x" top: "y" bn_param { frozen: false momentum: 0.9 } }')
-    from netspec.net import TRAIN
+    from netspec.net.pycaffe import TRAIN
     net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), TRAIN)   # PSPNet's BN, moving averages
     with pytest.raises(ExportError, match=r"layer 'bn' \(BN\) updates its statistics in forward"):
         export.check_exportable(net.module)

@@ -1,4 +1,4 @@
-"""netspec.fold: Convolution -> BatchNorm -> Scale/Bias chains run as one convolution in forward_only, with the
+"""netspec.net.fold: Convolution -> BatchNorm -> Scale/Bias chains run as one convolution in forward_only, with the
 outputs of the unfolded layers (to float32 rounding)."""
 import numpy as np
 import pytest

@@ -11,8 +11,8 @@ import torch
 from google.protobuf import text_format
 
 import netspec
-from netspec import dialects
-from netspec.net import Net
+from netspec.passes import dialects
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 
 FORKS = Path(__file__).parent / "data" / "forks"

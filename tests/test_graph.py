@@ -3,7 +3,7 @@ import pytest
 from google.protobuf import text_format
 
 from netspec.errors import LayerError, PrototxtError
-from netspec.graph import filter_net, insert_splits, net_state, prepare_net
+from netspec.passes.graph import filter_net, insert_splits, net_state, prepare_net
 from netspec.proto import caffe_pb2
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import netspec
-from netspec.net import Net
-from netspec.prototxt import parse_net, to_text
+from netspec.net.pycaffe import Net
+from netspec.formats.prototxt import parse_net, to_text
 
 cv2 = pytest.importorskip("cv2")
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from netspec import prototxt
+from netspec.formats import prototxt
 from netspec.errors import PrototxtError
 from netspec.proto import caffe_pb2
 

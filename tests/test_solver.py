@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from netspec import prototxt
-from netspec.solver import Solver
+from netspec.formats import prototxt
+from netspec.solver.solvers import Solver
 
 NET = """
 name: "frozen"
@@ -99,7 +99,7 @@ def test_learning_rate_maths_without_a_value_is_refused_at_start(fields, words):
 
 def test_learning_rate_edges_give_caffe_values_or_a_clear_error():
     from netspec.errors import SolverError
-    from netspec.solver import learning_rate
+    from netspec.solver.solvers import learning_rate
     p = prototxt.parse_solver('base_lr: 0.1 lr_policy: "sigmoid" gamma: 1 stepsize: 100')
     assert learning_rate(p, 10000)[0] == pytest.approx(0.1)
     assert learning_rate(p, 0)[0] == pytest.approx(0.1 / (1 + np.exp(100)))  # e^-100 is tiny, not an overflow

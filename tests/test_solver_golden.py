@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import binary
-from netspec.solver import Solver, learning_rate
+from netspec.formats import binary
+from netspec.solver.solvers import Solver, learning_rate
 
 CASES = ["sgd_fixed", "sgd_step", "sgd_exp", "sgd_inv", "sgd_multistep", "sgd_poly", "sgd_sigmoid",
          "sgd_l2_decay", "sgd_l1_decay", "sgd_iter_size3", "sgd_clip_gradients", "nesterov", "adagrad",

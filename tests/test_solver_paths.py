@@ -1,7 +1,7 @@
 """Solver paths resolve as Caffe does (working directory), falling back to the solver file's directory."""
 import logging
 
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 
 NET = ('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 1 dim: 2 } '
        'shape { dim: 1 dim: 2 } } }\nlayer { name: "ip" type: "InnerProduct" bottom: "x" top: "z" '

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import binary, surgery
-from netspec.dsl import NetSpec, layers as L, params as P
+from netspec.formats import binary
+from netspec.authoring import surgery
+from netspec.authoring.dsl import NetSpec, layers as L, params as P
 from netspec.errors import WeightsError
-from netspec.fillers import _bilinear
+from netspec.layers.fillers import _bilinear
 from netspec.proto import caffe_pb2
 
 CONV = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
@@ -227,7 +228,7 @@ def test_zero_layers_reports_what_still_needs_weights(tmp_path):
 
 def test_zoo_deconvolutions_are_interp_compatible():
     """Every upsampling layer of the zoo FCNs is a (C, C, k, k) group-1 blob interp can fill."""
-    from netspec import zoo
+    from netspec.authoring import zoo
     for name in ("fcn8s_voc", "fcn2s_vgg16_voc"):
         for layer in zoo.net(name, "deploy").layer:
             if layer.type == "Deconvolution":
@@ -244,7 +245,7 @@ def test_surgery_tool_writes_the_transplanted_net(tmp_path):
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
     src = v1_vgg_like(tmp_path / "vgg.caffemodel", np.random.RandomState(1))
-    from netspec import prototxt
+    from netspec.formats import prototxt
     prototxt.write_text(tiny_fcn(fc6_kernel=5).net_param, str(tmp_path / "new.prototxt"))
     r = subprocess.run([sys.executable, str(repo / "tools" / "surgery.py"), str(tmp_path / "new.prototxt"),
                         str(tmp_path / "vgg.caffemodel"), str(tmp_path / "out.caffemodel")],
@@ -264,7 +265,7 @@ def test_surgery_tool_writes_the_transplanted_net(tmp_path):
 
 def test_training_warns_about_zero_layers_frozen_or_not(tmp_path, caplog):
     import logging
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     (tmp_path / "net.prototxt").write_text(str(tiny_fcn().net_param))
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\n')
     s = Solver(str(tmp_path / "solver.prototxt"))

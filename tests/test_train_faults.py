@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netspec import binary
+from netspec.formats import binary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ WORKER = textwrap.dedent('''
     import sys, numpy as np, torch
     sys.path.insert(0, {repo!r})
     import torch.distributed as dist
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     rank, world, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -87,7 +87,7 @@ def test_two_gloo_processes_equal_one_process_on_combined_batch(tmp_path):
     # and training actually moved the weights away from the seeded start
     init = subprocess.run([sys.executable, "-c", textwrap.dedent(f'''
         import sys; sys.path.insert(0, {str(REPO)!r})
-        from netspec.solver import Solver
+        from netspec.solver.solvers import Solver
         s = Solver("solver.prototxt"); print(float(abs(s.net.params["conv1"][0].data).sum()))''')],
         cwd=tmp_path, capture_output=True, text=True)
     assert abs(float(init.stdout) - float(np.abs(b["conv1/0"]).sum())) > 1e-3
@@ -96,7 +96,7 @@ def test_two_gloo_processes_equal_one_process_on_combined_batch(tmp_path):
 LOOP = textwrap.dedent('''
     import sys, numpy as np
     sys.path.insert(0, {repo!r})
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     s = Solver("solver.prototxt")
     if sys.argv[1] != "-":
         s.restore(sys.argv[1])

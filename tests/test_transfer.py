@@ -5,7 +5,7 @@ Caffe release, only the head trained (``deeplabv3_resnet101_idd_head``):
         --weights data/models/ResNet-101-model.caffemodel
 
 The caffemodel here is written by netspec's own writer from the release's deploy layout
-(:func:`netspec.zoo.deeplab.resnet101_deploy`: trunk + pool5 + fc1000 + prob) with random weights, so every
+(:func:`netspec.authoring.zoo.deeplab.resnet101_deploy`: trunk + pool5 + fc1000 + prob) with random weights, so every
 trunk layer has to be found by name. Training runs on the synthetic demo shapes (4 of the 26 classes) at small
 crops on the CPU. The solver updates every blob, lr_mult 0 included (Caffe's rule), so an iteration costs
 seconds there; the default run trains a few iterations, the 20-iteration runs are marked slow."""
@@ -21,10 +21,12 @@ import pytest
 import torch
 
 import netspec
-from netspec import binary, upgrade, zoo
+from netspec.formats import binary
+from netspec.passes import upgrade
+from netspec.authoring import zoo
 from netspec.data.synthetic import pack
-from netspec.solver import Solver
-from netspec.zoo.deeplab import resnet101_deploy
+from netspec.solver.solvers import Solver
+from netspec.authoring.zoo.deeplab import resnet101_deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "deeplabv3_resnet101_idd_head"

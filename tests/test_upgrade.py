@@ -1,4 +1,4 @@
-"""netspec.upgrade: Caffe's upgrade_proto.cpp passes (V0 -> V1 -> V2, data transformation,
+"""netspec.passes.upgrade: Caffe's upgrade_proto.cpp passes (V0 -> V1 -> V2, data transformation,
 input fields, BatchNorm, solver type) and tools/upgrade_net_proto.py.
 
 Reference: golden/formats/v1_vgg_like holds a V1 prototxt and caffemodel and what Caffe's
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import binary, prototxt, upgrade
+from netspec.formats import binary, prototxt
+from netspec.passes import upgrade
 from netspec.errors import PrototxtError
 from netspec.proto import caffe_pb2
 

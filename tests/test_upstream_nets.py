@@ -6,9 +6,9 @@ import re
 import pytest
 
 import netspec
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
-from netspec.prototxt import parse_net
+from netspec.formats.prototxt import parse_net
 
 
 def tables(shared):

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import netspec  # noqa: E402
 from netspec.errors import NetspecError  # noqa: E402
-from netspec.prototxt import read_net, to_text  # noqa: E402
+from netspec.formats.prototxt import read_net, to_text  # noqa: E402
 
 VAR_EPS = 1e-9  # caffe-segnet BNLayer's var_eps_
 
@@ -68,7 +68,7 @@ def inference_net(train, shape):
 
 
 def compute(train_path, weights, out_dir, iterations=1, log=print):
-    from netspec.net import Net  # torch: only when computing (--help stays fast)
+    from netspec.net.pycaffe import Net  # torch: only when computing (--help stays fast)
     train = read_net(train_path)
     test_msg, stats = testable(train)
     net = Net(test_msg, netspec.TEST, weights=weights, dialect="segnet")

@@ -8,7 +8,7 @@ Usage:
 
 The direction comes from the extensions (.caffemodel; .pt or .pth). A .pt holds a state dict whose keys are
 those of ``netspec.Net(NET.prototxt, TEST).module.state_dict()`` (``conv1.weight``, ``conv1.bias``; see
-``netspec/convert.py`` for the name mapping), loadable with ``torch.load(path, weights_only=True)``. Without
+``netspec/interop/convert.py`` for the name mapping), loadable with ``torch.load(path, weights_only=True)``. Without
 --model the keys come from the caffemodel's own layer list. V0/V1 files are upgraded on the way. The
 output never replaces an input file. Exit status: 0 done, 2 bad input, 1 I/O error.
 """
@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.cli import parse_args, run_tool  # noqa: E402
+from netspec.tools.cli import parse_args, run_tool  # noqa: E402
 from netspec.proto import caffe_pb2  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
                         help="fail when the caffemodel lacks blobs for a layer of the prototxt")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only: print nothing on success")
     args = parse_args(parser, argv)
-    from netspec import convert  # torch: after the arguments (--help stays fast)
+    from netspec.interop import convert  # torch: after the arguments (--help stays fast)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     def run():

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.cli import parse_args, run_tool  # noqa: E402
+from netspec.tools.cli import parse_args, run_tool  # noqa: E402
 
 
 def _shape(text):
@@ -53,7 +53,7 @@ def main(argv=None):
                         help="example input shape (default: the prototxt's Input shape); repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     args = parse_args(parser, argv)
-    from netspec import export  # torch: after the arguments (--help stays fast)
+    from netspec.interop import export  # torch: after the arguments (--help stays fast)
     if not (args.out or args.torchscript or args.exported_program):
         parser.error("nothing to write: give --out, --torchscript or --exported-program")
 

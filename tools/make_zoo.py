@@ -6,7 +6,7 @@ Usage:
     python tools/make_zoo.py --check         # exit 1 if a committed file differs from the code
     python tools/make_zoo.py --list          # the model names and what they are
 
-The nets are defined in netspec/zoo/ (NetSpec code, Crop offsets computed from the graph); the
+The nets are defined in netspec/authoring/zoo/ (NetSpec code, Crop offsets computed from the graph); the
 generated files are committed so that users and tools need no Python to read them.
 """
 import argparse
@@ -30,8 +30,8 @@ def main(argv=None):
                         help="put the packed training split's class_weights.txt (e.g. data/idd/train) into the "
                              "losses of the nets that use one (default: weights of 1, independent of local data)")
     args = parser.parse_args(argv)
-    from netspec import zoo  # torch (the registry): after the arguments (--help stays fast)
-    from netspec.zoo import common
+    from netspec.authoring import zoo  # torch (the registry): after the arguments (--help stays fast)
+    from netspec.authoring.zoo import common
     common.CLASS_WEIGHTS_FROM_DATA = args.class_weights_from_data
 
     if args.list:

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec.cli import parse_args, run_tool  # noqa: E402
+from netspec.tools.cli import parse_args, run_tool  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +33,8 @@ def main(argv=None):
     parser.add_argument("--no-dilate", action="store_true",
                         help="treat a dilated target kernel as a mismatch instead of taking the taps it covers")
     args = parse_args(parser, argv)
-    from netspec import TEST, Net, surgery  # torch: after the arguments (--help stays fast)
+    from netspec import TEST, Net
+    from netspec.authoring import surgery  # torch: after the arguments (--help stays fast)
 
     def run():
         net = Net(args.net, TEST)

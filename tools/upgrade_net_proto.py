@@ -15,8 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netspec import binary, prototxt, upgrade  # noqa: E402
-from netspec.cli import parse_args, run_tool  # noqa: E402
+from netspec.formats import binary, prototxt
+from netspec.passes import upgrade  # noqa: E402
+from netspec.tools.cli import parse_args, run_tool  # noqa: E402
 
 _TEXT_EXT = {".prototxt", ".pt", ".txt", ".pbtxt"}
 _BINARY_EXT = {".caffemodel", ".binaryproto", ".pb", ".protobin"}

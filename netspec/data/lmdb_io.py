@@ -539,7 +539,7 @@ def compute_image_mean(db, output=None, backend: str = "lmdb", progress: bool = 
 
 
 def _write_mean(path, mean: np.ndarray):
-    from ..binary import write_blobproto
+    from ..formats.binary import write_blobproto
     write_blobproto(path, mean, legacy_dims=True)
 
 

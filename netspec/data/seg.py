@@ -250,7 +250,7 @@ class SegDataLayer(Layer):
             loader.rewind()
 
     def train_state(self):
-        """The consumer's position, for exact resume (netspec.train_state): the source's state (read-ahead
+        """The consumer's position, for exact resume (netspec.solver.train_state): the source's state (read-ahead
         dropped) and the batch already read for the next forward, if any."""
         self._rewind()
         return self.data.get_state(), self._next

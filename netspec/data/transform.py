@@ -48,7 +48,7 @@ def read_mean_file(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise DataError(f"mean_file '{path}' not found (working directory {os.getcwd()}); Caffe resolves "
                         "relative paths against the working directory")
-    from ..binary import read_blobproto
+    from ..formats.binary import read_blobproto
     try:
         arr = read_blobproto(path)
     except DataError:

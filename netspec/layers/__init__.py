@@ -19,5 +19,5 @@ def __getattr__(name):
     name that is not a layer-family module here."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from ..dsl import layers as dsl_layers
+    from ..authoring.dsl import layers as dsl_layers
     return getattr(dsl_layers, name)

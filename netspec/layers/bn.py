@@ -23,7 +23,7 @@ forward (stored statistics); the fork's Backward_cpu applies its batch-statistic
 import torch
 from torch import nn
 
-from ..fillers import fill_
+from .fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import register
 from .base import example_net, fail

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fillers import fill_
-from ..coords import window_map
+from .fillers import fill_
+from .coords import window_map
 from ..registry import register
 from .base import canonical_axis, example_net, fail
 
@@ -145,7 +145,7 @@ def _build_conv(lp, bottom_shapes, ctx, transposed):
 
 
 def _coord(lp, transposed=False):
-    """Spatial coordinate map (netspec.coord_map) from the prototxt fields alone: the DSL has no shapes."""
+    """Spatial coordinate map (netspec.authoring.coord_map) from the prototxt fields alone: the DSL has no shapes."""
     cp = lp.convolution_param
     pick = lambda name, values, default: ([getattr(cp, f"{name}_h"), getattr(cp, f"{name}_w")]  # noqa: E731
                                           if cp.HasField(f"{name}_h") else list(values) or default)

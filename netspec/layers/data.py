@@ -34,7 +34,7 @@ from ..data.shard import Shard
 from ..data.transform import DataTransformer
 from ..data.workers import BatchTask, Loader, build_inline, loader_kind, loader_workers
 from ..errors import DataError, LayerError, NetspecError
-from ..fillers import fill_
+from .fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import Export, register
 
@@ -147,7 +147,7 @@ class _DataModule(nn.Module):
         return outs if len(outs) > 1 else outs[0]
 
     def train_state(self):
-        """The consumer's position (read-ahead dropped), for exact resume (netspec.train_state)."""
+        """The consumer's position (read-ahead dropped), for exact resume (netspec.solver.train_state)."""
         self.rewind_prefetch()
         return self.source.get_state() if hasattr(self.source, "get_state") else None
 

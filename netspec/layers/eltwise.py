@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError
-from ..fillers import fill_
+from .fillers import fill_
 from ..registry import Export, register
 from .base import canonical_axis, example_net, fail, ident, shape_str
 

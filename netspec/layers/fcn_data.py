@@ -152,7 +152,7 @@ class _FCNSegLayer(Layer):
             self.idx = (self.idx + 1) % len(self.indices)
 
     def train_state(self):
-        """The sample index and the generator, for exact resume (netspec.train_state)."""
+        """The sample index and the generator, for exact resume (netspec.solver.train_state)."""
         return self.idx, self._rng.getstate()
 
     def load_train_state(self, state):

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerError
-from ..fillers import fill_
+from .fillers import fill_
 from ..registry import register
 from .base import canonical_axis, example_net, fail
 

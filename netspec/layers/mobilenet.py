@@ -14,7 +14,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from ..fillers import fill_
+from .fillers import fill_
 from ..registry import LAYERS, Export, register
 from .base import example_net, fail
 from .conv import Convolution, conv_geometry

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fillers import fill_
+from .fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import Export, register
 from .base import example_net, fail

@@ -81,6 +81,8 @@ class BatchNorm(nn.Module):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):
+        if self._fused_ok(x):
+            return self.fused(x)
         shape = [1] * x.dim()
         shape[min(1, x.dim() - 1)] = -1
         if x.dim() == 1:  # Caffe: a 1-axis bottom has one channel
@@ -101,6 +103,33 @@ class BatchNorm(nn.Module):
                 self.variance.mul_(self.maf).add_(var, alpha=m / (m - 1) if m > 1 else 1.0)
             return xc / torch.sqrt(var + self.eps).reshape(shape)
         return (x - mean.reshape(shape)) / torch.sqrt(var + self.eps).reshape(shape)
+
+    def _fused_ok(self, x) -> bool:
+        """torch's batch_norm kernel computes these formulas for a float32 bottom with a channel axis and more
+        than one value per channel (Caffe's m == 1 case, variance factor 1, and other dtypes keep the plain
+        path)."""
+        return (x.dim() > 1 and x.dtype == torch.float32 and self.mean.dtype == torch.float32
+                and not (self.mean.requires_grad or self.variance.requires_grad or self.scale_factor.requires_grad)
+                and (self.use_global_stats or x.numel() > x.shape[1]))
+
+    def fused(self, x, weight=None, bias=None):
+        """The forward as torch's one-pass batch_norm kernel (``_fused_ok(x)`` must hold), with an affine
+        ``weight`` and ``bias`` per channel when given (a Scale layer that follows: y * weight + bias).
+
+        Batch statistics: torch's running-statistics update with momentum 1 into fresh zero buffers yields the
+        batch mean and the m/(m-1)-corrected variance, which are added to Caffe's accumulators."""
+        if self.use_global_stats:
+            sf = self.scale_factor
+            inv = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
+            return torch.batch_norm(x, weight, bias, self.mean * inv, self.variance * inv, False, 0.0,
+                                    self.eps, False)
+        mean, var = torch.zeros_like(self.mean), torch.zeros_like(self.variance)
+        y = torch.batch_norm(x, weight, bias, mean, var, True, 1.0, self.eps, False)
+        with torch.no_grad():
+            self.scale_factor.mul_(self.maf).add_(1)
+            self.mean.mul_(self.maf).add_(mean)
+            self.variance.mul_(self.maf).add_(var)
+        return y
 
     def extra_repr(self):
         stats = "global" if self.use_global_stats else "batch"

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import LayerError
 from ..proto import caffe_pb2
-from ..coords import undefined, window_map
+from .coords import undefined, window_map
 from ..registry import Export, register
 from .base import example_net, fail
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..blob import Blob
+from ..net.blob import Blob
 from ..errors import LayerError, NetspecError
 from ..registry import Export, register
 

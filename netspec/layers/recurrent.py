@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..fillers import fill_
+from .fillers import fill_
 from ..registry import Export, register
 from .base import fail, shape_str
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import LayerError, NetspecError
-from ..coords import CoordMap, undefined
+from .coords import CoordMap, undefined
 from ..registry import Export, register
 from .base import canonical_axis, concrete, example_net, fail, ident, shape_str  # noqa: F401  (re-exported)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from ..fillers import fill_
+from .fillers import fill_
 from ..proto import caffe_pb2
 from ..registry import Export, register
 from .base import eager, example_net, fail

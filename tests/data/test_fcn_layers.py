@@ -16,7 +16,7 @@ import pytest
 from netspec.data import fcn_layers as F
 from netspec.errors import DataError
 from netspec.layers import python as pylayer
-from netspec.net import TEST, TRAIN, Net
+from netspec.net.pycaffe import TEST, TRAIN, Net
 
 H, W = 20, 30
 VOC_MEAN = np.array(F.VOC_MEAN, np.float32)
@@ -25,7 +25,7 @@ VOC_MEAN = np.array(F.VOC_MEAN, np.float32)
 # -- fake datasets --------------------------------------------------------------------------------------------
 
 def voc_colormap():
-    from netspec.infer import voc_palette
+    from netspec.tools.infer import voc_palette
     return voc_palette(256)
 
 

@@ -13,7 +13,7 @@ from netspec.data import packers as P
 from netspec.data.datum import decode_datum, parse_datum
 from netspec.data.lmdb_io import LMDBReader
 from netspec.errors import DataError
-from netspec.net import TEST, TRAIN, Net
+from netspec.net.pycaffe import TEST, TRAIN, Net
 from netspec.proto import caffe_pb2
 
 H, W = 6, 8
@@ -125,8 +125,8 @@ def test_no_images_is_a_clear_error(tmp_path):
 
 
 def test_zoo_idd_nets_take_the_packed_weights(tmp_path):
-    from netspec.zoo.deeplab import deeplabv3
-    from netspec.zoo.unet import unet
+    from netspec.authoring.zoo.deeplab import deeplabv3
+    from netspec.authoring.zoo.unet import unet
     make_idd(tmp_path)
     P.pack("idd", tmp_path, tmp_path / "train", progress=False)
     weights = np.loadtxt(tmp_path / "train" / "class_weights.txt")
@@ -146,8 +146,8 @@ def test_zoo_idd_nets_take_the_packed_weights(tmp_path):
 
 
 def test_zoo_generation_reads_local_weights_only_when_asked(tmp_path, monkeypatch):
-    from netspec.zoo import common
-    from netspec.zoo.unet import unet
+    from netspec.authoring.zoo import common
+    from netspec.authoring.zoo.unet import unet
     make_idd(tmp_path)
     P.pack("idd", tmp_path, tmp_path / "train", progress=False)
     monkeypatch.setattr(common, "IDD_CLASS_WEIGHTS", str(tmp_path / "train" / "class_weights.txt"))
@@ -184,7 +184,7 @@ def _pair_dataset(tmp_path, h=33, w=41):
 
 
 def _zoo_augmentation(name):
-    from netspec import zoo
+    from netspec.authoring import zoo
     p = ast.literal_eval(zoo.net(name, "train").layer[0].python_param.param_str)
     return {k: p[k] for k in ("mirror", "rotate")}
 

@@ -12,7 +12,7 @@ from netspec.data import packers as P
 from netspec.data.datum import decode_datum, parse_datum
 from netspec.data.lmdb_io import LMDBReader
 from netspec.errors import DataError
-from netspec.net import TEST, Net
+from netspec.net.pycaffe import TEST, Net
 
 from test_fcn_layers import (H, W, _image, make_context, make_nyud, make_sbd, make_siftflow, make_voc,
                              write_palette_png)

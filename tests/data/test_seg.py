@@ -7,7 +7,7 @@ import pytest
 import netspec
 from netspec.data.lmdb_io import LMDBReader
 from netspec.data.synthetic import pack
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 PROTO = """
 layer {{ name: "data" type: "Python" top: "data" top: "label"

@@ -14,7 +14,7 @@ import pytest
 import netspec
 from netspec.data.shard import Shard
 from netspec.data.synthetic import pack
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 from test_workers import write_labelled_db
 

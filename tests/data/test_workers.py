@@ -14,7 +14,7 @@ from netspec.data.lmdb_io import LMDBWriter
 from netspec.data.synthetic import pack
 from netspec.data.workers import BatchTask, Loader, loader_kind, loader_workers
 from netspec.errors import DataError
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 CONFIGS = [("0", "thread"), ("1", "thread"), ("2", "thread"), ("2", "process")]
 

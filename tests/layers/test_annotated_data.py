@@ -15,7 +15,7 @@ import netspec
 from netspec.data.annotated import annotated_datum, annotation_rows, write_annotated_lmdb
 from netspec.errors import NetspecError
 from netspec.layers import annotated_data as ad
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 
@@ -361,7 +361,7 @@ layer { name: "silence" type: "Silence" bottom: "label" }
 
 
 def test_training_steps(tmp_path):
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     db = lmdb(tmp_path, [(image(h=20, w=30, seed=i), [BOX_A, BOX_B]) for i in range(3)])
     (tmp_path / "train.prototxt").write_text(TINY % db)
     (tmp_path / "solver.prototxt").write_text(f'train_net: "{tmp_path / "train.prototxt"}" base_lr: 1e-6 '
@@ -427,7 +427,7 @@ def test_released_nets_run(tmp_path, which):
         # box A counts; box B is difficult, which evaluate_difficult_gt: false leaves out
         assert len(counts) == 20 and counts[3] == 1 and sum(counts.values()) == 1
         return
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     (tmp_path / "train.prototxt").write_text(text_format.MessageToString(p))
     (tmp_path / "solver.prototxt").write_text(f'train_net: "{tmp_path / "train.prototxt"}" base_lr: 1e-4 '
                                               'lr_policy: "fixed" max_iter: 1 random_seed: 1 '

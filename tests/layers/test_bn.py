@@ -5,7 +5,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 
@@ -212,7 +212,7 @@ def test_errors(fields, tops, msg):
 def test_net_dialect_decides_a_bare_bn():
     """A BN layer that sets no bn_param field: the dialect given to Net, else the one the net's layers show."""
     import netspec
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     bare = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
             'layer { name: "bn" type: "BN" bottom: "x" top: "y" }\n')
     param = text_format.Parse(bare, caffe_pb2.NetParameter())
@@ -230,7 +230,7 @@ def test_net_dialect_decides_a_bare_bn():
 def test_onnx_export_of_both_forms(tmp_path):
     """TEST-phase BN (PSPNet frozen, SegNet INFERENCE) is plain arithmetic: exports, onnxruntime agrees."""
     pytest.importorskip("onnxruntime")
-    from netspec import export
+    from netspec.interop import export
     text = ('layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
             'layer { name: "bn" type: "BN" bottom: "data" top: "a" bn_param { frozen: true eps: 0.01 '
             'slope_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }\n'
@@ -248,7 +248,7 @@ def test_opencv_second_opinion_through_bvlc_layers(fork, tmp_path):
     INFERENCE BN = Scale(scale, shift). netspec writes the BVLC net's caffemodel from the BN blobs."""
     cv2 = pytest.importorskip("cv2")
     import netspec
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     head = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 6 } } }\n'
             'layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 4 '
             'kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n')

@@ -8,7 +8,7 @@ from google.protobuf import text_format
 
 import netspec
 from netspec.errors import LayerError
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 
 EMBED = """{head}

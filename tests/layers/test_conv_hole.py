@@ -7,10 +7,10 @@ from google.protobuf import text_format
 
 import netspec
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
-from netspec.upgrade import upgrade_net
+from netspec.passes.upgrade import upgrade_net
 
 
 def build(param, shape=(1, 2, 9, 10), type_="Convolution"):

@@ -13,7 +13,7 @@ import netspec
 from netspec.data.datum import encoded_datum, image_to_datum
 from netspec.data.lmdb_io import LMDBWriter
 from netspec.errors import DataError, LayerError
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 CASES = ["raw_scale", "raw_mean_value", "raw_mean_file", "raw_crop_mean_file_scale",
          "raw_crop_single_mean_value", "png_scale_mean_value", "jpeg_plain"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import netspec
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 
 HERE = Path(__file__).resolve().parents[1] / "data" / "forks" / "deeplab"
 

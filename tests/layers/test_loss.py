@@ -5,7 +5,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 
@@ -26,7 +26,7 @@ def _rel_err(ours, ref):
 def test_golden_infogain(shared_dir):
     """infogain_H_bottom, except diff/x: Caffe's ScaleLayer leaves top_diff * x (scratch) in the diff of a
     bottom that needs no gradient; that is not a gradient, so it is not compared."""
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     case = shared_dir / "golden" / "layers" / "infogain_H_bottom"
     net = Net(str(case / "net.prototxt"), str(case / "weights.caffemodel"), caffe_pb2.TEST)
     inputs = np.load(case / "inputs.npz")
@@ -156,7 +156,7 @@ def test_softmax_with_loss_errors():
 
 
 def test_softmax_with_loss_prob_top_needs_loss_weights_in_a_net():
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     text = """
         layer { name: "input" type: "Input" top: "x" top: "label"
                 input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }

@@ -6,7 +6,7 @@ import torch
 from google.protobuf import text_format
 
 import netspec
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 
 N = 128

@@ -8,14 +8,14 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from netspec import prototxt
+from netspec.formats import prototxt
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.layers.multibox_loss import encode_boxes, match_bbox
 from netspec.layers.ssd import decode_boxes
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
-from netspec.solver import Solver
+from netspec.solver.solvers import Solver
 
 MB = caffe_pb2.MultiBoxLossParameter
 CT = caffe_pb2.PriorBoxParameter
@@ -487,7 +487,7 @@ def _released(name, tmp_path, size=268):
 @pytest.mark.slow
 def test_released_ssd300_train_net_forward_backward(tmp_path):
     import netspec
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     p = _released("VGG_VOC0712_SSD_300x300_train.prototxt", tmp_path)
     torch.manual_seed(0)
     n = Net(p, netspec.TRAIN)
@@ -507,7 +507,7 @@ def test_released_ssd300_train_net_forward_backward(tmp_path):
 @pytest.mark.slow
 def test_released_ssd300_test_net_detection_evaluate(tmp_path):
     import netspec
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     p = _released("VGG_VOC0712_SSD_300x300_test.prototxt", tmp_path)
     (tmp_path / "sizes.txt").write_text("a 60 80\nb 60 80\n")
     ev = [l for l in p.layer if l.type == "DetectionEvaluate"][0]

@@ -7,7 +7,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext, infer_top_shapes
+from netspec.net.caffe_net import BuildContext, infer_top_shapes
 from netspec.layers.pooling import pooled_size, spp_level
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS

@@ -11,7 +11,7 @@ import torch
 import netspec
 from netspec.errors import LayerError
 from netspec.layers.proposal import _param_dict, generate_anchors, nms
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "forks" / "faster_rcnn"
 

@@ -5,7 +5,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 

@@ -8,7 +8,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext, infer_top_shapes
+from netspec.net.caffe_net import BuildContext, infer_top_shapes
 from netspec.layers.roi_pooling import c_round
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
@@ -163,7 +163,7 @@ def test_same_outputs_in_opencv(tmp_path):
     if not hasattr(cv2.dnn, "readNetFromCaffe"):
         pytest.skip("this OpenCV has no Caffe importer")
     import netspec
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     proto = tmp_path / "roi.prototxt"
     proto.write_text("""name: "roi"
 input: "data" input_shape { dim: 2 dim: 3 dim: 16 dim: 16 }

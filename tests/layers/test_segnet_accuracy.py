@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 

@@ -6,7 +6,7 @@ import torch
 from google.protobuf import text_format
 
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
+from netspec.net.caffe_net import BuildContext
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 
@@ -131,7 +131,7 @@ def test_tile():
 
 
 def test_silence_parameter_in_a_net():
-    from netspec.net import Net
+    from netspec.net.pycaffe import Net
     net = text_format.Parse("""
         layer { name: "in" type: "Input" top: "a" input_param { shape { dim: 2 dim: 3 } } }
         layer { name: "p" type: "Parameter" top: "w" parameter_param { shape { dim: 2 dim: 3 } } }

@@ -9,8 +9,8 @@ from google.protobuf import text_format
 
 import netspec
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext
-from netspec.net import Net
+from netspec.net.caffe_net import BuildContext
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 

@@ -7,7 +7,7 @@ from google.protobuf import text_format
 
 import netspec
 from netspec.errors import NetspecError
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 
 

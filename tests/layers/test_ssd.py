@@ -11,8 +11,8 @@ from google.protobuf import text_format
 
 import netspec
 from netspec.errors import LayerError
-from netspec.graph_module import BuildContext, infer_top_shapes
-from netspec.net import Net
+from netspec.net.caffe_net import BuildContext, infer_top_shapes
+from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 from netspec.registry import LAYERS
 
@@ -431,7 +431,7 @@ def test_small_ssd_same_as_opencv(tmp_path):
 def test_export_facts(tmp_path):
     """The heads export (PriorBox as a constant of the example size); DetectionOutput and a dynamic H x W are
     refused with the reason."""
-    export = pytest.importorskip("netspec.export")
+    export = pytest.importorskip("netspec.interop.export")
     full = tmp_path / "small_ssd.prototxt"
     full.write_text(SMALL_SSD)
     with pytest.raises(export.ExportError, match="data-dependent output size"):
@@ -449,7 +449,7 @@ def test_export_facts(tmp_path):
 def test_heads_export_to_onnx(tmp_path):
     """ONNX of the heads (Normalize, Permute, Flatten, PriorBox, Concat, Softmax) checked by the exporter;
     Normalize's eps must survive torch.onnx's optimizer (an all-zero position would give 0 / 0)."""
-    export = pytest.importorskip("netspec.export")
+    export = pytest.importorskip("netspec.interop.export")
     pytest.importorskip("onnxruntime")
     heads = tmp_path / "heads.prototxt"
     heads.write_text(SMALL_SSD[:SMALL_SSD.index('layer { name: "detection_out"')])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec.net import Net
+from netspec.net.pycaffe import Net
 
 from test_ssd import by_label_then_score, opencv_agrees, random_weights
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import prototxt
+from netspec.formats import prototxt
 
 WEIGHTS = (0.5, 2.0, 1.0, 0.25)
 NET = """
@@ -102,7 +102,7 @@ def test_valid_normaliser_of_zero_total_weight_is_one(tmp_path):
 def test_the_zoo_idd_loss_layer(tmp_path):
     """The SoftmaxWithLoss layer the zoo writes for IDD (26 weights from the packer's file), taken out of the
     generated train.prototxt text, in a net of its own."""
-    from netspec.zoo.unet import unet
+    from netspec.authoring.zoo.unet import unet
     w = np.linspace(0.3, 1.0, 26)
     (tmp_path / "class_weights.txt").write_text("".join(f"{v:.6f}\n" for v in w))
     text = prototxt.to_text(unet("train", class_weights=str(tmp_path / "class_weights.txt")))

@@ -286,7 +286,7 @@ def restore_schema():
 
 def test_load_proto_swaps_schema(tmp_path, restore_schema):
     pytest.importorskip("grpc_tools")
-    from netspec import prototxt
+    from netspec.formats import prototxt
 
     path = tmp_path / "caffe.proto"
     path.write_text(FORK_PROTO)

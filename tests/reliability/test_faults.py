@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netspec import binary, prototxt
+from netspec.formats import binary, prototxt
 from netspec.data import datum as D
 from netspec.data.lmdb_io import LMDBReader, LMDBWriter, check_lmdb
 from netspec.errors import DataError, NetspecError, SolverError
@@ -36,7 +36,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "conv1" bottom: "target" top:
 
 
 def _solver(tmp_path, prefix, snapshot=2, **extra):
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     (tmp_path / "net.prototxt").write_text(NET)
     param = prototxt.parse_solver(
         f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: "fixed"\n'
@@ -338,7 +338,7 @@ def test_sigkilled_packer_leaves_nothing_that_looks_complete(tmp_path):
         check_lmdb(path)
     with pytest.raises(DataError, match="never finished"):
         LMDBReader(path)
-    from netspec.net import Net, TEST
+    from netspec.net.pycaffe import Net, TEST
     text = f'layer {{ name: "d" type: "Data" top: "x" data_param {{ source: "{path}" batch_size: 1 }} }}'
     with pytest.raises(DataError, match=r"layer 'd'.*never finished"):
         Net(prototxt.parse_net(text), TEST)
@@ -362,7 +362,7 @@ def small_db(tmp_path):
 @pytest.mark.parametrize("prefetch", [0, 3])
 def test_prefetch_decode_failure_names_the_record(small_db, monkeypatch, prefetch):
     from netspec.data.transform import DataTransformer
-    from netspec.net import Net, TEST
+    from netspec.net.pycaffe import Net, TEST
     real = DataTransformer.datum_array
 
     def failing(self, d, key=None, *a, **kw):

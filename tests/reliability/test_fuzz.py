@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzkit import FUZZ_COUNTS, fuzz_examples, record
-from netspec import binary, prototxt, upgrade
+from netspec.formats import binary, prototxt
+from netspec.passes import upgrade
 from netspec.data import datum as D
 from netspec.data.lmdb_io import LMDBReader, LMDBWriter
 from netspec.errors import NetspecError
@@ -435,7 +436,7 @@ def _read_db(path):
 
 
 def _data_layer_forward(path, prefetch, crop):
-    from netspec.net import Net, TEST
+    from netspec.net.pycaffe import Net, TEST
     text = DATA_NET.format(source=path, prefetch=prefetch, crop=f"crop_size: {crop}" if crop else "")
     net = Net(prototxt.parse_net(text), TEST)
     for _ in range(3):  # wraps around the 1-4 records
@@ -581,7 +582,7 @@ def _value_for(fd, draw):
 @st.composite
 def mutated_net(draw):
     net = prototxt.parse_net(draw(st.sampled_from([NET_SEED, NET_SEED_2, V1_SEED])))
-    from netspec import upgrade
+    from netspec.passes import upgrade
     if upgrade.needs_upgrade(net):
         net, _ = upgrade.upgrade_net(net)
     for _ in range(draw(st.integers(1, 4))):
@@ -639,7 +640,7 @@ _FORWARD_LIMIT = 1 << 20  # elements: run the mutated net only when all its blob
 
 
 def _build_and_run(net_param):
-    from netspec.net import Net, TEST
+    from netspec.net.pycaffe import Net, TEST
     net = Net(net_param, TEST)
     if sum(math.prod(b.shape) for b in net.blobs.values()) <= _FORWARD_LIMIT:
         net.forward()
@@ -765,7 +766,7 @@ MEMORY_CHILD = textwrap.dedent(r'''
     import test_fuzz as T
     from netspec import prototxt
     from netspec.errors import NetspecError
-    from netspec.net import Net, TEST
+    from netspec.net.pycaffe import Net, TEST
     nets = {
         "net: 10^10-element Input": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 100000 dim: 100000 } } }',
         "net: 9*10^9-element conv weight": 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1000 dim: 4 dim: 4 } } } '

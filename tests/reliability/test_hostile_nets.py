@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from netspec import prototxt
+from netspec.formats import prototxt
 from netspec.errors import LayerError, NetspecError, PrototxtError
-from netspec.net import TEST, Net
+from netspec.net.pycaffe import TEST, Net
 
 from fuzzkit import time_limit
 

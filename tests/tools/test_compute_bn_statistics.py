@@ -11,8 +11,8 @@ import torch
 
 import netspec
 from netspec.errors import NetspecError
-from netspec.net import Net
-from netspec.prototxt import read_net, to_text
+from netspec.net.pycaffe import Net
+from netspec.formats.prototxt import read_net, to_text
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("compute_bn_statistics", ROOT / "tools" / "compute_bn_statistics.py")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import netspec
-from netspec import evaluate, infer, metrics, timing
+from netspec.tools import evaluate, infer, timing
+from netspec.solver import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "prototxt", "demo")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import evaluate, metrics
+from netspec.tools import evaluate
+from netspec.solver import metrics
 from netspec.data.packers import IDD_CLASSES
 
 C = len(IDD_CLASSES)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec import cli, evaluate, infer, timing, train, viz
+from netspec.tools import cli, evaluate, infer, timing, train
+from netspec.tools import viz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "prototxt", "demo")
@@ -22,7 +23,7 @@ DEMO = os.path.join(ROOT, "prototxt", "demo")
 def _solver(tmp, prefix, **fields):
     """solvers/demo.prototxt, 4 iterations, a test pass every 2 (so one at the last iteration), 3 test
     batches, display every iteration."""
-    from netspec import prototxt
+    from netspec.formats import prototxt
     sp = prototxt.read_solver(os.path.join(ROOT, "solvers", "demo.prototxt"))
     sp.train_net = os.path.join(ROOT, sp.train_net)
     sp.test_net[0] = os.path.join(ROOT, sp.test_net[0])
@@ -137,8 +138,8 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
 def test_zero_layer_fed_by_a_trained_trunk_is_not_warned_about(caplog):
     # FCN after surgery: zero-initialised score layers fed by the trunk learn; only a zero layer whose every
     # input is zero too (score2, behind score) is warned about
-    from netspec import prototxt
-    from netspec.solver import Solver
+    from netspec.formats import prototxt
+    from netspec.solver.solvers import Solver
     sp = prototxt.parse_solver('base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 0 snapshot_prefix: ""')
     sp.net_param.CopyFrom(prototxt.parse_net(ZERO_NET))
     s = Solver(sp, device="cpu")
@@ -246,8 +247,8 @@ def test_gitignore_covers_the_readme_outputs():
 
 
 def test_snapshot_reports_its_bytes_to_a_progress_bar(tmp_path, monkeypatch):
-    from netspec import prototxt
-    from netspec.solver import Solver
+    from netspec.formats import prototxt
+    from netspec.solver.solvers import Solver
     calls = []
 
     class Bar:

@@ -5,14 +5,14 @@ import os
 import numpy as np
 
 import netspec
-from netspec import train
+from netspec.tools import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _solver_copy(tmp, prefix):
     """solvers/demo.prototxt with 3 iterations, snapshot at the end under ``prefix``."""
-    from netspec import prototxt
+    from netspec.formats import prototxt
     sp = prototxt.read_solver(os.path.join(ROOT, "solvers", "demo.prototxt"))
     sp.train_net = os.path.join(ROOT, sp.train_net)
     sp.test_net[0] = os.path.join(ROOT, sp.test_net[0])
@@ -86,7 +86,7 @@ def test_launch_runs_the_command_in_several_processes(in_demo, tmp_path, monkeyp
 
 
 def test_test_iter_overrides_the_solvers_test_passes(in_demo, tmp_path, capsys, netspec_log, monkeypatch):
-    from netspec.solver import Solver
+    from netspec.solver.solvers import Solver
     passes, real = [], Solver.test
     monkeypatch.setattr(Solver, "test", lambda self, i, **kw: passes.append(self.param.test_iter[i]) or
                         real(self, i, **kw))

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 import netspec
-from netspec import viz
-from netspec.net import load_net_param
+from netspec.tools import viz
+from netspec.net.pycaffe import load_net_param
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "prototxt", "demo")

@@ -1,4 +1,4 @@
-"""The attention FCN (netspec/zoo/attention.py): builds at any input size, and its parts compute
+"""The attention FCN (netspec/authoring/zoo/attention.py): builds at any input size, and its parts compute
 what the module docstring says (SE as Caffe's Scale with axis 0, the ASPP image branch as a
 broadcast Bias, exact bilinear deconvolutions, skip Crops aligned by coord_map)."""
 import numpy as np
@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import netspec
-from netspec import surgery, zoo
-from netspec.coord_map import CoordMapError, crop
+from netspec.authoring import surgery, zoo
+from netspec.authoring.coord_map import CoordMapError, crop
 from netspec.data import packers
-from netspec.dsl import NetSpec, layers as L
-from netspec.zoo import attention
+from netspec.authoring.dsl import NetSpec, layers as L
+from netspec.authoring.zoo import attention
 
 MODELS = ("attention_fcn_cityscapes", "attention_fcn_voc")
 

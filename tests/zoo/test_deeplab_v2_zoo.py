@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import netspec
-from netspec import prototxt, zoo
+from netspec.formats import prototxt
+from netspec.authoring import zoo
 from netspec.proto import caffe_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 from google.protobuf import text_format
 
 import netspec
-from netspec import zoo
+from netspec.authoring import zoo
 from netspec.data.synthetic import make_sample
 from netspec.proto import caffe_pb2
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import netspec
-from netspec import zoo
-from netspec.coord_map import check_crops
+from netspec.authoring import zoo
+from netspec.authoring.coord_map import check_crops
 from netspec.data.synthetic import pack
-from netspec.export import check_exportable
+from netspec.interop.export import check_exportable
 from netspec.proto import caffe_pb2
-from netspec.zoo.deeplab import RESNET101_STAGES, block_names, deeplabv3, resnet101_deploy
+from netspec.authoring.zoo.deeplab import RESNET101_STAGES, block_names, deeplabv3, resnet101_deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 IDD_MODELS = ("unet_idd", "deeplabv3_resnet101_idd", "deeplabv3_resnet101_idd_head")
@@ -287,7 +287,7 @@ def test_forward_at_720x1280(name):
 def test_onnx_export_runs_in_onnxruntime(name, h, w, tmp_path):
     for mod in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(mod)
-    from netspec import export
+    from netspec.interop import export
     net = deploy_at(name, h, w)
     _randomize(net)
     report = export.export(net, onnx_path=str(tmp_path / f"{name}.onnx"), dynamic_hw=True, check=True,

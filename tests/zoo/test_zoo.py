@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 import netspec
-from netspec import prototxt, zoo
-from netspec.coord_map import check_crops
+from netspec.formats import prototxt
+from netspec.authoring import zoo
+from netspec.authoring.coord_map import check_crops
 
 ROOT = Path(__file__).resolve().parents[2]
 UP_FCN = "upstream_prototxt/fcn.berkeleyvision.org/"

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import netspec
-from netspec import surgery, zoo
+from netspec.authoring import surgery, zoo
 from netspec.data.synthetic import make_sample
 from netspec.errors import SolverError
 from netspec.proto import caffe_pb2

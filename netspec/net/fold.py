@@ -1,0 +1,111 @@
+"""Inference folding: Convolution -> BatchNorm (global statistics) -> Scale/Bias chains run as one convolution.
+
+A graph-level pass for the frozen, gradient-free fast path (``Net.forward_only``, the tools' inference): a chain
+of in-place layers on a convolution's top (Caffe's ResNet pattern ``conv -> BatchNorm -> Scale``, each with
+``top == bottom``) changes only that blob, and Caffe overwrites its intermediate values anyway, so the chain can
+run as the convolution with folded weights. Per output channel c, with Caffe's BatchNorm
+(mean = mean_acc / s, var = var_acc / s, s the scale factor; 0 when s is 0) and Scale (gamma, beta):
+
+    k_c = gamma_c / sqrt(var_c + eps)
+    W'_c = W_c * k_c,   b'_c = (b_c - mean_c) * k_c + beta_c
+
+(a Bias adds to b', a Scale without BatchNorm has k_c = gamma_c). Outputs agree with the unfolded layers to
+float32 rounding (tests/test_fold.py checks 1e-5). The folded weights are recomputed whenever a parameter of the
+chain may have changed (torch's version counters, and any numpy view handed out by pycaffe's ``net.params``), so
+training and weight surgery between calls stay visible.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+#: Types a chain may absorb, after a Convolution (BN: the PSPNet / SegNet forks' layer, through its affine()).
+_FOLDABLE = ("BatchNorm", "Scale", "Bias", "BN")
+
+
+def _absorbable(node, module) -> bool:
+    if node.type == "BatchNorm":
+        return bool(module.use_global_stats)
+    if node.type == "BN":
+        return module.affine() is not None
+    # Scale / Bias: own per-channel blobs on axis 1 (not a second bottom)
+    v = module.weight if node.type == "Scale" else module.bias
+    return len(node.bottoms) == 1 and module.axis == 1 and v is not None and v.dim() == 1
+
+
+def plan(net) -> Tuple[Dict[int, "FoldedConv"], set]:
+    """({conv node index: FoldedConv}, indices of the absorbed nodes) for a CaffeNet."""
+    heads, absorbed = {}, set()
+    nodes = net.nodes
+    for i, node in enumerate(nodes):
+        conv = net.get_module(node.index)
+        if (node.type != "Convolution" or len(node.tops) != 1 or len(node.bottoms) != 1 or conv.axis != 1
+                or conv.transposed or conv.weight.dim() != 4 or any(node.loss_weights)):
+            continue
+        t, chain = node.tops[0], []
+        for nxt in nodes[i + 1:]:
+            m = net.get_module(nxt.index)
+            if (nxt.type not in _FOLDABLE or nxt.bottoms != [t] or nxt.tops != [t] or any(nxt.loss_weights)
+                    or not _absorbable(nxt, m)):
+                break
+            chain.append((nxt.type, m))
+        if chain:
+            heads[node.index] = FoldedConv(conv, chain)
+            absorbed.update(n.index for n in nodes[i + 1:i + 1 + len(chain)])
+    return heads, absorbed
+
+
+class FoldedConv(nn.Module):
+    """A Convolution and the BatchNorm/Scale/Bias layers after it, as one convolution (see the module doc)."""
+
+    def __init__(self, conv, chain: List):
+        super().__init__()
+        self.conv, self.chain = conv, chain
+        self._key, self._wb = None, None
+
+    def _params(self):
+        out = [self.conv.weight] + ([self.conv.bias] if self.conv.bias is not None else [])
+        for _, m in self.chain:
+            out += [p for p in m.parameters() if p is not None]
+        return out
+
+    def _folded(self):
+        from ..net.blob import numpy_views
+        params = self._params()
+        key = (numpy_views[0],) + tuple((id(p), p._version, p.device, p.dtype) for p in params)
+        if key != self._key:
+            with torch.no_grad():
+                w = self.conv.weight.detach().double()
+                b = (self.conv.bias.detach().double() if self.conv.bias is not None
+                     else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
+                for kind, m in self.chain:
+                    if kind == "BatchNorm":
+                        sf = m.scale_factor.detach().double()
+                        inv = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
+                        mean, var = m.mean.detach().double() * inv, m.variance.detach().double() * inv
+                        k = 1 / torch.sqrt(var + m.eps)
+                        w, b = w * k.reshape(-1, 1, 1, 1), (b - mean) * k
+                    elif kind == "Scale":
+                        g = m.weight.detach().double()
+                        w, b = w * g.reshape(-1, 1, 1, 1), b * g
+                        if m.bias is not None:
+                            b = b + m.bias.detach().double()
+                    elif kind == "BN":  # the forks' BN with stored statistics: y = k x + c per channel
+                        k, c = (v.detach().double() for v in m.affine())
+                        w, b = w * k.reshape(-1, 1, 1, 1), b * k + c
+                    else:  # Bias
+                        b = b + m.bias.detach().double()
+                dtype = self.conv.weight.dtype
+                self._wb = (w.to(dtype).contiguous(memory_format=_memory_format(self.conv.weight)), b.to(dtype))
+            self._key = key
+        return self._wb
+
+    def forward(self, x):
+        w, b = self._folded()
+        c = self.conv
+        return torch.nn.functional.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+
+
+def _memory_format(t: torch.Tensor):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format

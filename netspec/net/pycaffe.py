@@ -1,0 +1,409 @@
+"""The pycaffe-compatible Net: ``netspec.Net(proto, weights, netspec.TEST)``, ``net.blobs``, ``net.params``.
+
+It keeps every blob where pycaffe exposes it (Split tops included, named as Caffe names them). Blob diffs
+follow Caffe: an in-place blob's ``.data`` is the last in-place layer's output and its ``.diff`` the gradient
+w.r.t. the first producer's output; a loss blob's ``.diff`` is its loss_weight after ``backward()``.
+The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which frees blobs after use.
+"""
+import contextlib
+import logging
+import os
+import pathlib
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .blob import Blob, ParamBlob
+from ..errors import NetspecError, PrototxtError, WeightsError
+from ..passes.graph import prepare_net
+from .caffe_net import CaffeNet
+from ..proto import caffe_pb2
+
+log = logging.getLogger("netspec")
+
+from ..proto.caffe_pb2 import TEST, TRAIN  # noqa: E402,F401  (one definition: caffe.proto's Phase)
+
+
+def load_net_param(source, *, upgrade_log: Optional[list] = None):
+    """A NetParameter from a path (text prototxt or binary), text, or a message; V0/V1 files upgraded.
+
+    Returns ``(net, where)`` where ``where(i)`` gives a ``file:line: `` prefix for layer ``i`` of ``net``."""
+    from ..formats import prototxt
+    from ..passes import upgrade
+    lines: List[int] = []
+    path = None
+    if isinstance(source, caffe_pb2.NetParameter):
+        net = source
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise PrototxtError(f"{path}: net file not found (working directory {os.getcwd()})")
+        net, lines = prototxt.parse_net_with_lines(pathlib.Path(path))  # a path, whatever its name holds
+    if upgrade.needs_upgrade(net):
+        before = len(net.layer) or len(net.layers)
+        net, msgs = upgrade.upgrade_net(net)
+        # The upgrade keeps the layer order and may prepend an Input layer (from input:/input_dim fields,
+        # which have no layer line of their own).
+        added = len(net.layer) - before
+        lines = [None] * added + lines if added >= 0 and len(lines) == before else []
+        for m in msgs:
+            log.info(m)
+        if upgrade_log is not None:
+            upgrade_log.extend(msgs)
+
+    def where(i: int) -> str:
+        if path is None:
+            return ""
+        if i < len(lines) and lines[i] is not None:
+            return f"{path}:{lines[i]}: "
+        return f"{path}: "
+    return net, where
+
+
+def _freezing():
+    import torch._inductor.config as inductor
+    return inductor.patch(freezing=True)
+
+
+class _LazyFeed(dict):
+    """The Input blobs, read from ``net.blobs`` when the Input layer runs (after before_forward hooks)."""
+
+    def __init__(self, net, device, grad):
+        super().__init__()
+        self.net, self.device, self.grad = net, device, grad
+        self.taken = {}
+        self.channels_last = False
+
+    def __contains__(self, name):
+        return name in self.net.blobs
+
+    def __getitem__(self, name):
+        t = torch.from_numpy(self.net.blobs[name].data.copy()).to(self.device, non_blocking=True)
+        if self.channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        t.requires_grad_(self.grad)
+        self.taken[name] = t
+        return t
+
+    def items(self):
+        return ((n, self[n]) for n in self.net.inputs)
+
+
+class _Layer:
+    """What pycaffe's ``net.layers[i]`` offers: ``type`` and ``blobs``."""
+
+    def __init__(self, node, blobs):
+        self.type = node.type
+        self.name = node.name
+        self.blobs = blobs
+
+    def __repr__(self):
+        return f"<{self.type} layer '{self.name}'>"
+
+
+class Net:
+    """pycaffe's ``caffe.Net``.
+
+    Accepted forms: ``Net(proto, phase)``, ``Net(proto, weights, phase)``, ``Net(proto, phase, weights=w)``,
+    ``Net(proto, phase=TEST, weights=w)``; plus ``level=`` and ``stages=`` as pycaffe, and ``dialect=``: the
+    Caffe fork whose meaning ambiguous layer types take (``"pspnet"``, ``"segnet"``...; default: the tools'
+    ``--dialect``, else recognised from the net, see docs/caffe_forks.md); ``strict=True``: every layer with
+    parameters must get weights from ``weights``.
+    """
+
+    def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0, stages=None,
+                 device=None, dialect=None, strict: bool = False):
+        args = list(args)
+        if args and isinstance(args[-1], int) and phase is None:
+            phase = args.pop()
+        if args and weights is None:
+            weights = args.pop(0)
+        if args:
+            raise TypeError("Net(network_file, [weights,] phase): unexpected extra arguments")
+        if phase is None:
+            raise TypeError("Net needs a phase: netspec.TRAIN or netspec.TEST")
+        net, where = load_net_param(network_file)
+        self.source = None if isinstance(network_file, caffe_pb2.NetParameter) else os.fspath(network_file)
+        prepared, origin = prepare_net(net, phase, level, stages, where)
+        self.net_param = prepared
+        self.module = CaffeNet(prepared, phase, lambda i: where(origin[i]), dialect=dialect)
+        from . import runtime
+        self.module.to(device if device is not None else runtime.device())
+        log.info("Network initialization:\n%s", self.module.describe_shapes())
+        self.phase = phase
+        self.blobs: "OrderedDict[str, Blob]" = OrderedDict()
+        for node in self.module.nodes:
+            for t, s in zip(node.tops, node.top_shapes):
+                if t not in self.blobs:
+                    self.blobs[t] = Blob(s)
+        self.layers = []
+        self._layer_names = []
+        self.params: "OrderedDict[str, List[ParamBlob]]" = OrderedDict()
+        for node in self.module.nodes:
+            pblobs = [ParamBlob(p) for p in self.module.layer_blobs(node.index)]
+            self.layers.append(_Layer(node, pblobs))
+            self._layer_names.append(node.name)
+            if pblobs and node.name not in self.params:
+                self.params[node.name] = pblobs
+        self.layer_dict = OrderedDict((l.name, l) for l in self.layers)
+        self.inputs = list(self.module.input_blobs)
+        self.outputs = list(self.module.output_blobs)
+        # configure()'s settings: autocast dtype, channels_last feeding, the compiled module and freezing
+        self._amp = None
+        self._channels_last = False
+        self._compiled = None
+        self._freeze = False
+        self._before: list = []
+        self._after: list = []
+        self._graph = None
+        if weights:
+            self.copy_from(weights, strict=strict)
+
+    # -- pycaffe attributes ---------------------------------------------------------------------------
+    @property
+    def name(self):
+        return self.module.name
+
+    @property
+    def top_names(self):
+        return OrderedDict((n.name, list(n.tops)) for n in self.module.nodes)
+
+    @property
+    def bottom_names(self):
+        return OrderedDict((n.name, list(n.bottoms)) for n in self.module.nodes)
+
+    def before_forward(self, fn):
+        self._before.append(fn)
+
+    def after_forward(self, fn):
+        self._after.append(fn)
+
+    def _index(self, layer: Optional[str], default: int) -> int:
+        if layer is None:
+            return default
+        try:
+            return self._layer_names.index(layer)
+        except ValueError:
+            raise NetspecError(f"no layer named '{layer}' in net '{self.name}'") from None
+
+    # -- running ----------------------------------------------------------------------------------------
+    def forward(self, blobs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise NetspecError(f"forward(): net '{self.name}' has no blob '{name}'")
+            value = np.asarray(value, dtype=np.float32)
+            self.blobs[name].reshape(*value.shape)
+            self.blobs[name].data[...] = value
+        i0 = self._index(start, 0)
+        i1 = self._index(end, len(self.module.nodes) - 1)
+        dev = self._device()
+        grad = self.module.force_backward
+        env = {}
+        feed = _LazyFeed(self, dev, grad)
+        if i0 > 0:
+            for name, b in self.blobs.items():
+                env[name] = torch.from_numpy(b.data.copy()).to(dev).requires_grad_(grad)
+        firsts: Dict[str, torch.Tensor] = feed.taken if i0 == 0 else dict(env)
+        lasts: Dict[str, torch.Tensor] = {}
+        loss_terms = []
+
+        def on_top(node, j, v):
+            t = node.tops[j]
+            in_place = j < len(node.bottoms) and node.bottoms[j] == t
+            if not in_place or t not in firsts:
+                if v.requires_grad and not v.is_leaf:
+                    v.retain_grad()
+                firsts[t] = v
+            lasts[t] = v
+            if node.loss_weights[j]:
+                loss_terms.append((v, node.loss_weights[j]))
+
+        with torch.enable_grad():
+            env, _ = self.module.run(feed, keep=True, start=i0, end=i1, env=env, on_top=on_top,
+                                     before=self._call(self._before), after=self._call(self._after))
+        for t, v in lasts.items():
+            self.blobs[t]._set(v)
+        self._graph = (firsts, lasts, loss_terms)
+        return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
+
+    @staticmethod
+    def _call(fns):
+        if not fns:
+            return None
+
+        def run(i):
+            for f in fns:
+                f(i)
+        return run
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
+        if self._graph is None:
+            raise NetspecError("backward() needs a forward() first (the graph of the last forward is used once)")
+        firsts, lasts, loss_terms = self._graph
+        for name, value in kwargs.items():
+            self.blobs[name].diff[...] = value
+        roots, grads = [], []
+        loss_tensors = {id(v) for v, _ in loss_terms}
+        for v, w in loss_terms:
+            if v.requires_grad:
+                roots.append(v)
+                grads.append(torch.full_like(v, w))
+        for o in self.outputs:
+            v = lasts.get(o)
+            if v is None or id(v) in loss_tensors or not v.requires_grad:
+                continue
+            d = self.blobs[o].diff
+            if np.any(d):
+                roots.append(v)
+                grads.append(torch.from_numpy(d.copy()).to(v.device).reshape(v.shape))
+        if roots:
+            torch.autograd.backward(roots, grads)
+        for t, v in firsts.items():
+            g = v.grad if v.requires_grad else None
+            b = self.blobs[t]
+            if g is not None:
+                b._diff = g.detach().to("cpu", torch.float32).clone()
+            elif t not in self.outputs:
+                b._diff = torch.zeros(b.shape)
+            # else: an output nothing back-propagates through keeps the diff the user wrote (as Caffe)
+        self._graph = None
+        return {i: self.blobs[i].diff for i in self.inputs}
+
+    # -- fast paths (solver, test nets): blobs freed after use, only outputs kept ---------------------------
+    def loss_outputs(self):
+        """[(output blob, loss weight)] for the net outputs that carry a loss weight."""
+        weights = {}
+        for node in self.module.nodes:
+            for t, w in zip(node.tops, node.loss_weights):
+                if w:
+                    weights[t] = w
+        return [(o, weights[o]) for o in self.outputs if o in weights]
+
+    def _device(self):
+        return next((p.device for p in self.module.parameters()), torch.device("cpu"))
+
+    def _feed(self, grad=False):
+        return _LazyFeed(self, self._device(), grad)
+
+    def _keep_outputs(self, env, retain=()):
+        for o in list(self.outputs) + list(retain):
+            if o in env:
+                self.blobs[o]._set(env[o].float())
+
+    def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                  checkpoint: bool = False, freeze: bool = False):
+        """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile, and
+        activation checkpointing (training keeps ~sqrt(n) blobs for backward and recomputes the rest: less
+        memory for large inputs, about one more forward of compute).
+
+        ``freeze`` (with ``compile``): inference without autograd compiles with the weights folded in as
+        constants (inductor's freezing: pre-packed oneDNN convolutions on CPU). Only for a net whose weights no
+        longer change: load them first, and never freeze a net that shares weights with a training net."""
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise NetspecError(f"precision {precision!r}: use fp32, bf16 or fp16")
+        self._amp = dtypes[precision]
+        self._channels_last = channels_last
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.module.checkpoint = checkpoint
+        if freeze and not compile:
+            raise NetspecError("freeze=True needs compile=True (freezing is a torch.compile setting)")
+        self._freeze = freeze
+        self._compiled = torch.compile(self.module) if compile else None
+
+    def _autocast(self):
+        amp = self._amp
+        if amp is None:
+            return contextlib.nullcontext()
+        dev = next((p.device.type for p in self.module.parameters()), "cpu")
+        return torch.autocast(dev, dtype=amp)
+
+    def _run_fast(self, retain=(), fold: bool = False):
+        feed = self._feed()
+        feed.channels_last = self._channels_last
+        with self._autocast():
+            compiled = self._compiled
+            if (compiled is not None and not self._before and not self._after
+                    and set(retain) <= set(self.module.output_blobs)):
+                frozen = self._freeze and not torch.is_grad_enabled()
+                with _freezing() if frozen else contextlib.nullcontext():
+                    env = dict(compiled({n: feed[n] for n in self.inputs}))
+                loss = env.pop("__loss__", None)
+            else:
+                env, loss = self.module.run(feed, before=self._call(self._before),
+                                            after=self._call(self._after), retain=retain,
+                                            fold=fold and not self._before and not self._after)
+        return env, loss
+
+    def forward_backward(self, loss_scale: float = 1.0) -> float:
+        """One training pass: forward, backward into the param grads (accumulating). Returns the loss."""
+        with torch.enable_grad():
+            env, loss = self._run_fast()
+        if loss is None:
+            raise NetspecError(f"net '{self.name}' has no loss (no top with a loss_weight) to train on")
+        if loss.requires_grad:
+            (loss.float() * loss_scale if loss_scale != 1.0 else loss).backward()
+        self._keep_outputs(env)
+        return float(loss.detach())
+
+    def forward_only(self, retain=(), fold: bool = True) -> Dict[str, np.ndarray]:
+        """Forward without autograd, keeping only the outputs and the blobs named in ``retain``. ``fold``:
+        Convolution -> BatchNorm -> Scale chains run as one convolution (netspec.net.fold; same outputs to float32
+        rounding)."""
+        with torch.no_grad():
+            env, _ = self._run_fast(retain, fold=fold)
+        self._keep_outputs(env, retain)
+        return {o: self.blobs[o].data for o in self.outputs}
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's Net.set_input_arrays: feed the net's MemoryData layer."""
+        from ..layers.data import set_input_arrays
+        set_input_arrays(self, data, labels)
+
+    def clear_param_diffs(self):
+        for p in self.module.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
+    def reshape(self):
+        """Propagate the current input blob shapes through the net (Caffe's Net::Reshape)."""
+        from .caffe_net import infer_top_shapes
+        shapes = {n: self.blobs[n].shape for n in self.inputs}
+        for node in self.module.nodes:
+            module = self.module.get_module(node.index)
+            if getattr(module, "is_input", False):
+                continue
+            tshapes = infer_top_shapes(module, [shapes[b] for b in node.bottoms])
+            for t, s in zip(node.tops, tshapes):
+                shapes[t] = s
+                self.blobs[t].reshape(*s)
+
+    # -- weights ----------------------------------------------------------------------------------------
+    def copy_from(self, weights, strict: bool = False):
+        """Copy trained layers by name, as Caffe's CopyTrainedLayersFrom (comma-separated paths allowed). Layers
+        with parameters that no file fills are logged at WARNING (``strict``: an error)."""
+        from . import runtime
+        from .weights import copy_trained_layers, report_unloaded
+        copied = []
+        for path in str(weights).split(","):
+            copied += copy_trained_layers(self.module, path.strip())
+        report_unloaded(self.module, copied, str(weights), strict or runtime.strict_weights())
+
+    def save(self, path):
+        from .weights import save_caffemodel
+        if os.path.isdir(path):
+            raise WeightsError(f"{path}: is a directory; give the .caffemodel file to write")
+        save_caffemodel(self.module, self.net_param, path)
+
+    def share_with(self, other: "Net"):
+        """Use ``other``'s parameter tensors in this net (pycaffe's share_with / ShareTrainedLayersWith)."""
+        from .weights import share_trained_layers
+        share_trained_layers(self.module, other.module)
+        for layer in self.layers:
+            idx = self._layer_names.index(layer.name)
+            layer.blobs[:] = [ParamBlob(p) for p in self.module.layer_blobs(idx)]
+            if layer.name in self.params:
+                self.params[layer.name] = layer.blobs
