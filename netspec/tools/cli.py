@@ -1,5 +1,10 @@
 """What every command-line tool shares: the shared options, Caffe's log format, device choice, and how a bad
-input ends the run. Imports no torch at module level, so a tool's ``--help`` stays fast."""
+input ends the run. Imports no torch at module level, so a tool's ``--help`` stays fast.
+
+Exit codes, the same for every tool: 0 the work is done; 1 the work failed (a netspec error names the file,
+layer or blob and what to do, on stderr or in Caffe's log; or an OS error: missing file, permissions, full
+disk); 2 the command line itself is wrong (argparse's usage errors, an unknown ``--dialect``, a ``--proto``
+that does not compile)."""
 import datetime
 import logging
 import os
@@ -13,14 +18,11 @@ log = logging.getLogger("netspec")
 
 
 def run_tool(body) -> int:
-    """Run a tool's work; a netspec error prints ``error: ...`` and exits 2, an OS error (missing file,
-    permissions, full disk) exits 1. ``body()`` may return an exit code; None means 0."""
+    """Run a tool's work; a netspec error or an OS error (missing file, permissions, full disk) prints
+    ``error: ...`` and exits 1. ``body()`` may return an exit code; None means 0."""
     try:
         return body() or 0
-    except NetspecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except (NetspecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

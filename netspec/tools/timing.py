@@ -187,12 +187,12 @@ def build_parser():
 
 def main(argv=None, out=None) -> int:
     import sys
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if args.iterations < 1:
+        parser.error("--iterations must be at least 1")  # a wrong command line: exit 2
     from ..net.pycaffe import TEST, TRAIN, Net  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    if args.iterations < 1:
-        log.error("--iterations must be at least 1")
-        return 1
     try:
         device = tool_device(args.gpu)
         phase = TRAIN if args.phase == "TRAIN" else TEST
