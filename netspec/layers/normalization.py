@@ -71,6 +71,8 @@ class BatchNorm(nn.Module):
         self.variance = nn.Parameter(torch.zeros(channels), requires_grad=False)
         self.scale_factor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self.use_global_stats, self.maf, self.eps = use_global_stats, maf, eps
+        #: Set while activation checkpointing recomputes the forward: same output, accumulators left alone.
+        self.hold_state = False
 
     @property
     def updates_state(self) -> bool:
@@ -97,10 +99,11 @@ class BatchNorm(nn.Module):
             xc = x - mean.reshape(shape)
             var = (xc * xc).mean(dims)
             m = x.numel() // mean.numel()
-            with torch.no_grad():
-                self.scale_factor.mul_(self.maf).add_(1)
-                self.mean.mul_(self.maf).add_(mean)
-                self.variance.mul_(self.maf).add_(var, alpha=m / (m - 1) if m > 1 else 1.0)
+            if not self.hold_state:
+                with torch.no_grad():
+                    self.scale_factor.mul_(self.maf).add_(1)
+                    self.mean.mul_(self.maf).add_(mean)
+                    self.variance.mul_(self.maf).add_(var, alpha=m / (m - 1) if m > 1 else 1.0)
             return xc / torch.sqrt(var + self.eps).reshape(shape)
         return (x - mean.reshape(shape)) / torch.sqrt(var + self.eps).reshape(shape)
 
@@ -125,6 +128,8 @@ class BatchNorm(nn.Module):
                                     self.eps, False)
         mean, var = torch.zeros_like(self.mean), torch.zeros_like(self.variance)
         y = torch.batch_norm(x, weight, bias, mean, var, True, 1.0, self.eps, False)
+        if self.hold_state:
+            return y
         with torch.no_grad():
             self.scale_factor.mul_(self.maf).add_(1)
             self.mean.mul_(self.maf).add_(mean)

@@ -8,6 +8,7 @@ Submodules are named by their Caffe layer names (``conv1.weight``), escaped reve
 forbids a name (see ``module_key``), so weights map name for name. A layer's Caffe blobs are its module's
 parameters in registration order (Convolution: weight, bias; BatchNorm: mean, variance, scale factor).
 """
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -166,6 +167,10 @@ class CaffeNet(nn.Module):
         shapes: Dict[str, Tuple[int, ...]] = {}
         input_shapes = dict(input_shapes or {})
         self._folds = None  # the inference folding plan (netspec.net.fold), made on first use
+        #: Fused BatchNorm -> Scale -> ReLU and Eltwise SUM -> ReLU chains in whole-net runs (netspec.net.fold's
+        #: train_plan; same results); the plans, made on first use, by in_place_heads_only.
+        self.fuse = True
+        self._fusions: Dict[bool, tuple] = {}
         for i, lp in enumerate(net.layer):
             w = where(i)
             entry = LAYERS.get(lp.type, where=f"{w}layer '{lp.name}': ")
@@ -383,9 +388,10 @@ class CaffeNet(nn.Module):
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
         their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as
-        produced (first versions included).
+        produced (first versions included; a fused chain's inner in-place versions are never produced).
         ``fold`` (gradient-free whole-net runs only): Convolution -> BatchNorm -> Scale chains run as one
-        convolution (netspec.net.fold).
+        convolution (netspec.net.fold). Otherwise whole-net runs without ``before``/``after`` run BatchNorm ->
+        Scale -> ReLU and Eltwise SUM -> ReLU chains fused while ``self.fuse`` (netspec.net.fold.train_plan).
         """
         env = {} if env is None else env
         end = len(self.nodes) - 1 if end is None else end
@@ -395,7 +401,18 @@ class CaffeNet(nn.Module):
         if fold and whole and not keep and not torch.is_grad_enabled():
             heads, absorbed = self._fold_plan()
             return self._run_nodes(self.nodes, feed, env, keep, retain=retain, subst=heads, skip=absorbed)
+        if self.fuse and start == 0 and end == len(self.nodes) - 1 and before is None and after is None:
+            # (pycaffe's forward passes on_top and keeps every blob: only chains that keep first versions)
+            heads, absorbed = self._train_plan(keep or on_top is not None)
+            return self._run_nodes(self.nodes, feed, env, keep, on_top, retain=retain, subst=heads, skip=absorbed)
         return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
+
+    def _train_plan(self, in_place_heads_only: bool):
+        key = bool(in_place_heads_only)
+        if key not in self._fusions:
+            from .fold import train_plan
+            self._fusions[key] = train_plan(self, in_place_heads_only)
+        return self._fusions[key]
 
     def _fold_plan(self):
         if self._folds is None:
@@ -474,10 +491,30 @@ class CaffeNet(nn.Module):
     def _checkpointable(self, node: Node) -> bool:
         """A pure layer (registry) that feeds no loss and updates no state in this forward (a module says so
         with ``updates_state``: BatchNorm with batch statistics updates its moving averages, which a recompute
-        would do twice)."""
+        would do twice), or one whose update a recompute can skip (``hold_state``, see ``_recompute_holding``)."""
         if not LAYERS.get(node.type).pure or any(node.loss_weights):
             return False
-        return not getattr(self.get_module(node.index), "updates_state", False)
+        module = self.get_module(node.index)
+        return not getattr(module, "updates_state", False) or hasattr(module, "hold_state")
+
+    def _recompute_holding(self, nodes):
+        """checkpoint's context_fn: the first forward runs as usual; the recompute sets ``hold_state`` on the
+        segment's stateful modules (BatchNorm's batch statistics: the output is the same, the accumulators are
+        updated once)."""
+        held = [m for m in (self.get_module(n.index) for n in nodes) if getattr(m, "updates_state", False)]
+        if not held:
+            return None
+
+        @contextlib.contextmanager
+        def holding():
+            for m in held:
+                m.hold_state = True
+            try:
+                yield
+            finally:
+                for m in held:
+                    m.hold_state = False
+        return lambda: (contextlib.nullcontext(), holding())
 
     def _checkpoint_plan(self, retain) -> list:
         """Items ``(node, None, None)`` run as usual, or ``(nodes, inputs, outputs)``: a segment whose inner
@@ -549,8 +586,10 @@ class CaffeNet(nn.Module):
                 if term is not None:
                     loss = term if loss is None else loss + term
                 continue
+            ctx = self._recompute_holding(item)
             outs = checkpoint(self._run_segment, item, inputs, outputs, *[env[b] for b in inputs],
-                              use_reentrant=False, preserve_rng_state=True)
+                              use_reentrant=False, preserve_rng_state=True,
+                              **({"context_fn": ctx} if ctx is not None else {}))
             env.update(zip(outputs, outs))
             for node in item:
                 for b in self._free_after[node.index]:

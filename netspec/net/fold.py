@@ -109,3 +109,98 @@ class FoldedConv(nn.Module):
 def _memory_format(t: torch.Tensor):
     return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
         and not t.is_contiguous() else torch.contiguous_format
+
+
+# -- training pass: fused BatchNorm -> Scale -> ReLU and Eltwise SUM -> ReLU chains -----------------------------
+
+def _chain(nodes, i, t, accept):
+    """The nodes after ``nodes[i]`` that ``accept`` and run in place on blob ``t`` (one bottom, one top, both
+    ``t``; no loss weight; gradient propagated), in prototxt order, stopping at the first that does not."""
+    out = []
+    for nxt in nodes[i + 1:]:
+        if nxt.bottoms != [t] or nxt.tops != [t] or any(nxt.loss_weights) or not all(nxt.propagate_down):
+            break
+        if not accept(nxt, len(out)):
+            break
+        out.append(nxt)
+    return out
+
+
+def _plain_relu(m) -> bool:
+    return type(m) is nn.ReLU
+
+
+def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Module], set]:
+    """({head node index: fused module}, indices of the absorbed nodes) for running a CaffeNet with autograd.
+
+    * BatchNorm -> Scale (per-channel blobs on axis 1) [-> ReLU], each after the BatchNorm in place on its top:
+      one torch batch_norm kernel with the Scale's gamma and beta as its affine part, then relu_ on its own
+      fresh output (``BatchNormScaleReLU``).
+    * Eltwise SUM -> ReLU in place on its top: the sum, then relu_ on it (``EltwiseReLU``).
+
+    Only the chain's last value of the blob stays visible, as in Caffe, where in-place layers overwrite it.
+    ``in_place_heads_only`` (pycaffe's forward, which keeps the first version of every blob for its diff): only
+    chains whose head also runs in place (the BatchNorm on its convolution's top), so every first version and
+    its gradient is unchanged."""
+    heads, absorbed = {}, set()
+    nodes = net.nodes
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        m = net.get_module(node.index)
+        fused, chain = None, []
+        if (len(node.tops) == 1 and not any(node.loss_weights)
+                and (not in_place_heads_only or node.bottoms[:1] == node.tops)):
+            t = node.tops[0]
+            if node.type == "BatchNorm" and len(node.bottoms) == 1:
+                def accept(nxt, k):
+                    mm = net.get_module(nxt.index)
+                    if k == 0:
+                        return (nxt.type == "Scale" and mm.axis == 1 and mm.weight is not None
+                                and mm.weight.dim() == 1 and mm.weight.shape == m.mean.shape)
+                    return k == 1 and nxt.type == "ReLU" and _plain_relu(mm)
+                chain = _chain(nodes, i, t, accept)
+                if chain:
+                    fused = BatchNormScaleReLU(m, net.get_module(chain[0].index),
+                                               net.get_module(chain[1].index) if len(chain) > 1 else None)
+            elif node.type == "Eltwise" and m.op == "SUM":
+                chain = _chain(nodes, i, t, lambda nxt, k: k == 0 and nxt.type == "ReLU"
+                               and _plain_relu(net.get_module(nxt.index)))
+                if chain:
+                    fused = EltwiseReLU(m, net.get_module(chain[0].index))
+        if fused is not None:
+            heads[node.index] = fused
+            absorbed.update(n.index for n in chain)
+            i += len(chain)
+        i += 1
+    return heads, absorbed
+
+
+class BatchNormScaleReLU(nn.Module):
+    """Caffe's BatchNorm, the Scale after it and optionally a ReLU as one batch_norm kernel (the Scale's gamma
+    and beta its affine part) and an in-place relu_ on that kernel's own output. Same formulas as the three
+    layers (tests/test_train_fusion.py checks them against Caffe's); inputs the kernel does not take (see
+    ``BatchNorm._fused_ok``) run the three layers."""
+
+    def __init__(self, bn, scale, relu=None):
+        super().__init__()
+        self.bn, self.scale, self.relu = bn, scale, relu
+
+    def forward(self, x):
+        if not self.bn._fused_ok(x):
+            y = self.scale(self.bn(x))
+            return y if self.relu is None else self.relu(y)
+        y = self.bn.fused(x, self.scale.weight, self.scale.bias)
+        return y if self.relu is None else y.relu_()
+
+
+class EltwiseReLU(nn.Module):
+    """Eltwise SUM and the ReLU after it: relu_ on the sum's own output (a new tensor whose gradient does not
+    need it)."""
+
+    def __init__(self, eltwise, relu):
+        super().__init__()
+        self.eltwise, self.relu = eltwise, relu
+
+    def forward(self, *xs):
+        return self.eltwise(*xs).relu_()

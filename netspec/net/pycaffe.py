@@ -264,7 +264,7 @@ class Net:
             g = v.grad if v.requires_grad else None
             b = self.blobs[t]
             if g is not None:
-                b._diff = g.detach().to("cpu", torch.float32).clone()
+                b._diff = _own_diff(g)
             elif t not in self.outputs:
                 b._diff = torch.zeros(b.shape)
             # else: an output nothing back-propagates through keeps the diff the user wrote (as Caffe)
@@ -407,3 +407,10 @@ class Net:
             layer.blobs[:] = [ParamBlob(p) for p in self.module.layer_blobs(idx)]
             if layer.name in self.params:
                 self.params[layer.name] = layer.blobs
+
+
+def _own_diff(g: torch.Tensor) -> torch.Tensor:
+    """A retained gradient as a blob's diff: autograd made it for this tensor alone (retain_grad clones), so a
+    CPU float32 one is kept as is; others are copied to CPU float32."""
+    g = g.detach()
+    return g if g.device.type == "cpu" and g.dtype == torch.float32 else g.to("cpu", torch.float32)
