@@ -479,7 +479,7 @@ def test_tool_reports_errors(tmp_path, capsys):
     tool = _tool()
     bad = tmp_path / "bad.caffemodel"
     bad.write_bytes(b"\xa2\x06\xff\xff\xff\x0f")
-    assert tool.main([str(bad), str(tmp_path / "out.caffemodel")]) == 2
+    assert tool.main([str(bad), str(tmp_path / "out.caffemodel")]) == 1
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "out.caffemodel").exists()
 
