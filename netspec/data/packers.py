@@ -60,6 +60,8 @@ import numpy as np
 
 from ..errors import DataError, NetspecError
 from . import fcn_files as F
+from .classes import (CITYSCAPES_CLASSES, IDD_CLASSES, KITTI_ROAD_CLASSES, SIFTFLOW_GEO_CLASSES,  # noqa: F401
+                      VOC_CLASSES)  # (their home is netspec.data.classes; these names stay importable here)
 from .datum import encode_image, encoded_datum
 from .lmdb_io import LMDBWriter
 
@@ -70,27 +72,9 @@ __all__ = ["Sample", "Spec", "DATASETS", "pack", "format_summary", "class_weight
 
 IGNORE = 255
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
-#: KITTI road's two classes, as the packer writes them into class_names.txt and tools/score.py prints them.
-KITTI_ROAD_CLASSES = ("non-road", "road")
-CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-                      "bicycle")
 # labelId -> trainId for labelIds 0..33 (cityscapesScripts' labels.py); 255 = not evaluated.
 CITYSCAPES_TRAIN_ID = (255, 255, 255, 255, 255, 255, 255, 0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5, 255, 6, 7, 8, 9,
                        10, 11, 12, 13, 14, 15, 255, 255, 16, 17, 18)
-SIFTFLOW_GEO_CLASSES = ("sky", "horizontal", "vertical")
-# IDD (Indian Driving Dataset) level-3 classes, index = level3Id of AutoNUE's helpers/anue_labels.py; 255 = void
-# (unlabeled, ego vehicle, rectification border, out of roi, license plate). Merged labels take the name of
-# the group: 1 = parking + drivable fallback, 3 = rail track + non-drivable fallback, 4 = person + animal,
-# 12 = caravan, trailer, train + vehicle fallback, 20 = pole + polegroup, 23 = bridge + tunnel,
-# 25 = sky + fallback background.
-IDD_CLASSES = ("road", "drivable fallback", "sidewalk", "non-drivable fallback", "person/animal", "rider",
-               "motorcycle", "bicycle", "autorickshaw", "car", "truck", "bus", "vehicle fallback", "curb", "wall",
-               "fence", "guard rail", "billboard", "traffic sign", "traffic light", "pole", "obs-str-bar-fallback",
-               "building", "bridge/tunnel", "vegetation", "sky")
 #: The zoo models whose loss takes the class weights of ``data/idd/train``.
 IDD_ZOO_MODELS = ("unet_idd", "deeplabv3_resnet101_idd", "deeplabv3_resnet101_idd_head")
 

@@ -13,12 +13,12 @@ from typing import Tuple
 import cv2
 import numpy as np
 
+from .classes import DEMO_CLASSES as CLASSES
 from .datum import encode_image, encoded_datum
 from .lmdb_io import LMDBWriter
 
 log = logging.getLogger("netspec")
 
-CLASSES = ("background", "disc", "square", "triangle")
 _BASE = np.array([[90, 90, 90], [40, 60, 200], [200, 80, 40], [60, 190, 70]], np.float32)
 
 

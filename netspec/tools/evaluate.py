@@ -17,24 +17,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cli import add_net_state, add_verbosity, parse_args, progress as progress_bar, setup_logging, stages, tool_device
+from ..data.classes import SIFTFLOW_CLASSES  # (also importable here, as before)
 from ..data.transform import FCN_MEAN
 from ..errors import DataError, NetspecError
 from ..solver.metrics import fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores, seg_tests
 
 log = logging.getLogger("netspec")
 
-#: SIFT Flow's 33 semantic classes (FCN's siftflow_layers subtracts 1, so 0 = awning).
-SIFTFLOW_CLASSES = ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",
-                    "desert", "door", "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole",
-                    "river", "road", "rock", "sand", "sea", "sidewalk", "sign", "sky", "staircase",
-                    "streetlight", "sun", "tree", "window")
 
 
 def known_classes() -> Dict[str, Tuple[str, ...]]:
     """Built-in class names by dataset key (``--classes demo`` etc.)."""
-    from ..data.packers import CITYSCAPES_CLASSES, IDD_CLASSES, KITTI_ROAD_CLASSES, VOC_CLASSES
-    from ..data.synthetic import CLASSES as DEMO
-    return OrderedDict([("demo", tuple(DEMO)), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
+    from ..data.classes import CITYSCAPES_CLASSES, DEMO_CLASSES, IDD_CLASSES, KITTI_ROAD_CLASSES, VOC_CLASSES
+    return OrderedDict([("demo", DEMO_CLASSES), ("voc", VOC_CLASSES), ("siftflow", SIFTFLOW_CLASSES),
                         ("kitti_road", KITTI_ROAD_CLASSES), ("idd", IDD_CLASSES),
                         ("cityscapes", CITYSCAPES_CLASSES)])
 

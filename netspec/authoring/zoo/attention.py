@@ -63,6 +63,7 @@ Cityscapes (about 60 epochs of its 2,975 images), 50k for VOC train_aug (about 1
 """
 from typing import NamedTuple, Tuple
 
+from ...data.classes import CITYSCAPES_CLASSES, VOC_CLASSES
 from ..coord_map import crop
 from ..dsl import NetSpec, layers as L, params as P
 from .common import CONV_PARAM, VGG_STAGES, VGG_WIDTHS, deploy_input, python_data, softmax_loss, solver
@@ -94,13 +95,13 @@ class Dataset(NamedTuple):
 
 
 CITYSCAPES = Dataset(
-    "cityscapes", 19,
+    "cityscapes", len(CITYSCAPES_CLASSES),
     (("source", "data/cityscapes/train"), ("seed", 1337), ("batch_size", 2), ("crop", 768),
      ("scale_jitter", (0.5, 1.5))),
     (("source", "data/cityscapes/val"), ("seed", 1337)),
     (1, 3, 1024, 2048), max_iter=90000, test_iter=500)
 VOC = Dataset(
-    "voc", 21,
+    "voc", len(VOC_CLASSES),
     (("source", "data/pascal/train_aug"), ("seed", 1337), ("batch_size", 4), ("crop", 512),
      ("scale_jitter", (0.5, 1.5))),
     (("source", "data/pascal/val"), ("seed", 1337)),

@@ -45,7 +45,7 @@ per update), 30,000 iterations as the paper's output-stride-16 schedule; IDD val
 """
 from typing import Optional, Sequence
 
-from ...data.packers import IDD_CLASSES
+from ...data.classes import IDD_CLASSES
 from ..dsl import NetSpec, layers as L, params as P
 from .common import BN_PARAM, CONV_PARAM, FIXED, WEIGHT, batch_norm, deploy_input, read_class_weights, scale_bias, seg_split_inputs, solver, weighted_softmax_loss
 

@@ -27,7 +27,7 @@ DeepLabv3 schedule, so that both models train alike -- validating on IDD val's 9
 from typing import Optional
 
 from ..coord_map import crop
-from ...data.packers import IDD_CLASSES
+from ...data.classes import IDD_CLASSES
 from ..dsl import NetSpec, layers as L
 from .common import CONV_PARAM, WEIGHT, batch_norm, max_pool, read_class_weights, scale_bias, seg_split_inputs, solver, weighted_softmax_loss
 
