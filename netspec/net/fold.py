@@ -10,7 +10,7 @@ run as the convolution with folded weights. Per output channel c, with Caffe's B
     W'_c = W_c * k_c,   b'_c = (b_c - mean_c) * k_c + beta_c
 
 (a Bias adds to b', a Scale without BatchNorm has k_c = gamma_c). Outputs agree with the unfolded layers to
-float32 rounding (tests/test_fold.py checks 1e-5). The folded weights are recomputed whenever a parameter of the
+float32 rounding (tests/net/test_fold.py checks 1e-5). The folded weights are recomputed whenever a parameter of the
 chain may have changed (torch's version counters, and any numpy view handed out by pycaffe's ``net.params``), so
 training and weight surgery between calls stay visible.
 """

@@ -21,7 +21,7 @@ from netspec.proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter
 V1_CASE = "golden/formats/v1_vgg_like"
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "upgrade_net_proto.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "upgrade_net_proto.py"
 
 
 def _tool():

@@ -17,7 +17,7 @@ from netspec.interop import export
 from netspec.interop.export import ExportError, relative_error
 from netspec.net.pycaffe import TEST, Net
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_DEPLOY = ROOT / "prototxt" / "demo" / "deploy.prototxt"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from netspec.formats import binary
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 NET = """
 name: "tiny"

@@ -16,7 +16,7 @@ from netspec.errors import FormatError, WeightsError
 from netspec.net.pycaffe import TEST, TRAIN, Net
 from netspec.proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Golden cases whose caffemodel goes through .pt and back: every net, and layers with unusual blobs
 # (0-d PReLU slope, BatchNorm's scale factor, transposed / axis-2 InnerProduct, Embed, 2-bottom Scale,

@@ -528,7 +528,7 @@ _FUZZ_CACHE = {}
 
 def _fuzz_seed():
     if "raw" not in _FUZZ_CACHE:
-        shared = Path(__file__).resolve().parents[1].parent / "shared"
+        shared = Path(__file__).resolve().parents[2].parent / "shared"
         path = shared / SMALL_MODEL
         if not path.is_file():
             pytest.skip("../shared (reference data) is not present")

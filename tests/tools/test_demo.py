@@ -1,7 +1,7 @@
 """The README's main command, end to end: `python tools/train.py --solver solvers/demo.prototxt`.
 
 The default run is shortened with --max-iter; the full run (the README's figure, mean IU >= 0.90) is marked
-slow: `python -m pytest -m slow tests/test_demo.py`."""
+slow: `python -m pytest -m slow tests/tools/test_demo.py`."""
 import re
 import shutil
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _workdir(tmp_path):

@@ -28,7 +28,7 @@ from netspec.data.synthetic import pack
 from netspec.solver.solvers import Solver
 from netspec.authoring.zoo.deeplab import resnet101_deploy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAD = "deeplabv3_resnet101_idd_head"
 
 

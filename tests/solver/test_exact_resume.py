@@ -20,10 +20,10 @@ from netspec.data.lmdb_io import LMDBWriter
 from netspec.errors import SolverError
 from netspec.solver.solvers import Solver
 
-sys.path.insert(0, str(Path(__file__).parent / "data"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from test_fcn_layers import make_voc  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 NET = """
 name: "resume"

@@ -11,7 +11,7 @@ from netspec.passes import dialects
 from netspec.formats.prototxt import parse_net
 from netspec.proto import caffe_pb2
 
-FORKS = Path(__file__).parent / "data" / "forks"
+FORKS = Path(__file__).parents[1] / "data" / "forks"
 
 
 def net(*layers):

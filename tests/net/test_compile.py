@@ -9,7 +9,7 @@ import torch
 import netspec
 from netspec.errors import NetspecError
 
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prototxt", "demo",
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "prototxt", "demo",
                       "deploy.prototxt")
 
 

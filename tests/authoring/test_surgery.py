@@ -243,7 +243,7 @@ def test_surgery_tool_writes_the_transplanted_net(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     src = v1_vgg_like(tmp_path / "vgg.caffemodel", np.random.RandomState(1))
     from netspec.formats import prototxt
     prototxt.write_text(tiny_fcn(fc6_kernel=5).net_param, str(tmp_path / "new.prototxt"))
