@@ -319,7 +319,9 @@ def test_multi_gpu_ranks_draw_their_own_batches(tmp_path):
     process drawing the same batches, is gone)."""
     w = D.workdir(tmp_path)
     (w / "probe.py").write_text(PROBE)
-    r = D.run(f"torchrun --nproc_per_node 2 --master_port {_free_port()} probe.py", w)  # packs data/demo once
+    D.run(D.find("multi_gpu.md", "netspec.data.synthetic"), w)  # the page's "build it beforehand" (a script's
+    # Solver does not pack the demo data: tools/train.py does, authoring.zoo.demo.pack_missing_data)
+    r = D.run(f"torchrun --nproc_per_node 2 --master_port {_free_port()} probe.py", w)
     digests = [(w / f"digest_{rank}.txt").read_text() for rank in (0, 1)]  # (one file each: stdout interleaves)
     assert all(re.fullmatch(r"[0-9a-f]{32}", d) for d in digests) and digests[0] != digests[1], r.stderr[-3000:]
 

@@ -26,7 +26,7 @@ EXCEPTIONS = {
     ("layers/python.py", "net"): "a Python layer hands pycaffe Blobs to user code, as Caffe's does",
     ("layers/__init__.py", "authoring"): "netspec.layers doubles as the DSL's L (L.Convolution(...)), loaded lazily",
     ("data/fcn_layers.py", "layers"): "the module path FCN's prototxts name; re-exports layers/fcn_data.py",
-    ("data/seg.py", "layers"): "the module path generated prototxts name for SegDataLayer",
+    ("data/seg.py", "layers"): "SegDataLayer's old module path, kept importable (re-exports layers/seg_lmdb.py)",
     ("solver/solvers.py", "tools"): "progress bars (tools.cli) and the FCN test scores (tools.evaluate), lazily",
 }
 

@@ -2,7 +2,8 @@
 ``convert_imageset`` / ``compute_image_mean`` tools as functions.
 
 The data *layers* (Data, ImageData, MemoryData, DummyData, HDF5Data, HDF5Output) live in
-``netspec.layers.data``; everything here is plain numpy and usable on its own (e.g. in a ``Dataset``).
+``netspec.layers.data``, SegDataLayer in ``netspec.layers.seg_lmdb``; everything here is plain numpy and usable
+on its own (e.g. in a ``Dataset``).
 """
 from .datum import (array_to_datum, datum_to_array, decode_datum, decode_image, encode_image,  # noqa: F401
                     encoded_datum, image_to_datum, parse_datum, read_image, read_image_list,

@@ -1,5 +1,5 @@
 """Pack the standard segmentation datasets, from their usual on-disk layouts, into the LMDB pair that
-:class:`netspec.data.seg.SegDataLayer` reads: ``OUT/images`` (PNG-encoded BGR Datums) and ``OUT/labels``
+:class:`netspec.layers.seg_lmdb.SegDataLayer` reads: ``OUT/images`` (PNG-encoded BGR Datums) and ``OUT/labels``
 (PNG-encoded single-channel Datums of class indices, 255 = ignore), records paired by position (keys
 ``00000000_<id>``, ...). Each LMDB is written atomically (``LMDBWriter``).
 

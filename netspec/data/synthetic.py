@@ -3,7 +3,7 @@
 Classes: 0 background, 1 disc, 2 square, 3 triangle. Every image draws 1-3 shapes with their own colour
 family, a per-class stripe texture and Gaussian noise, so a small FCN must use colour, texture and shape
 together. ``pack(root)`` writes ``root/{train,val}/{images,labels}`` LMDBs of PNG-encoded Datums (image BGR,
-label single-channel), the layout ``netspec.data.seg.SegDataLayer`` reads.
+label single-channel), the layout ``netspec.layers.seg_lmdb.SegDataLayer`` reads.
 """
 import fcntl
 import logging
@@ -19,6 +19,8 @@ from .lmdb_io import LMDBWriter
 
 log = logging.getLogger("netspec")
 
+#: Where the demo's nets (netspec.authoring.zoo.demo) read the set, relative to the working directory.
+DEMO_ROOT = os.path.join("data", "demo")
 _BASE = np.array([[90, 90, 90], [40, 60, 200], [200, 80, 40], [60, 190, 70]], np.float32)
 
 

@@ -2,7 +2,7 @@
 from . import python  # noqa: F401
 from . import shape, eltwise, loss, accuracy, recurrent  # noqa: F401
 from . import conv, pooling, inner_product, neuron, normalization, interp  # noqa: F401
-from . import data, fcn_data  # noqa: F401
+from . import data, fcn_data, seg_lmdb  # noqa: F401  (seg_lmdb: netspec's SegDataLayer, a built-in Python layer)
 from . import bn  # noqa: F401  (PSPNet / SegNet / ENet BN)
 from . import roi_pooling, proposal, smooth_l1_loss, axpy, shuffle_channel  # noqa: F401  (Faster R-CNN, SENet, ShuffleNet)
 from . import ssd, mobilenet  # noqa: F401  (SSD, MobileNet-SSD / MobileNet forks)

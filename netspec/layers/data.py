@@ -320,15 +320,16 @@ class _ListStream:
     batch of line indices for this process's shard; ``get_state``/``set_state`` save the position (exact
     resume, loader rewinds). Subclasses keep ``self.lines`` of (name, ..., line number) and read the items."""
 
-    def _start(self, list_path, batch_size, shuffle, rand_skip, shard, *, seeded=False):
-        """``seeded``: draw a generator (and its ``seed``) even without shuffle or skip, for per-batch draws."""
+    def _start(self, list_path, batch_size, shuffle, rand_skip, shard, *, seeded=False, seed=None):
+        """``seeded``: draw a generator (and its ``seed``) even without shuffle or skip, for per-batch draws;
+        ``seed``: that generator's seed (default: drawn from torch's global RNG)."""
         self.list_path, self.batch_size, self.shuffle, self.shard = list_path, batch_size, shuffle, shard
         self.offset = 0  # lines of the (shuffled) list stream read so far, by this process and the other ranks
         self.index = 0  # batches planned so far
         self.pos = 0
         self._rng = None
-        if shuffle or rand_skip or seeded:
-            self.seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        if shuffle or rand_skip or seeded or seed is not None:
+            self.seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if seed is None else int(seed)
             self._rng = np.random.default_rng(self.seed)
         self.order = np.arange(len(self.lines))
         if shuffle:

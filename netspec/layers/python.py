@@ -125,7 +125,7 @@ def python_layer(lp, bottom_shapes, ctx):
     """python_param {module, layer, param_str}: the class ``module.layer`` (a ``netspec.Layer``)."""
     p = lp.python_param
     key = f"{p.module}.{p.layer}"
-    cls = BUILTIN.get(key)  # built-in Python layers: netspec.layers.fcn_data, proposal, spatial_dropout
+    cls = BUILTIN.get(key)  # built-in Python layers: netspec.layers.fcn_data, seg_lmdb, proposal, spatial_dropout
     own = p.module == "netspec" or p.module.startswith("netspec.")  # netspec's own layers (SegDataLayer)
     if cls is None:
         if FORBID and not own:

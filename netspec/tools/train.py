@@ -243,6 +243,8 @@ def main(argv=None) -> int:
             raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
         from ..data.workers import set_loader
         set_loader(args.loader_workers, args.loader_kind or None)  # passed on, not through os.environ
+        from ..authoring.zoo.demo import pack_missing_data
+        pack_missing_data(sparam, os.path.dirname(os.path.abspath(args.solver)))  # the demo's data, on first use
         solver = Solver(args.solver, level=args.level, stages=stages, device=device)
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter

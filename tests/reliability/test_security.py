@@ -326,7 +326,8 @@ ok = ('layer { name: "data" type: "Python" top: "data" top: "label" python_param
 netspec.Net(prototxt.parse_net(ok), netspec.TRAIN)
 print("BUILT own layer")
 try:
-    netspec.Net(prototxt.parse_net(ok.replace("SegDataLayer", "DataError")), netspec.TRAIN)
+    netspec.Net(prototxt.parse_net(ok.replace("netspec.data.seg", "netspec.layers.seg_lmdb")
+                                   .replace("SegDataLayer", "DataError")), netspec.TRAIN)
     print("BUILT non-layer")
 except LayerError as e:
     print("REFUSED", e)

@@ -13,7 +13,8 @@ repository root, so ``tools/train.py --solver solvers/<name>.prototxt`` runs fro
 
 Data layers: the real datasets use FCN's upstream Python data layers (``voc_layers`` …) with
 their upstream ``param_str`` but paths under ``data/``; ADE20K, KITTI road and the demo use
-netspec's generic segmentation data layer ``netspec.data.seg.SegDataLayer``.
+netspec's generic segmentation data layer ``netspec.data.seg.SegDataLayer`` (the name prototxts use; it lives in
+:mod:`netspec.layers.seg_lmdb`).
 """
 import os
 from dataclasses import dataclass

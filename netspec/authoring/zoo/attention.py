@@ -46,7 +46,7 @@ The other convolutions have ``msra`` weight fillers (bias 0), so the nets train 
 encoder's names let a VGG16 transplant replace that. Deploy nets have an ``Input`` layer named
 ``input``: 1×3×1024×2048 (Cityscapes), 1×3×500×500 (VOC).
 
-Data: :class:`netspec.data.seg.SegDataLayer` on the LMDB pairs of ``tools/build_seg_lmdb.py``::
+Data: :class:`netspec.layers.seg_lmdb.SegDataLayer` on the LMDB pairs of ``tools/build_seg_lmdb.py``::
 
     python tools/build_seg_lmdb.py cityscapes CITYSCAPES_ROOT data/cityscapes/train --split train
     python tools/build_seg_lmdb.py cityscapes CITYSCAPES_ROOT data/cityscapes/val --split val

@@ -62,3 +62,42 @@ def demo(split: str):
     if split != "deploy":
         n.loss = softmax_loss(n.score, n.label, normalize=None, normalization="VALID")
     return n.to_proto()
+
+
+def pack_missing_data(solver_param, base_dir=None) -> bool:
+    """Pack the synthetic demo set (:func:`netspec.data.synthetic.pack`) into ``data/demo`` when a net of
+    ``solver_param`` reads ``data/demo/<split>`` with SegDataLayer and it is not there yet, as
+    ``tools/train.py --solver solvers/demo.prototxt`` does on first use (the ranks of a torchrun all call it:
+    one packs, the others wait). Net files are looked for as given, then relative to ``base_dir`` (the solver's
+    folder); one that cannot be read is left to the solver to report. Returns whether it packed."""
+    import os
+
+    from ...data.synthetic import DEMO_ROOT, pack
+    from ...errors import NetspecError
+    from ...formats.prototxt import read_net
+    from ...layers.python import parse_param_str
+    p = solver_param
+    nets = [getattr(p, f) for f in ("net_param", "train_net_param") if p.HasField(f)] + list(p.test_net_param)
+    for path in [getattr(p, f) for f in ("net", "train_net") if p.HasField(f)] + list(p.test_net):
+        for cand in (path, os.path.join(base_dir, path) if base_dir else None):
+            if cand and os.path.isfile(cand):
+                try:
+                    nets.append(read_net(cand))
+                except (NetspecError, OSError):
+                    pass
+                break
+    for net in nets:
+        for lp in net.layer:
+            pp = lp.python_param
+            if lp.type != "Python" or (pp.module, pp.layer) not in (
+                    (DATA_MODULE, DATA_LAYER), ("netspec.layers.seg_lmdb", DATA_LAYER)):
+                continue
+            try:
+                source = parse_param_str(pp.param_str).get("source")
+            except (NetspecError, AttributeError):
+                continue
+            if (isinstance(source, str) and not os.path.isdir(source)
+                    and os.path.normpath(os.path.dirname(source)) == os.path.normpath(DEMO_ROOT)):
+                pack(DEMO_ROOT)
+                return True
+    return False

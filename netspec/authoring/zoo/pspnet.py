@@ -19,7 +19,7 @@ Two differences, both the same numbers at 473×473: the pyramid's Interp layers 
 **BN.** ``frozen: false``, ``momentum: 0.95``: in TRAIN the layers normalise with the batch's statistics and
 keep moving averages in blobs 2 and 3 (lr_mult 0), in TEST (val, deploy) they use those, as PSPNet's fork.
 
-**Data, loss, solver.** :class:`netspec.data.seg.SegDataLayer` on ``data/ade20k/{training,validation}`` (as
+**Data, loss, solver.** :class:`netspec.layers.seg_lmdb.SegDataLayer` on ``data/ade20k/{training,validation}`` (as
 ``fcn8s_vgg19_ade20k``: ``tools/build_seg_lmdb.py ade20k``), with PSPNet's ImageNet mean (BGR 103.939,
 116.779, 123.68), random scale in [0.5, 2.0], rotation ±10°, mirror and 473×473 crops as the paper, batches of
 4 with ``iter_size`` 4 (16 images per update, the paper's batch). SoftmaxWithLoss on ``conv6_interp``, ignoring

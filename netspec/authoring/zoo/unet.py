@@ -11,7 +11,7 @@ score is H×W at any input size (odd sizes included) and the deploy net takes 1�
 Names: ``enc{l}_{i}`` (+ ``_bn``, ``_scale``, ``_relu``), ``pool{l}``, ``mid_{i}``, ``up{l}``, ``up{l}_crop``,
 ``concat{l}``, ``dec{l}_{i}``, ``score``, ``loss``.
 
-Data: :class:`netspec.data.seg.SegDataLayer` on ``data/idd/{train,val}`` (pack them with
+Data: :class:`netspec.layers.seg_lmdb.SegDataLayer` on ``data/idd/{train,val}`` (pack them with
 ``python tools/build_seg_lmdb.py idd IDD_Segmentation data/idd/train [--split val]``). Training draws, per
 image, a scale in [0.5, 1.5] and a rotation in ±10° (image bilinear with the mean as border, label nearest
 with 255 as border, never interpolated), a random 512×512 crop and a horizontal flip; batches of 4.
