@@ -3,7 +3,8 @@
 Entry points: :func:`convert` (what ``tools/convert_caffemodel.py`` runs), :func:`list_file`,
 :func:`caffemodel_to_state_dict`, :func:`fold_batchnorm`. The contract (state-dict keys, shapes, which net
 names the blobs, duplicate names, the reverse direction, the BatchNorm folding maths, memory) is written out in
-docs/porting_weights.md, "The conversion in full".
+docs/porting_weights.md, "The conversion in full". The folding itself is a pass, ``netspec/passes/fold_bn.py``;
+Split stripping is ``netspec.passes.graph.strip_splits``; layers match by name as in ``net.weights.match_layers``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import torch
 from torch import nn
 
 from ..formats import binary, prototxt
-from ..passes import upgrade
+from ..passes import fold_bn, upgrade
 from ..formats.atomic import atomic_path
 from ..errors import FormatError, NetspecError, WeightsError
-from ..passes.graph import prepare_net
+from ..passes.graph import prepare_net, strip_splits
 from ..net.caffe_net import CaffeNet, module_key
 from ..proto import caffe_pb2
 from ..registry import LAYERS
-from ..net.weights import blob_fits
+from ..net.weights import blob_fits, match_layers
 
 __all__ = [
     "ConvertError",
@@ -50,8 +51,6 @@ from ..proto.caffe_pb2 import TEST, TRAIN  # noqa: E402,F401  (one definition: c
 
 _CAFFE_EXT = (".caffemodel",)
 _TORCH_EXT = (".pt", ".pth")
-
-_FOLD_INTO = ("Convolution", "Deconvolution", "InnerProduct")
 
 
 class ConvertError(NetspecError, ValueError):
@@ -329,13 +328,11 @@ def _blob_error(where: str, lw_name: str, node, j: int, attr: str, src_shape, ds
 def _match(module: CaffeNet, weights: Weights, src: str, net_src: str, report: ConvertReport,
            *, require_all: bool):
     """Match layers by name as Caffe does; ``[(node, [(key, array reshaped to the module's shape)])]``."""
-    index = {node.name: node.index for node in module.nodes}  # the last layer of a name, as Caffe's index
     matched = []
-    for name, lw in weights.items():
-        if name not in index:
+    for name, lw, node in match_layers(module, weights.items()):  # the last layer of a name, as Caffe's index
+        if node is None:
             report.ignored.append(name)
             continue
-        node = module.nodes[index[name]]
         attrs = _param_names(module, node.index)
         params = module.layer_blobs(node.index)
         if len(attrs) != len(lw.arrays):
@@ -468,169 +465,26 @@ def state_dict_to_weights(state: Dict[str, torch.Tensor], module: CaffeNet, *, s
 
 
 # ---------------------------------------------------------------------------
-# BatchNorm folding
+# BatchNorm folding (the pass is netspec/passes/fold_bn.py)
 # ---------------------------------------------------------------------------
 
 
 def fold_batchnorm(net: caffe_pb2.NetParameter, weights: Weights
                    ) -> Tuple[caffe_pb2.NetParameter, Weights, List[str], List[str]]:
     """Fold every foldable BatchNorm (and the Scale right after it) into the Convolution, Deconvolution or
-    InnerProduct before it (maths in the module docstring). Returns ``(net, weights, folded, skipped)``:
-    new objects, the inputs untouched; ``folded`` names the removed layers, ``skipped`` says why a BatchNorm
-    stayed."""
-    layers = list(net.layer)
-    # Blob versions: producer[i][b] = index of the layer whose output bottom b of layer i reads.
-    current: Dict[str, int] = {}
-    reads: Dict[Tuple[str, int], List[int]] = {}
-    read_version: List[List[int]] = []
-    for i, l in enumerate(layers):
-        versions = []
-        for b in l.bottom:
-            v = current.get(b, -1)
-            reads.setdefault((b, v), []).append(i)
-            versions.append(v)
-        read_version.append(versions)
-        for t in l.top:
-            current[t] = i
-    removed: Dict[int, int] = {}   # removed layer index -> layer it was folded into
-    new_top: Dict[int, str] = {}   # folding layer index -> its new top name
-    factors: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # layer index -> (a, c) with y' = a*y + c
-    skipped: List[str] = []
-    for i, bn in enumerate(layers):
-        if bn.type != "BatchNorm" or len(bn.bottom) != 1 or len(bn.top) != 1:
-            continue
-        p = read_version[i][0]
-        prev = layers[p] if p >= 0 else None
-        why = None
-        if prev is None or prev.type not in _FOLD_INTO or p in removed:
-            why = f"its input '{bn.bottom[0]}' does not come from a Convolution, Deconvolution or InnerProduct"
-        elif len(prev.top) != 1 or len(prev.bottom) != 1:
-            why = f"'{prev.name}' has {len(prev.bottom)} bottoms / {len(prev.top)} tops"
-        elif reads.get((bn.bottom[0], p)) != [i]:
-            others = [layers[k].name for k in reads.get((bn.bottom[0], p), []) if k != i]
-            why = f"'{bn.bottom[0]}' from '{prev.name}' is also read by {', '.join(others)}"
-        elif bn.batch_norm_param.HasField("use_global_stats") and not bn.batch_norm_param.use_global_stats:
-            why = "use_global_stats is false (batch statistics)"
-        elif bn.name not in weights or prev.name not in weights:
-            why = f"no weights for '{bn.name if bn.name not in weights else prev.name}'"
-        elif prev.type != "InnerProduct" and prev.convolution_param.axis != 1:
-            why = f"'{prev.name}' has channel axis {prev.convolution_param.axis}"
-        elif prev.type == "InnerProduct" and prev.inner_product_param.axis != 1:
-            why = f"'{prev.name}' has axis {prev.inner_product_param.axis}"
-        if why:
-            skipped.append(f"{bn.name}: {why}")
-            continue
-        bw = [np.asarray(a, np.float64).reshape(-1) for a in weights[bn.name].arrays]
-        if len(bw) != 3:
-            skipped.append(f"{bn.name}: expected 3 blobs (mean, variance, scale factor), found {len(bw)}")
-            continue
-        s = bw[2][0]
-        factor = 0.0 if s == 0 else 1.0 / s
-        mean, var = bw[0] * factor, bw[1] * factor
-        a = 1.0 / np.sqrt(var + bn.batch_norm_param.eps)
-        c = -mean * a
-        last_top, chain = bn.top[0], [i]
-        # An immediately following channel-wise Scale reading only the BatchNorm output.
-        readers = reads.get((bn.top[0], i), [])
-        if len(readers) == 1:
-            k = readers[0]
-            sc = layers[k]
-            sp = sc.scale_param
-            ok = (sc.type == "Scale" and len(sc.bottom) == 1 and len(sc.top) == 1 and sc.name in weights
-                  and sp.axis in (1, -3) and sp.num_axes == 1)
-            if ok:
-                sw = [np.asarray(x, np.float64).reshape(-1) for x in weights[sc.name].arrays]
-                gamma = sw[0]
-                beta = sw[1] if sp.bias_term and len(sw) > 1 else np.zeros_like(gamma)
-                if gamma.shape == a.shape:
-                    a, c = a * gamma, c * gamma + beta
-                    last_top = sc.top[0]
-                    chain.append(k)
-        lw = weights[prev.name]
-        out_ch = _output_channels(prev, lw.arrays[0])
-        if out_ch != a.size:
-            skipped.append(f"{bn.name}: '{prev.name}' has {out_ch} output channels, the BatchNorm {a.size}")
-            continue
-        for k in chain:
-            removed[k] = p
-        new_top[p] = last_top
-        factors[p] = (a, c)
-    if not factors:
-        out = caffe_pb2.NetParameter()
-        out.CopyFrom(net)
+    InnerProduct before it (:func:`netspec.passes.fold_bn.fold`; maths in docs/porting_weights.md). Returns
+    ``(net, weights, folded, skipped)``: new objects, the inputs untouched; ``folded`` names the removed
+    layers, ``skipped`` says why a BatchNorm stayed."""
+    out, absorbed, folded, skipped = fold_bn.fold(net, {name: lw.arrays for name, lw in weights.items()})
+    if not absorbed:
         return out, Weights(weights), [], skipped
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
     new_weights = Weights()
-    folded = []
-    for i, l in enumerate(layers):
-        if i in removed:
-            folded.append(l.name)
-            continue
-        layer = out.layer.add()
-        layer.CopyFrom(l)
-        if i in factors:
-            layer.top[0] = new_top[i]
-            a, c = factors[i]
-            lw = weights[l.name]
-            w, b = _fold_arrays(l, lw.arrays, a, c)
-            if l.type == "InnerProduct":
-                layer.inner_product_param.bias_term = True
-            else:
-                layer.convolution_param.bias_term = True
-            new_weights.add(LayerWeights(l.name, l.type, [w, b], [lw.legacy[0], False]))
+    for name, ltype, arrays in absorbed:
+        new_weights.add(LayerWeights(name, ltype, arrays, [weights[name].legacy[0], False]))
     for name, lw in weights.items():
         if name not in new_weights and name not in folded:
             new_weights.add(lw)
     return out, new_weights, folded, skipped
-
-
-def _output_channels(layer, w: np.ndarray) -> int:
-    if layer.type == "InnerProduct":
-        return layer.inner_product_param.num_output
-    return layer.convolution_param.num_output
-
-
-def _fold_arrays(layer, arrays, a: np.ndarray, c: np.ndarray):
-    """Scale the output channels of a layer's weight by ``a``; bias' = a * bias + c."""
-    w = np.asarray(arrays[0], np.float64)
-    shape = w.shape
-    n = a.size
-    if layer.type == "InnerProduct":
-        w2 = w.reshape(-1, n) if layer.inner_product_param.transpose else w.reshape(n, -1)
-        w2 = w2 * (a[None, :] if layer.inner_product_param.transpose else a[:, None])
-    elif layer.type == "Convolution":
-        w2 = w.reshape(n, -1) * a[:, None]
-    else:  # Deconvolution: (C_in, C_out/group, *k); output channel of w[i, j] is g*(C_out/group) + j
-        group = max(1, layer.convolution_param.group)
-        cin = shape[0]
-        w2 = w.reshape(group, cin // group, n // group, -1) * a.reshape(group, 1, n // group, 1)
-    bias = (np.asarray(arrays[1], np.float64).reshape(-1) if len(arrays) > 1 else np.zeros(n))
-    return (np.ascontiguousarray(w2.reshape(shape), np.float32),
-            np.ascontiguousarray(a * bias + c, np.float32))
-
-
-def strip_splits(net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
-    """A copy of a Caffe-written net without the Split layers Caffe inserted (their consumers read the
-    split blob again), without layer ``phase`` fields and blob stubs: a prototxt to build from."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    rename: Dict[str, str] = {}
-    for l in net.layer:
-        if l.type == "Split" and len(l.bottom) == 1:
-            src = rename.get(l.bottom[0], l.bottom[0])
-            for t in l.top:
-                rename[t] = src
-            continue
-        layer = out.layer.add()
-        layer.CopyFrom(l)
-        layer.ClearField("phase")
-        del layer.blobs[:]
-        for j, b in enumerate(layer.bottom):
-            layer.bottom[j] = rename.get(b, b)
-    return out
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Moving weights between a built net and ``.caffemodel`` files, matching layers by name as Caffe does."""
 import logging
-from typing import List, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -8,6 +8,8 @@ import torch
 from ..errors import WeightsError
 
 log = logging.getLogger("netspec")
+
+T = TypeVar("T")
 
 
 def _legacy4(shape) -> Tuple[int, ...]:
@@ -24,6 +26,17 @@ def blob_fits(target_shape, array: np.ndarray, legacy: bool) -> bool:
     return target_shape == tuple(array.shape)
 
 
+def match_layers(module, source: Iterable[Tuple[str, T]]) -> Iterator[Tuple[str, T, Optional[object]]]:
+    """Caffe's layer matching by name (Net::CopyTrainedLayersFrom, ShareTrainedLayersWith): ``(name, item,
+    node)`` for each ``(name, item)`` of ``source``, in its order, ``node`` the layer of that name in the
+    CaffeNet ``module`` or None. With duplicate names in the net the *last* layer of a name is the one matched,
+    as Caffe's layer-name index keeps it; a name ``source`` holds twice is matched twice (the later wins)."""
+    index = {node.name: node.index for node in module.nodes}
+    for name, item in source:
+        i = index.get(name)
+        yield name, item, (module.nodes[i] if i is not None else None)
+
+
 def copy_trained_layers(module, path: str) -> List[str]:
     """Caffe's Net::CopyTrainedLayersFrom over a CaffeNet. Returns the names of the layers copied.
 
@@ -35,13 +48,12 @@ def copy_trained_layers(module, path: str) -> List[str]:
     if not os.path.isfile(path):
         what = "is a directory, not a .caffemodel" if os.path.isdir(path) else "not found"
         raise WeightsError(f"{path}: weights file {what} (working directory {os.getcwd()})")
-    index = {node.name: node.index for node in module.nodes}
     copied = []
-    for name, _type, blobs in upgrade.weight_layers(binary.read_caffemodel(path)):
-        if name not in index:
+    layers = ((name, blobs) for name, _type, blobs in upgrade.weight_layers(binary.read_caffemodel(path)))
+    for name, blobs, node in match_layers(module, layers):
+        if node is None:
             log.info("Ignoring source layer %s", name)
             continue
-        node = module.nodes[index[name]]
         target = module.layer_blobs(node.index)
         if len(target) != len(blobs):
             if not blobs:
@@ -90,12 +102,11 @@ def save_caffemodel(module, net_param, path: str, *, with_diff: bool = False) ->
 
 def share_trained_layers(module, other) -> None:
     """Caffe's ShareTrainedLayersWith: layers of the same name use ``other``'s parameter tensors."""
-    index = {n.name: n.index for n in other.nodes}
-    for node in module.nodes:
-        if node.name not in index:
+    for _name, node, theirs_node in match_layers(other, ((n.name, n) for n in module.nodes)):
+        if theirs_node is None:
             continue
         mine = list(module.get_module(node.index).named_parameters())
-        theirs = other.layer_blobs(index[node.name])
+        theirs = other.layer_blobs(theirs_node.index)
         if len(mine) != len(theirs):
             raise WeightsError(f"share_with: layer '{node.name}' has {len(mine)} blobs here and "
                                f"{len(theirs)} in the other net")

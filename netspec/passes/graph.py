@@ -3,6 +3,7 @@
 * ``filter_net``: keep the layers whose NetStateRules the requested phase/level/stages meet (Caffe FilterNet).
 * ``insert_splits``: give every blob with several consumers an explicit Split layer, named exactly as Caffe
   names it, so logs, ``net.blobs`` and written caffemodels list the same layers as Caffe.
+* ``strip_splits``: the reverse, for a Caffe-written net's own layer list (a prototxt to build from).
 * ``check_graph``: Caffe's wiring checks (unknown bottom, a top produced twice).
 * ``add_auto_tops``: the top Caffe gives a loss layer written without one (AutoTopBlobs).
 """
@@ -155,6 +156,29 @@ def insert_splits(net: "caffe_pb2.NetParameter", where=lambda i: "",
                     split.loss_weight.extend([w] + [0.0] * (n - 1))
                 if origin is not None:
                     origin.append(i)
+    return out
+
+
+def strip_splits(net: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":
+    """The reverse of ``insert_splits`` for a Caffe-written net: a copy without the Split layers Caffe inserted
+    (their consumers read the split blob again), without layer ``phase`` fields and blob stubs: a prototxt to
+    build from."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    rename = {}
+    for l in net.layer:
+        if l.type == "Split" and len(l.bottom) == 1:
+            src = rename.get(l.bottom[0], l.bottom[0])
+            for t in l.top:
+                rename[t] = src
+            continue
+        layer = out.layer.add()
+        layer.CopyFrom(l)
+        layer.ClearField("phase")
+        del layer.blobs[:]
+        for j, b in enumerate(layer.bottom):
+            layer.bottom[j] = rename.get(b, b)
     return out
 
 
