@@ -322,23 +322,28 @@ def resnet_main(a, dev):
             "netspec pycaffe forward(); backward()": run_pycaffe}
     times = timeit_all(runs, a.iters)
     print(f"resnet50_1by2, train pass, device {dev}, input {a.batch}x3x{a.size}x{a.size}, "
-          f"threads={torch.get_num_threads()}, best of {a.iters} interleaved")
-    t_h = times["hand-written PyTorch"]
-    for name, t in times.items():
-        print(f"{name:38s}: {t * 1000:8.1f} ms/iter (fwd+bwd)" + (f"  ratio {t / t_h:.3f}" if t is not t_h else ""))
+          f"threads={torch.get_num_threads()}, best of {a.iters} interleaved rounds")
+    hand_t = times["hand-written PyTorch"]
+    for name, ts in times.items():
+        line = f"{name:38s}: {min(ts) * 1000:8.1f} ms/iter (fwd+bwd)"
+        if ts is not hand_t:
+            per_round = sorted(t / h for t, h in zip(ts, hand_t))
+            line += (f"  ratio {min(ts) / min(hand_t):.3f} (best/best), median of per-round ratios "
+                     f"{per_round[len(per_round) // 2]:.3f}")
+        print(line)
 
 
 def timeit_all(runs, iters):
-    """Interleaved timing (each run once per round), best of ``iters`` rounds, after one warm-up round."""
+    """Interleaved timing (each run once per round) after one warm-up round: {name: [seconds per round]}."""
     for f in runs.values():
         f()
-    best = {k: float("inf") for k in runs}
+    times = {k: [] for k in runs}
     for _ in range(iters):
         for k, f in runs.items():
             t = time.perf_counter()
             f()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
+            times[k].append(time.perf_counter() - t)
+    return times
 
 
 def timeit_pair(fa, fb, iters, device):
