@@ -293,6 +293,31 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
     (``exported_program``, ``.pt2``). ``check`` compares each against netspec on random inputs (and, when
     dynamic, on a second input size): an error above ``tol`` raises ExportError. ``echo`` receives progress
     and the error lines. Returns an :class:`ExportReport`."""
+    net = _deploy_net(model, weights, echo)
+    module, report = _prepare(net, onnx_path, opset, dynamic_hw, echo)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _example_inputs(net, input_shapes, gen)
+    report.input_shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+    args = tuple(inputs[n] for n in module.input_names)
+    want_dynamic = {n: ([0, 2, 3] if dynamic_hw and t.dim() == 4 else [0]) if t.dim() >= 2 else []
+                    for n, t in inputs.items()}
+    if dynamic_hw:
+        _require_other_hw(net, inputs, gen)
+    ep = _trace(module, args, inputs, want_dynamic)
+    _record_dynamic(ep, module, inputs, dynamic_hw, report, echo)
+    checker = _Checker(net, module, inputs, gen, check, tol, report, echo)
+    checker = checker if check else None
+    if onnx_path:
+        _save_onnx(ep, module, args, onnx_path, opset, report, echo, checker)
+    if exported_program:
+        _save_program(ep, module, exported_program, report, echo, checker)
+    if torchscript:
+        _save_torchscript(module, args, torchscript, report, echo, checker)
+    return report
+
+
+def _deploy_net(model, weights: Optional[str], echo) -> CaffeNet:
+    """The CaffeNet to export, on the CPU in eval mode (built with ``weights`` from a prototxt or NetParameter)."""
     from ..net.pycaffe import Net, TEST
     if isinstance(model, CaffeNet):
         net = model
@@ -302,7 +327,11 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
         net = Net(model, TEST, weights=weights, device=torch.device("cpu")).module
         if not weights:
             echo("note: no weights given: exporting the fillers' initial values")
-    net = net.to("cpu").eval()
+    return net.to("cpu").eval()
+
+
+def _prepare(net: CaffeNet, onnx_path, opset, dynamic_hw: bool, echo) -> Tuple[DeployModule, ExportReport]:
+    """Check every layer (the opset only matters for ONNX) and wrap the net with its replacements."""
     opset_for_check = opset if onnx_path else None
     replacements, notes = check_exportable(net, opset=opset_for_check, dynamic_hw=dynamic_hw)
     report = ExportReport(opset=(opset or DEFAULT_OPSET) if onnx_path else None, notes=notes)
@@ -310,34 +339,40 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
         echo(f"note: {n}")
     if not net.output_blobs:
         raise ExportError("the net has no output blob")
-    module = DeployModule(net, replacements).eval()
-    gen = torch.Generator().manual_seed(seed)
-    inputs = _example_inputs(net, input_shapes, gen)
-    report.input_shapes = {k: tuple(v.shape) for k, v in inputs.items()}
-    args = tuple(inputs[n] for n in module.input_names)
-    want_dynamic = {n: ([0, 2, 3] if dynamic_hw and t.dim() == 4 else [0]) if t.dim() >= 2 else []
-                    for n, t in inputs.items()}
-    if dynamic_hw:
-        # A net that cannot run at another H x W (InnerProduct, Reshape with fixed dims) is not dynamic even
-        # when torch.export keeps symbols with a constraint such as H*W == 16.
-        other = {n: torch.randn(_second_shape(tuple(t.shape), [2, 3]), generator=gen) for n, t in inputs.items()}
-        try:
-            _netspec_outputs(net, other)
-        except Exception as e:  # noqa: BLE001
-            shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in other.items())
-            raise ExportError(f"the net only runs at the example H x W "
-                              f"({', '.join(str(tuple(t.shape[2:])) for t in inputs.values())}): at {shapes} "
-                              f"{_first_line(e)}; export without --dynamic-hw") from None
+    return DeployModule(net, replacements).eval(), report
+
+
+def _require_other_hw(net: CaffeNet, inputs: Dict[str, torch.Tensor], gen) -> None:
+    """For ``dynamic_hw``: the net must run at another H x W. A net that cannot (InnerProduct, Reshape with
+    fixed dims) is not dynamic even when torch.export keeps symbols with a constraint such as H*W == 16."""
+    other = {n: torch.randn(_second_shape(tuple(t.shape), [2, 3]), generator=gen) for n, t in inputs.items()}
+    try:
+        _netspec_outputs(net, other)
+    except Exception as e:  # noqa: BLE001
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in other.items())
+        raise ExportError(f"the net only runs at the example H x W "
+                          f"({', '.join(str(tuple(t.shape[2:])) for t in inputs.values())}): at {shapes} "
+                          f"{_first_line(e)}; export without --dynamic-hw") from None
+
+
+def _trace(module: DeployModule, args, inputs: Dict[str, torch.Tensor], want_dynamic: Dict[str, List[int]]):
+    """The torch.export program of ``module``; a failure becomes an ExportError naming the first layer that
+    cannot be exported alone."""
     # torch.export specialises size-1 dims: trace a batch of 2 so the batch stays dynamic where it can.
     wide = tuple(a.repeat(2, *([1] * (a.dim() - 1))) if a.dim() and a.shape[0] == 1 else a for a in args)
     with torch.no_grad():
         try:
-            ep = _torch_export(module, wide, want_dynamic)
+            return _torch_export(module, wide, want_dynamic)
         except Exception:  # noqa: BLE001 - e.g. a Reshape that fixes the batch: trace as given
             try:
-                ep = _torch_export(module, args, want_dynamic)
+                return _torch_export(module, args, want_dynamic)
             except Exception as e:  # noqa: BLE001
                 raise _localise(module, inputs, e) from e
+
+
+def _record_dynamic(ep, module: DeployModule, inputs: Dict[str, torch.Tensor], dynamic_hw: bool,
+                    report: ExportReport, echo) -> None:
+    """The axes that stayed dynamic, the renamed graph outputs; with ``dynamic_hw``, refuse a fixed H x W."""
     report.dynamic = _dynamic_axes_of(ep, module)
     for o, g in zip(module.output_names, module.graph_output_names):
         if o != g:
@@ -350,63 +385,80 @@ def export(model, *, weights: Optional[str] = None, onnx_path: Optional[str] = N
             raise ExportError(f"input(s) {', '.join(fixed)}: the net only runs at the example H x W "
                               f"{', '.join(str(tuple(inputs[n].shape[2:])) for n in fixed)} (a layer such as "
                               "InnerProduct or Reshape fixes the spatial size); export without --dynamic-hw")
-    second = None
-    if check:
-        second = {n: torch.randn(_second_shape(tuple(t.shape), report.dynamic.get(n, [])), generator=gen)
-                  for n, t in inputs.items()}
-        if all(second[n].shape == inputs[n].shape for n in inputs):
-            second = None
-    cases = [inputs] + ([second] if second is not None else [])
-    expected = [_netspec_outputs(net, c) for c in cases]
 
-    def record(what, run):
-        for case, want in zip(cases, expected):
+
+class _Checker:
+    """Compares an exported artefact with netspec on the example input and, with ``check`` and a dynamic
+    axis, on a second input size; ``checker(what, run)`` records each output's error and raises above ``tol``."""
+
+    def __init__(self, net: CaffeNet, module: DeployModule, inputs: Dict[str, torch.Tensor], gen, check: bool,
+                 tol: float, report: ExportReport, echo):
+        second = None
+        if check:
+            second = {n: torch.randn(_second_shape(tuple(t.shape), report.dynamic.get(n, [])), generator=gen)
+                      for n, t in inputs.items()}
+            if all(second[n].shape == inputs[n].shape for n in inputs):
+                second = None
+        self.cases = [inputs] + ([second] if second is not None else [])
+        self.expected = [_netspec_outputs(net, c) for c in self.cases]
+        self.module, self.tol, self.report, self.echo = module, tol, report, echo
+
+    def __call__(self, what: str, run) -> None:
+        tol = self.tol
+        for case, want in zip(self.cases, self.expected):
             got = run(case)
-            shape = " ".join("x".join(map(str, case[n].shape)) for n in module.input_names)
-            for name, g in zip(module.output_names, got):
+            shape = " ".join("x".join(map(str, case[n].shape)) for n in self.module.input_names)
+            for name, g in zip(self.module.output_names, got):
                 err = relative_error(g, want[name])
-                report.checks.append((what, shape, name, err))
-                echo(f"{what}: input {shape}: output '{name}' {tuple(np.shape(g))}: relative error {err:.3g} "
-                     f"(tolerance {tol:g})")
+                self.report.checks.append((what, shape, name, err))
+                self.echo(f"{what}: input {shape}: output '{name}' {tuple(np.shape(g))}: relative error "
+                          f"{err:.3g} (tolerance {tol:g})")
                 if not err <= tol:
                     raise ExportError(f"{what} differs from netspec on input {shape}: output '{name}' "
                                       f"relative error {err:.3g} > {tol:g}")
 
-    if onnx_path:
-        before = len(report.notes)
-        _write_onnx(ep, module, args, onnx_path, opset, report)
-        for n in report.notes[before:]:
-            echo(f"note: {n}")
-        echo(f"wrote {onnx_path} (opset {report.opset}; dynamic axes "
-             f"{ {k: v for k, v in report.dynamic.items()} })")
-        if check:
-            import onnxruntime as ort
-            sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-            names = [i.name for i in sess.get_inputs()]
-            record("onnxruntime", lambda c: sess.run(None, {k: c[n].numpy() for k, n in
-                                                            zip(names, module.input_names)}))
-    if exported_program:
-        torch.export.save(ep, exported_program)
-        report.exported_program = exported_program
-        echo(f"wrote {exported_program} (torch.export program)")
-        if check:
-            loaded = torch.export.load(exported_program).module()
-            record("torch.export", lambda c: _run_torch(loaded, c, module.input_names))
-    if torchscript:
-        with torch.no_grad(), _quiet():
-            try:
-                traced = torch.jit.trace(module, args, check_trace=False)
-            except Exception as e:  # noqa: BLE001
-                raise ExportError(f"torch.jit.trace failed: {str(e).splitlines()[0] if str(e) else e}") from e
-        traced.save(torchscript)
-        report.torchscript = torchscript
-        echo(f"wrote {torchscript} (TorchScript, traced)")
-        if check:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
-                loaded_ts = torch.jit.load(torchscript)
-            record("torchscript", lambda c: _run_torch(loaded_ts, c, module.input_names))
-    return report
+
+def _save_onnx(ep, module: DeployModule, args, path: str, opset: Optional[int], report: ExportReport, echo,
+               checker: Optional[_Checker]) -> None:
+    before = len(report.notes)
+    _write_onnx(ep, module, args, path, opset, report)
+    for n in report.notes[before:]:
+        echo(f"note: {n}")
+    echo(f"wrote {path} (opset {report.opset}; dynamic axes "
+         f"{ {k: v for k, v in report.dynamic.items()} })")
+    if checker is not None:
+        import onnxruntime as ort
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        checker("onnxruntime", lambda c: sess.run(None, {k: c[n].numpy() for k, n in
+                                                         zip(names, module.input_names)}))
+
+
+def _save_program(ep, module: DeployModule, path: str, report: ExportReport, echo,
+                  checker: Optional[_Checker]) -> None:
+    torch.export.save(ep, path)
+    report.exported_program = path
+    echo(f"wrote {path} (torch.export program)")
+    if checker is not None:
+        loaded = torch.export.load(path).module()
+        checker("torch.export", lambda c: _run_torch(loaded, c, module.input_names))
+
+
+def _save_torchscript(module: DeployModule, args, path: str, report: ExportReport, echo,
+                      checker: Optional[_Checker]) -> None:
+    with torch.no_grad(), _quiet():
+        try:
+            traced = torch.jit.trace(module, args, check_trace=False)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"torch.jit.trace failed: {str(e).splitlines()[0] if str(e) else e}") from e
+    traced.save(path)
+    report.torchscript = path
+    echo(f"wrote {path} (TorchScript, traced)")
+    if checker is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
+            loaded_ts = torch.jit.load(path)
+        checker("torchscript", lambda c: _run_torch(loaded_ts, c, module.input_names))
 
 
 def _run_torch(fn, case, names):
