@@ -564,47 +564,12 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
     """
     src, dst = os.fspath(src), os.fspath(dst)
     src_kind, dst_kind = file_kind(src), file_kind(dst, must_exist=False)
-    _refuse_overwrite([dst, out_prototxt], [src, prototxt_path])
-    if out_prototxt and _same_file(out_prototxt, dst):
-        raise ConvertError(f"--out-prototxt {out_prototxt} is the output weights file")
-    if not os.path.isfile(src):
-        raise ConvertError(f"{src}: no such file")
-    if fp16 and dst_kind == "caffemodel":
-        raise ConvertError("--fp16: a caffemodel stores float32 (BlobProto has no half-precision field); "
-                           "fp16 is for .pt output")
+    _check_request(src, dst, dst_kind, prototxt_path, out_prototxt, fp16)
     report = ConvertReport(src, dst, dtype="float16" if fp16 else "float32")
     dtype = torch.float16 if fp16 else torch.float32
-    where = lambda i: ""  # noqa: E731
-    if src_kind == "caffemodel":
-        net, weights = read_caffemodel_weights(src, report.upgraded)
-        net_src, own = f"{src}'s own layer list", True
-        if prototxt_path:
-            net, where = _read_net_def(prototxt_path, report.upgraded)
-            net_src, own = prototxt_path, False
-        else:
-            phase = _net_phase(net, phase)
-    elif dst_kind == "torch" and not prototxt_path and not fold_bn and not out_prototxt:
-        # .pt -> .pt without a net: a change of dtype only (e.g. --fp16), keys kept.
-        state = load_state_dict(src)
-        out = OrderedDict()
-        for k, v in state.items():
-            out[k] = (_to_tensor(v.detach().float().numpy(), dtype, f"key '{k}'")
-                      if v.is_floating_point() else v)
-        _save_state_dict(out, dst)
-        report.layers = len({k.rsplit(".", 1)[0] for k in out})
-        report.parameters = sum(v.numel() for v in out.values())
-        report.key_source = f"the keys of {src}"
-        report.bytes_written = os.path.getsize(dst)
-        return report
-    else:
-        if not prototxt_path:
-            raise ConvertError(f"{src} -> {dst}: a state dict does not say which key is which Caffe blob; "
-                               "give the net with --prototxt")
-        state = load_state_dict(src)
-        net, where = _read_net_def(prototxt_path, report.upgraded)
-        net_src, own = prototxt_path, False
-        module = build_module(net, phase, where)
-        weights = state_dict_to_weights(state, module, src=src, net_src=net_src)
+    if src_kind != "caffemodel" and dst_kind == "torch" and not prototxt_path and not fold_bn and not out_prototxt:
+        return _recast_state_dict(src, dst, dtype, report)
+    net, weights, where, net_src, own, phase = _read_source(src, src_kind, dst, prototxt_path, phase, report)
     if fold_bn:
         net, weights, report.folded, report.not_folded = fold_batchnorm(net, weights)
         where = lambda i: ""  # noqa: E731
@@ -616,26 +581,85 @@ def convert(src: str, dst: str, *, prototxt_path: Optional[str] = None, fp16: bo
                                       consume=True)
         _save_state_dict(state, dst)
     else:
-        try:
-            module = build_module(net, phase, where)
-        except Exception as e:
-            if not own:
-                raise
-            # A caffemodel whose own net cannot be built (e.g. its Data layer's LMDB is absent): write its
-            # layers back as they are, upgraded (what Caffe's upgrade_net_proto_binary does).
-            report.notes.append(f"the net cannot be built ({e}); layers written as stored")
-            _write_layer_list(dst, net, weights)
-            report.layers = len(weights)
-            report.parameters = weights.parameter_count
-            report.key_source = "layer list"
-        else:
-            report.key_source = net_src
-            _write_caffemodel(dst, module, weights, net, src, net_src, report)
+        _write_weights(dst, net, weights, phase, where, src, net_src, own, report)
     report.bytes_written = os.path.getsize(dst)
     if out_prototxt:
         prototxt.write_text(strip_splits(net) if own else net, out_prototxt)
         report.notes.append(f"net definition written to {out_prototxt}")
     return report
+
+
+def _check_request(src: str, dst: str, dst_kind: str, prototxt_path: Optional[str], out_prototxt: Optional[str],
+                   fp16: bool) -> None:
+    """Refuse what :func:`convert` cannot do before reading anything."""
+    _refuse_overwrite([dst, out_prototxt], [src, prototxt_path])
+    if out_prototxt and _same_file(out_prototxt, dst):
+        raise ConvertError(f"--out-prototxt {out_prototxt} is the output weights file")
+    if not os.path.isfile(src):
+        raise ConvertError(f"{src}: no such file")
+    if fp16 and dst_kind == "caffemodel":
+        raise ConvertError("--fp16: a caffemodel stores float32 (BlobProto has no half-precision field); "
+                           "fp16 is for .pt output")
+
+
+def _recast_state_dict(src: str, dst: str, dtype: torch.dtype, report: ConvertReport) -> ConvertReport:
+    """.pt -> .pt without a net: a change of dtype only (e.g. --fp16), keys kept."""
+    state = load_state_dict(src)
+    out = OrderedDict()
+    for k, v in state.items():
+        out[k] = (_to_tensor(v.detach().float().numpy(), dtype, f"key '{k}'")
+                  if v.is_floating_point() else v)
+    _save_state_dict(out, dst)
+    report.layers = len({k.rsplit(".", 1)[0] for k in out})
+    report.parameters = sum(v.numel() for v in out.values())
+    report.key_source = f"the keys of {src}"
+    report.bytes_written = os.path.getsize(dst)
+    return report
+
+
+def _read_source(src: str, src_kind: str, dst: str, prototxt_path: Optional[str], phase: int,
+                 report: ConvertReport):
+    """``(net, weights, where, net_src, own, phase)``: the source's blobs, the net that names them (``own``: the
+    caffemodel's own layer list), its location function and description, and the phase to build it in."""
+    where = lambda i: ""  # noqa: E731
+    if src_kind == "caffemodel":
+        net, weights = read_caffemodel_weights(src, report.upgraded)
+        net_src, own = f"{src}'s own layer list", True
+        if prototxt_path:
+            net, where = _read_net_def(prototxt_path, report.upgraded)
+            net_src, own = prototxt_path, False
+        else:
+            phase = _net_phase(net, phase)
+        return net, weights, where, net_src, own, phase
+    if not prototxt_path:
+        raise ConvertError(f"{src} -> {dst}: a state dict does not say which key is which Caffe blob; "
+                           "give the net with --prototxt")
+    state = load_state_dict(src)
+    net, where = _read_net_def(prototxt_path, report.upgraded)
+    module = build_module(net, phase, where)
+    weights = state_dict_to_weights(state, module, src=src, net_src=prototxt_path)
+    return net, weights, where, prototxt_path, False, phase
+
+
+def _write_weights(dst: str, net, weights: Weights, phase: int, where, src: str, net_src: str, own: bool,
+                   report: ConvertReport) -> None:
+    """The caffemodel ``dst`` as Caffe's net.save() writes it; for a caffemodel's own layer list whose net
+    cannot be built, its layers as stored."""
+    try:
+        module = build_module(net, phase, where)
+    except Exception as e:
+        if not own:
+            raise
+        # A caffemodel whose own net cannot be built (e.g. its Data layer's LMDB is absent): write its
+        # layers back as they are, upgraded (what Caffe's upgrade_net_proto_binary does).
+        report.notes.append(f"the net cannot be built ({e}); layers written as stored")
+        _write_layer_list(dst, net, weights)
+        report.layers = len(weights)
+        report.parameters = weights.parameter_count
+        report.key_source = "layer list"
+    else:
+        report.key_source = net_src
+        _write_caffemodel(dst, module, weights, net, src, net_src, report)
 
 
 def _write_layer_list(path: str, net: caffe_pb2.NetParameter, weights: Weights) -> None:
