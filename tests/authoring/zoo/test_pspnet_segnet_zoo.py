@@ -14,7 +14,7 @@ from netspec.authoring import zoo
 from netspec.data.synthetic import make_sample
 from netspec.proto import caffe_pb2
 
-FORKS = Path(__file__).resolve().parents[1] / "data" / "forks"
+FORKS = Path(__file__).resolve().parents[2] / "data" / "forks"
 
 
 def released(rel):

@@ -7,7 +7,7 @@ import pytest
 from netspec.formats import prototxt
 from netspec.authoring.zoo import demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture

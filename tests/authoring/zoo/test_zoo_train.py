@@ -56,7 +56,7 @@ NOT_FROM_SCRATCH = {
 #: Models these tests cannot run at SIZE, and why.
 OTHER_SIZE = {
     "deeplabv2_vgg16_voc": "DeepLab's label_shrink (Interp shrink_factor 8) needs 8k + 1 pixels; "
-                           "tests/zoo/test_deeplab_v2_zoo.py trains it at 33x33",
+                           "tests/authoring/zoo/test_deeplab_v2_zoo.py trains it at 33x33",
 }
 
 

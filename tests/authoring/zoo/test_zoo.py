@@ -10,7 +10,7 @@ from netspec.formats import prototxt
 from netspec.authoring import zoo
 from netspec.authoring.coord_map import check_crops
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 UP_FCN = "upstream_prototxt/fcn.berkeleyvision.org/"
 UP_DIL = "upstream_prototxt/DilatedFCNSegmentation/"
 

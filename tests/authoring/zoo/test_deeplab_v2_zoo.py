@@ -14,7 +14,7 @@ from netspec.formats import prototxt
 from netspec.authoring import zoo
 from netspec.proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RELEASE = ROOT / "tests" / "data" / "forks" / "deeplab"
 NAME = "deeplabv2_vgg16_voc"
 

@@ -17,7 +17,7 @@ from netspec.interop.export import check_exportable
 from netspec.proto import caffe_pb2
 from netspec.authoring.zoo.deeplab import RESNET101_STAGES, block_names, deeplabv3, resnet101_deploy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 IDD_MODELS = ("unet_idd", "deeplabv3_resnet101_idd", "deeplabv3_resnet101_idd_head")
 HEAD_PREFIXES = ("aspp", "bn_aspp", "scale_aspp", "score")
 
