@@ -19,7 +19,7 @@ MAY_USE = {
     "interop": {"formats", "passes", "layers", "net", "data"},
     "authoring": {"formats", "passes", "layers", "net", "data"},
 }
-BASE = {"errors", "registry", "proto", "_moved"}
+BASE = {"errors", "registry", "proto", "_moved", "progress"}
 
 #: (file, folder it imports) -> why the arrow points the wrong way.
 EXCEPTIONS = {
@@ -27,7 +27,6 @@ EXCEPTIONS = {
     ("layers/__init__.py", "authoring"): "netspec.layers doubles as the DSL's L (L.Convolution(...)), loaded lazily",
     ("data/fcn_layers.py", "layers"): "the module path FCN's prototxts name; re-exports layers/fcn_data.py",
     ("data/seg.py", "layers"): "SegDataLayer's old module path, kept importable (re-exports layers/seg_lmdb.py)",
-    ("solver/solvers.py", "tools"): "progress bars (tools.cli) and the FCN test scores (tools.evaluate), lazily",
 }
 
 

@@ -1,5 +1,6 @@
-"""Caffe's solvers (``solvers``: the lr policies, the six update rules, snapshots), the exact-resume sidecar
-(``train_state``) and the segmentation scores (``metrics``).
+"""Caffe's solvers (``solvers``: the lr policies, the six update rules, the test hooks), their snapshot files
+(``snapshot``), the exact-resume sidecar (``train_state``) and the segmentation scores (``metrics``; ``seg_scores``,
+the test hook that prints FCN score.py's lines after training).
 
 ``from netspec.solver import get_solver, SGDSolver`` keeps working: names not defined here come from ``solvers``.
 """

@@ -21,8 +21,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from .. import progress as bars
 from ..errors import SolverError
 from ..proto import caffe_pb2
+from .snapshot import PrefixLock as _PrefixLock, check_finite, learned_net_path, load_history, write_snapshot
 
 log = logging.getLogger("netspec")
 
@@ -243,25 +245,47 @@ def _resolve(path: str, base_dir: Optional[str], what: str, warned: set) -> str:
     return alt
 
 
+class TestHook:
+    """Watches the test passes, as Caffe's Solver::Callback watches the steps. ``Solver.test(i)`` calls, for each
+    object in ``solver.test_hooks``: ``begin(solver, i, net)`` before test net i's first batch, which returns the
+    names of the blobs it reads besides the outputs (the forward keeps them); ``batch(solver, i, net)`` after each
+    forward; ``end(solver, i, net, summary)`` with the pass's ``iter``, ``batches``, ``means`` (each output's mean)
+    and ``loss`` (the weighted loss of those means; None without loss outputs). Any object with the three methods
+    will do; this class gives do-nothing ones to override. FCN's segmentation scores are one:
+    :class:`netspec.solver.seg_scores.SegScores`."""
+    __test__ = False  # not a pytest test class
+
+    def begin(self, solver, i, net):
+        return ()
+
+    def batch(self, solver, i, net):
+        pass
+
+    def end(self, solver, i, net, summary):
+        pass
+
+
 class Solver:
     """pycaffe's solver: ``step(n)``, ``solve()``, ``net``, ``test_nets``, ``iter``, ``snapshot()``,
-    ``restore(path)``. The type comes from the solver file (``type``; deprecated ``solver_type`` upgraded)."""
+    ``restore(path)``. The type comes from the solver file (``type``; deprecated ``solver_type`` upgraded).
+    ``solver``: the file, or its SolverParameter (``source``: the file it was parsed from, so that it is parsed
+    once and relative paths still resolve against its folder). ``test_hooks``: objects that watch the test
+    passes (:class:`TestHook`)."""
 
-    def __init__(self, solver, *, level: Optional[int] = None, stages=None, device=None):
+    def __init__(self, solver, *, level: Optional[int] = None, stages=None, device=None, source=None):
         from ..formats import prototxt
         from ..net import runtime
         from ..data.shard import Shard
         from ..net.pycaffe import Net
-        self.source = None
-        base_dir = None
         if isinstance(solver, caffe_pb2.SolverParameter):
             param = solver
+            self.source = os.fspath(source) if source is not None else None
         else:
             self.source = os.fspath(solver)
             if not os.path.exists(self.source):
                 raise SolverError(f"{self.source}: solver file not found (working directory {os.getcwd()})")
             param = prototxt.read_solver(self.source)
-            base_dir = os.path.dirname(os.path.abspath(self.source))
+        base_dir = os.path.dirname(os.path.abspath(self.source)) if self.source else None
         from ..passes.upgrade import upgrade_solver
         param, msgs = upgrade_solver(param)
         for m in msgs:
@@ -283,7 +307,7 @@ class Solver:
         log.info("Initializing solver from parameters:\n%s", prototxt.to_text(param))
         self.net = self._make_train_net(base_dir, level, stages)
         self.test_nets: List[Net] = self._make_test_nets(base_dir, level, stages)
-        self.last_test: Dict[int, dict] = {}
+        self.test_hooks: List[TestHook] = []
         if shard.rank:
             runtime.set_random_seed(seed + shard.rank)  # Caffe: random_seed + solver_rank for what runs (Dropout)
         if param.snapshot_prefix:
@@ -437,33 +461,11 @@ class Solver:
                             "(--weights, a weight_filler, or surgery)", layer, node.type)
 
     def finish(self, out=None):
-        """After solve(): the FCN score.py lines (``mean IU 0.9312``) of every segmentation test net (blobs
-        'score' and 'label'). When the last test pass ran at the final iteration its confusion matrix is used,
-        so the scores and the ``Test net output`` lines cover the same images; otherwise one test pass of
-        ``test_iter`` batches runs now (announced, with a progress bar). Returns the scores per test net."""
-        import sys
-        from .metrics import format_scores, scores
-        results = []
-        if not _is_root():
-            return results
-        for i, net in enumerate(self.test_nets):
-            if not _seg_net(net) or self.param.test_iter[i] == 0:
-                continue
-            rec = self.last_test.get(i)
-            reused = rec is not None and rec["iter"] == self.iter and rec["hist"] is not None
-            if not reused:
-                log.info("Scoring test net #%d after training: %d batches (set --test-iter N for fewer)", i,
-                         self.param.test_iter[i])
-                self.test(i, log_outputs=False)
-                rec = self.last_test[i]
-            s = scores(rec["hist"])
-            s["loss"], s["images"], s["batches"] = rec["loss"], rec["images"], rec["batches"]
-            where = _images_note(net, rec, reused)
-            log.info("Test net #%d segmentation scores after %d iterations (%s)", i, self.iter, where)
-            print(f">>> Iteration {self.iter} test net #{i}: {where}", file=out or sys.stdout)
-            print(format_scores(s, loss=rec["loss"]), file=out or sys.stdout, flush=True)
-            results.append(s)
-        return results
+        """After solve(): FCN's score.py lines of every segmentation test net (netspec.solver.seg_scores, which
+        this delegates to: the last test pass's confusion matrix when it ran at the final iteration, else one
+        pass now). Returns the scores per test net."""
+        from .seg_scores import SegScores
+        return SegScores.attach(self).finish(self, out)
 
     def step(self, iters: int):
         p = self.param
@@ -565,12 +567,9 @@ class Solver:
         return results
 
     def test(self, i: int, log_outputs: bool = True):
-        """Caffe's Test(i): ``test_iter[i]`` forwards of test net i, the mean of each output logged. A
-        segmentation net (blobs 'score' and 'label') also accumulates its confusion matrix, kept in
-        ``last_test[i]`` for :meth:`finish`. A bar shows on stderr when the pass takes more than a few
-        seconds."""
-        from ..tools.cli import progress
-        from .metrics import fast_hist
+        """Caffe's Test(i): ``test_iter[i]`` forwards of test net i, the mean of each output logged; the
+        ``test_hooks`` see the pass (:class:`TestHook`). A bar shows on stderr when the pass takes more than a
+        few seconds."""
         p = self.param
         if log_outputs:
             log.info("Iteration %d, Testing net (#%d)", self.iter, i)
@@ -582,11 +581,10 @@ class Solver:
             log.info("Test net #%d: test_iter is 0, no test pass", i)
             return {}
         loss_outputs = net.loss_outputs()
-        seg = _seg_net(net)
-        hist, images = None, 0
+        retain = tuple(dict.fromkeys(b for h in self.test_hooks for b in h.begin(self, i, net)))
         with torch.no_grad():
-            for _ in progress(range(n), desc=f"test net #{i}", unit="batch"):
-                out = net.forward_only(retain=("score", "label") if seg else ())
+            for _ in bars.progress(range(n), desc=f"test net #{i}", unit="batch"):
+                out = net.forward_only(retain=retain)
                 if p.test_compute_loss:
                     loss += sum(float(out[o].sum()) * w for o, w in loss_outputs)
                 if sums is None:
@@ -594,21 +592,18 @@ class Solver:
                 else:
                     for o in net.outputs:
                         sums[o] += out[o]
-                if seg:
-                    score = net.blobs["score"].data
-                    if hist is None:
-                        hist = np.zeros((score.shape[1],) * 2, np.int64)
-                    pred = score.argmax(1)
-                    hist += fast_hist(net.blobs["label"].data.reshape(pred.shape), pred, score.shape[1])
-                    images += pred.shape[0]
+                for h in self.test_hooks:
+                    h.batch(self, i, net)
         if p.test_compute_loss:
             log.info("Test loss: %.6g", loss / max(1, n))
         means = {o: v / max(1, n) for o, v in (sums or {}).items()}
         if log_outputs:
             self._log_outputs(net, "Test", 1, means)
-        self.last_test[i] = {"iter": self.iter, "hist": hist, "batches": n, "images": images,
-                             "loss": (sum(float(np.sum(means[o])) * w for o, w in loss_outputs if o in means)
-                                      if loss_outputs else None)}
+        summary = {"iter": self.iter, "batches": n, "means": means,
+                   "loss": (sum(float(np.sum(means[o])) * w for o, w in loss_outputs if o in means)
+                            if loss_outputs else None)}
+        for h in self.test_hooks:
+            h.end(self, i, net, summary)
         return means
 
     # -- the update ----------------------------------------------------------------------------------------
@@ -685,60 +680,15 @@ class Solver:
     def snapshot_filename(self, ext: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
 
-    def _check_finite(self):
-        """A snapshot must be one to resume from: refuse parameters or history that went NaN/inf."""
-        bad = [f"{lp.layer}[{lp.index}]" for lp in self._params if not _all_finite(lp.tensor)]
-        if bad or not all(_all_finite(h) for h in self.history):
-            raise SolverError(
-                f"Iteration {self.iter}: {'parameters ' + ', '.join(bad[:5]) if bad else 'the solver history'} "
-                f"{'are' if bad else 'is'} not finite (the last update diverged); no snapshot written. Last good "
-                f"snapshot: {self._last_snapshot or 'none written yet'}. Lower base_lr or use clip_gradients")
-
     def snapshot(self):
         """Solver::Snapshot: ``<prefix>_iter_N.caffemodel`` and ``.solverstate`` (Caffe's files), plus the
         ``.trainstate`` sidecar for exact resume (netspec.solver.train_state); the solverstate, written last, marks a
-        complete snapshot. History is streamed from the tensors (no message of the whole state is built)."""
-        from ..formats import binary
-        from . import train_state
-        p = self.param
-        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+        complete snapshot (the files: netspec.solver.snapshot)."""
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise SolverError("snapshot_format HDF5 is not supported; use BINARYPROTO (the default)")
-        self._check_finite()
-        model = self.snapshot_filename(".caffemodel")
-        sfile = self.snapshot_filename(".solverstate")
-        extra = train_state.sidecar(sfile)
-        written = []
-        from ..tools import cli  # a bar for large nets (a VGG16 FCN writes 2 x 0.5 GB); none for small or quick ones
-        sizes = (4 * sum(t.numel() for t in self.net.module.parameters()), 4 * sum(h.numel() for h in self.history))
-        bar = cli.progress_bar(sum(sizes), desc="snapshot", unit="B", unit_scale=True)
-        try:
-            d = os.path.dirname(model)
-            if d and not os.path.isdir(d):
-                os.makedirs(d, exist_ok=True)
-            log.info("Snapshotting to binary proto file %s", model)
-            self.net.save(model)
-            bar.update(sizes[0])
-            written.append(model)
-            train_state.save(extra, train_state.capture(self, [self.net] + self.test_nets))
-            written.append(extra)
-            state = binary.SolverStateData(iter=self.iter, learned_net=model, current_step=self.current_step,
-                                           history=[h.detach().cpu().numpy() for h in self.history])
-            log.info("Snapshotting solver state to binary proto file %s", sfile)
-            binary.write_solverstate(sfile, state)
-            bar.update(sizes[1])
-        except OSError as e:
-            for path in written:  # a weights file without its solver state is no snapshot: do not leave one
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            what = e.strerror or str(e)
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise SolverError(f"cannot write snapshot {model}: {what}{where}. The previous snapshot "
-                              f"({self._last_snapshot or 'none'}) is intact; free disk space or change "
-                              "snapshot_prefix, then resume with --snapshot") from e
-        finally:
-            bar.close()
+        check_finite(self)
+        model, sfile = self.snapshot_filename(".caffemodel"), self.snapshot_filename(".solverstate")
+        write_snapshot(self, model, sfile)
         self._last_snapshot = sfile
         return model, sfile
 
@@ -753,22 +703,6 @@ class Solver:
             os.makedirs(os.path.dirname(sfile) or ".", exist_ok=True)
             train_state.save(train_state.sidecar(sfile, _rank()), train_state.capture(self, [self.net]))
 
-    def _learned_net(self, state_file: str, learned_net: str, it: int) -> str:
-        """The caffemodel of a solverstate: beside it first (a moved snapshot directory), then as stored (Caffe
-        stores it relative to its working directory). A name with ``_iter_N`` must match the state's iteration:
-        a same-prefix file of another run must not be loaded silently."""
-        import re
-        beside = os.path.join(os.path.dirname(os.path.abspath(state_file)), os.path.basename(learned_net))
-        path = beside if os.path.isfile(beside) else learned_net
-        if not os.path.isfile(path):
-            raise SolverError(f"{state_file}: its weights file '{learned_net}' was found neither beside it ({beside}) "
-                              f"nor relative to the working directory {os.getcwd()}")
-        m = re.search(r"_iter_(\d+)\.caffemodel(?:\.h5)?$", path)
-        if m and int(m.group(1)) != it:
-            raise SolverError(f"{state_file} is the state of iteration {it} but its weights file {path} is of "
-                              f"iteration {m.group(1)}: they are not one snapshot")
-        return path
-
     def restore(self, state_file: str):
         from ..formats import binary
         from . import train_state
@@ -778,20 +712,9 @@ class Solver:
         self._last_snapshot = state_file
         self.iter = state.iter
         if state.learned_net:
-            self.net.copy_from(self._learned_net(state_file, state.learned_net, state.iter))
+            self.net.copy_from(learned_net_path(state_file, state.learned_net, state.iter))
         self.current_step = state.current_step
-        if len(state.history) != len(self.history):
-            raise SolverError(f"{state_file}: Incorrect length of history blobs: the file has "
-                              f"{len(state.history)}, this {self.param.type} solver needs {len(self.history)} "
-                              "(was it written for another net or solver type?)")
-        log.info("SGDSolver: restoring history")
-        with torch.no_grad():
-            for i, (h, b) in enumerate(zip(self.history, state.history)):
-                arr = binary.blob_to_array(b)
-                if arr.size != h.numel():
-                    raise SolverError(f"{state_file}: history blob {i} has {arr.size} values, the net's "
-                                      f"param has {h.numel()}")
-                h.copy_(torch.from_numpy(arr.reshape(-1).copy()).reshape(h.shape))
+        load_history(state_file, state, self.history, self.param.type)
         self._active_cache = self._temp = None
         extra = train_state.sidecar(state_file, _rank())
         if os.path.isfile(extra):
@@ -801,92 +724,6 @@ class Solver:
             log.warning("%s has no %s beside it (a snapshot of Caffe or of another tool): the data streams and "
                         "random generators restart, so the resumed run will not repeat the uninterrupted one "
                         "exactly", state_file, os.path.basename(extra))
-
-
-def _seg_net(net) -> bool:
-    """A segmentation test net as FCN's score.py sees one: a 4-D 'score' blob and a 'label' blob."""
-    return "score" in net.blobs and "label" in net.blobs and len(net.blobs["score"].shape) == 4
-
-
-def _images_note(net, rec, reused: bool) -> str:
-    """Which images a test pass's figures cover: ``20 batches x 1 = 20 of the 50 images of data/demo/val``."""
-    per = rec["images"] // max(1, rec["batches"])
-    head = "the Test net output pass above: " if reused else ""
-    note = f"{head}{rec['batches']} batches x {per} = {rec['images']} images"
-    try:
-        from ..tools.evaluate import count_records, data_layer_info
-        info = data_layer_info(net.net_param)
-        total = count_records(info)
-    except Exception:  # best effort: a note, never a failure
-        info, total = None, None
-    if total:
-        note = f"{head}{rec['batches']} batches x {per} = {rec['images']} of the {total} images of {info['source']}"
-        if rec["images"] < total:
-            note += "; tools/score.py scores them all"
-    return note
-
-
-def _all_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
-    """torch.isfinite(t).all() in chunks: on a whole 1 GB blob its temporaries would take about 1.7 GB."""
-    flat = t.detach().reshape(-1)
-    return all(bool(torch.isfinite(c).all()) for c in flat.split(chunk))
-
-
-class _PrefixLock:
-    """An exclusive ``flock`` on ``<prefix>.lock`` (holding the owner's pid), and the removal of stale
-    ``.<prefix>_iter_*.tmp`` files: temporaries of snapshots whose writer (a dead pid) was killed mid-write."""
-
-    def __init__(self, prefix: str):
-        import fcntl
-        import glob
-        d, base = os.path.split(prefix)
-        os.makedirs(d or ".", exist_ok=True)
-        self.path = prefix + ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(self.fd)
-            raise SolverError(f"snapshot_prefix '{prefix}' is in use by process {other} (its lock: {self.path}); "
-                              "two runs on one prefix would interleave their snapshots: wait for it to end, or "
-                              "set another snapshot_prefix") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        stale = []
-        for tmp in glob.glob(os.path.join(glob.escape(d or "."), f".{glob.escape(base)}_iter_*.tmp")):
-            parts = os.path.basename(tmp).split(".")
-            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
-            if pid is not None and pid != os.getpid() and not _alive(pid):
-                os.unlink(tmp)
-                stale.append(tmp)
-        # A snapshot killed between its files: the weights and the .trainstate without the .solverstate (written
-        # last) are no snapshot. Only netspec's own (a .trainstate beside them) are removed.
-        for extra in glob.glob(os.path.join(glob.escape(d or "."), f"{glob.escape(base)}_iter_*.trainstate")):
-            stem = extra[:-len(".trainstate")]
-            if ".rank" not in os.path.basename(stem) and not os.path.exists(stem + ".solverstate"):
-                for path in (stem + ".caffemodel", extra):
-                    if os.path.exists(path):
-                        os.unlink(path)
-                        stale.append(path)
-        if stale:
-            log.info("Removed %d file(s) of snapshots that killed runs left incomplete: %s", len(stale),
-                     ", ".join(stale))
-
-    def release(self):
-        import fcntl
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _rank() -> int:

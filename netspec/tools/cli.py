@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import NetspecError
+from ..progress import PROGRESS, progress, progress_bar  # noqa: F401  (the tools' names for the bars)
 
 log = logging.getLogger("netspec")
 
@@ -30,10 +31,6 @@ def run_tool(body) -> int:
 #: Caffe's single-dash flag spellings (``caffe train -solver S -weights W -gpu 0``) read as ``--solver`` etc.
 CAFFE_FLAGS = ("solver", "weights", "gpu", "model", "iterations", "snapshot", "level", "stage", "phase",
                "sigint_effect", "sighup_effect")
-
-#: Whether long passes (scoring, test passes, packing) draw a tqdm bar; the tools' ``--no-progress`` and
-#: ``--quiet`` turn it off for the process.
-PROGRESS = {"enabled": True}
 
 
 def caffe_spellings(argv: List[str], parser=None) -> List[str]:
@@ -66,39 +63,6 @@ def add_verbosity(p, progress: bool = True):
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no progress bar on long passes (the log "
                        "lines stay)")
-
-
-def progress(iterable=None, *, desc: str, total: Optional[int] = None, unit: str = "it", delay: float = 2.0,
-             enabled: Optional[bool] = None):
-    """``iterable`` wrapped in a tqdm bar on stderr that appears once the pass has taken ``delay`` seconds
-    (short passes draw nothing), unless bars are off (``--no-progress``, ``--quiet``) or stderr is not a
-    terminal (a log redirected to a file keeps Caffe's lines only; the pass is announced there)."""
-    on = (PROGRESS["enabled"] and sys.stderr.isatty()) if enabled is None else enabled
-    if not on:
-        return iterable if iterable is not None else range(total or 0)
-    from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit=unit, delay=delay, leave=False, file=sys.stderr,
-                dynamic_ncols=True)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total: int, *, desc: str, unit: str = "it", delay: float = 2.0, enabled: Optional[bool] = None,
-                 **kw):
-    """A tqdm bar to ``update()`` by hand (work done in a few large steps, such as a snapshot's files), on the
-    same terms as :func:`progress`; an object whose update/close do nothing when bars are off."""
-    on = (PROGRESS["enabled"] and sys.stderr.isatty()) if enabled is None else enabled
-    if not on:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, delay=delay, leave=False, file=sys.stderr, dynamic_ncols=True,
-                **kw)
 
 
 def parse_args(parser, argv):

@@ -21,6 +21,7 @@ from ..data.classes import SIFTFLOW_CLASSES  # (also importable here, as before)
 from ..data.transform import FCN_MEAN
 from ..errors import DataError, NetspecError
 from ..solver.metrics import fast_hist, format_class_table, format_group_scores, format_scores, group_scores, scores, seg_tests
+from ..solver.seg_scores import count_records, data_layer_info  # (also importable here, as before)
 
 log = logging.getLogger("netspec")
 
@@ -100,47 +101,6 @@ def test_main(argv=None) -> int:
 
 
 # -- score.py ----------------------------------------------------------------------------------------------
-def data_layer_info(net_param) -> Optional[dict]:
-    """What the net's data layer reads: ``{'kind', 'source', 'batch_size', 'module', 'layer', 'param'}``."""
-    from ..layers.python import parse_param_str
-    for lp in net_param.layer:
-        if lp.type == "Python":
-            try:
-                p = parse_param_str(lp.python_param.param_str)
-            except NetspecError:
-                p = {}
-            p = p if isinstance(p, dict) else {}
-            src = p.get("source") or p.get("voc_dir") or p.get("sbdd_dir") or p.get("siftflow_dir") or \
-                p.get("nyud_dir") or p.get("context_dir")
-            return {"kind": "python", "source": src, "batch_size": int(p.get("batch_size", 1)),
-                    "module": lp.python_param.module, "layer": lp.python_param.layer, "param": p}
-        if lp.type in ("Data", "ImageData"):
-            src = lp.data_param.source if lp.type == "Data" else lp.image_data_param.source
-            bs = lp.data_param.batch_size if lp.type == "Data" else lp.image_data_param.batch_size
-            return {"kind": lp.type, "source": src, "batch_size": max(1, bs), "module": "", "layer": "",
-                    "param": {}}
-    return None
-
-
-def count_records(info: Optional[dict]) -> Optional[int]:
-    """Records in a data layer's source (a SegDataLayer LMDB pair, an LMDB, or an image list), else None."""
-    if not info or not info.get("source"):
-        return None
-    src = info["source"]
-    try:
-        from ..data.lmdb_io import LMDBReader
-        if info["kind"] == "python" and os.path.isdir(os.path.join(src, "images")):
-            return len(LMDBReader(os.path.join(src, "images")))
-        if info["kind"] == "Data" and os.path.isdir(src):
-            return len(LMDBReader(src))
-        if info["kind"] == "ImageData" and os.path.isfile(src):
-            with open(src) as f:
-                return sum(1 for line in f if line.strip())
-    except Exception as e:  # a broken source is the data layer's to report when the net is built
-        log.debug("cannot count records of %s: %s", src, e)
-    return None
-
-
 def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
     """Batches that cover the data layer's records once: asked of the built Python data layer (its split
     list ``indices`` as the FCN layers keep it, or SegDataLayer's LMDB ``images``), else counted from the

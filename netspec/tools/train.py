@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     from ..formats import prototxt
+    from ..solver.seg_scores import SegScores
     from ..solver.solvers import Solver  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
@@ -245,7 +246,8 @@ def main(argv=None) -> int:
         set_loader(args.loader_workers, args.loader_kind or None)  # passed on, not through os.environ
         from ..authoring.zoo.demo import pack_missing_data
         pack_missing_data(sparam, os.path.dirname(os.path.abspath(args.solver)))  # the demo's data, on first use
-        solver = Solver(args.solver, level=args.level, stages=stages, device=device)
+        solver = Solver(sparam, source=args.solver, level=args.level, stages=stages, device=device)  # parsed once
+        seg_scores = SegScores.attach(solver)  # FCN's score.py lines after training, from the last test pass
         if args.max_iter is not None:
             solver.param.max_iter = args.max_iter
         if args.test_iter is not None:
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
             solver.set_action_function(sig.action)
             solver.solve(args.snapshot)
-        results = solver.finish()
+        results = seg_scores.finish(solver)
         if scalars is not None and results:
             scalars.scores(solver.iter, results)
     except NetspecError as e:

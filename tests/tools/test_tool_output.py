@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import netspec
+import netspec.progress
 from netspec.tools import cli, evaluate, infer, timing, train
 from netspec.tools import viz
 
@@ -42,7 +43,8 @@ def test_final_scores_are_the_last_test_pass_and_scalars_are_written_live(in_dem
                                                                           monkeypatch):
     bars = []
     real_progress = cli.progress
-    monkeypatch.setattr(cli, "progress", lambda it=None, **kw: bars.append(kw["desc"]) or real_progress(it, **kw))
+    monkeypatch.setattr(netspec.progress, "progress",  # the solver's test passes draw theirs from netspec.progress
+                        lambda it=None, **kw: bars.append(kw["desc"]) or real_progress(it, **kw))
     import importlib.util
     has_tb = importlib.util.find_spec("tensorboard") is not None  # the test extra has it; the CSV needs nothing
     rc = train.main(["-solver", _solver(tmp_path, "run"), "-weights", str(in_demo / "demo.caffemodel"),
@@ -260,7 +262,7 @@ def test_snapshot_reports_its_bytes_to_a_progress_bar(tmp_path, monkeypatch):
 
         def close(self):
             calls.append(("close",))
-    monkeypatch.setattr(cli, "progress_bar", Bar)
+    monkeypatch.setattr(netspec.progress, "progress_bar", Bar)
     sp = prototxt.parse_solver(f'base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 max_iter: 1 display: 0 '
                                f'snapshot_prefix: "{tmp_path}/s"')
     sp.net_param.CopyFrom(prototxt.parse_net(ZERO_NET))
