@@ -1,6 +1,7 @@
-"""Moving weights between a built net and ``.caffemodel`` files, matching layers by name as Caffe does."""
+"""Moving weights between a built net and ``.caffemodel`` files, matching layers by name as Caffe does; and the
+warning about layers whose weights are still all zero when a net starts training (:func:`warn_zero_layers`)."""
 import logging
-from typing import Iterable, Iterator, List, Optional, Tuple, TypeVar
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -120,3 +121,35 @@ def share_trained_layers(module, other) -> None:
             for s in path:
                 parent = getattr(parent, s)
             setattr(parent, leaf, q)
+
+
+def warn_zero_layers(net) -> None:
+    """Warn by name about layers of a pycaffe Net about to train whose every blob is still zero: a learnable one
+    learns nothing while its inputs are zero too (loss stuck at ln(C)); a frozen one (every lr_mult 0) stays zero
+    for good, which for FCN's upsampling Deconvolutions means a net that outputs zeros (they need surgery's
+    bilinear kernels). A learnable all-zero layer whose input is not all zero (FCN's zero-initialised score layers
+    after surgery, fed by the trunk) learns normally and is not warned about. Each warning says how to initialise
+    the layer (--weights, a weight_filler, surgery)."""
+    zero = {layer: all(not b._param.detach().any() for b in blobs) for layer, blobs in net.params.items()}
+    fed = {}  # layer -> whether some bottom may be non-zero (data, or a path through a non-zero layer)
+    nonzero: Dict[str, bool] = {}
+    for node in net.module.nodes:
+        inp = any(nonzero.get(b, True) for b in node.bottoms) if node.bottoms else True
+        fed[node.name] = inp
+        out = inp and not zero.get(node.name, False)
+        for t in node.tops:
+            nonzero[t] = out
+    for layer in net.params:
+        node = net.layer_dict[layer]
+        if not zero[layer]:
+            continue
+        lrs = [s.lr_mult for s in net.module.nodes[net._layer_names.index(layer)].param.param]
+        if lrs and all(lr == 0 for lr in lrs):
+            hint = ("bilinear kernels: tools/surgery.py, or netspec.authoring.surgery.interp(net)"
+                    if node.type == "Deconvolution" else "--weights, or a weight_filler")
+            log.warning("Layer '%s' (%s) is frozen (lr_mult 0) and all zero: it stays zero and so does "
+                        "everything it feeds; initialise it (%s)", layer, node.type, hint)
+        elif not fed.get(layer, True):
+            log.warning("Layer '%s' (%s) has all-zero weights and all-zero inputs (every layer feeding it is "
+                        "all zero too): it will learn nothing useful; initialise it or what feeds it "
+                        "(--weights, a weight_filler, or surgery)", layer, node.type)

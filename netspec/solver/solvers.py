@@ -431,34 +431,10 @@ class Solver:
         return True
 
     def warn_zero_layers(self):
-        """Warn by name about layers whose every blob is still zero: a learnable one learns nothing while its
-        inputs are zero too (loss stuck at ln(C)); a frozen one (every lr_mult 0) stays zero for good, which for
-        FCN's upsampling Deconvolutions means a net that outputs zeros (they need surgery's bilinear kernels).
-        A learnable all-zero layer whose input is not all zero (FCN's zero-initialised score layers after
-        surgery, fed by the trunk) learns normally and is not warned about."""
-        zero = {layer: all(not b._param.detach().any() for b in blobs) for layer, blobs in self.net.params.items()}
-        fed = {}  # layer -> whether some bottom may be non-zero (data, or a path through a non-zero layer)
-        nonzero: Dict[str, bool] = {}
-        for node in self.net.module.nodes:
-            inp = any(nonzero.get(b, True) for b in node.bottoms) if node.bottoms else True
-            fed[node.name] = inp
-            out = inp and not zero.get(node.name, False)
-            for t in node.tops:
-                nonzero[t] = out
-        for layer, blobs in self.net.params.items():
-            node = self.net.layer_dict[layer]
-            if not zero[layer]:
-                continue
-            lrs = [s.lr_mult for s in self.net.module.nodes[self.net._layer_names.index(layer)].param.param]
-            if lrs and all(lr == 0 for lr in lrs):
-                hint = ("bilinear kernels: tools/surgery.py, or netspec.authoring.surgery.interp(net)"
-                        if node.type == "Deconvolution" else "--weights, or a weight_filler")
-                log.warning("Layer '%s' (%s) is frozen (lr_mult 0) and all zero: it stays zero and so does "
-                            "everything it feeds; initialise it (%s)", layer, node.type, hint)
-            elif not fed.get(layer, True):
-                log.warning("Layer '%s' (%s) has all-zero weights and all-zero inputs (every layer feeding it is "
-                            "all zero too): it will learn nothing useful; initialise it or what feeds it "
-                            "(--weights, a weight_filler, or surgery)", layer, node.type)
+        """Warn by name about layers of the training net whose every blob is still zero and that will stay so or
+        learn nothing (netspec.net.weights.warn_zero_layers, with its initialisation hints)."""
+        from ..net.weights import warn_zero_layers
+        warn_zero_layers(self.net)
 
     def finish(self, out=None):
         """After solve(): FCN's score.py lines of every segmentation test net (netspec.solver.seg_scores, which
