@@ -58,7 +58,15 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        return importlib.import_module(self.new_name(spec.name))
+        real = self.new_name(spec.name)
+        module = importlib.import_module(real)
+        # The package's loaded submodules under the old name too, before anything imports them by it: the import
+        # system would otherwise load them again and set each on the package, where a submodule can share its
+        # name with a function (the zoo's fcn module and fcn()).
+        for name, sub in list(sys.modules.items()):
+            if name.startswith(real + "."):
+                sys.modules.setdefault(spec.name + name[len(real):], sub)
+        return module
 
     def exec_module(self, module):
         pass

@@ -86,6 +86,8 @@ def test_old_module_paths_give_the_same_module(old, new):
     exec(f"import {old}")  # noqa: S102  (the statement a user's script has)
     exec(f"import {new}")  # noqa: S102
     assert sys.modules[old] is sys.modules[new]
+    import netspec.authoring.zoo as zoo
+    assert callable(zoo.fcn) and not isinstance(zoo.fcn, type(sys)), "an old path re-set a package attribute"
 
 
 def test_old_names_from_the_packages_that_were_modules():

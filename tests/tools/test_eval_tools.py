@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import netspec
+import netspec.data.synthetic  # noqa: F401  (the demo's class names, read below)
 from netspec.tools import evaluate, infer, timing
 from netspec.solver import metrics
 
