@@ -13,7 +13,7 @@ _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _TOOLS]
 sys.path.insert(0, os.path.dirname(_TOOLS))
 
-from netspec.tools.viz import plot_log_main as main  # noqa: E402
+from netspec.tools.plot_log import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _TOOLS]
 sys.path.insert(0, os.path.dirname(_TOOLS))
 
-from netspec.tools.evaluate import score_main as main  # noqa: E402
+from netspec.tools.score import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ _TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _TOOLS]
 sys.path.insert(0, os.path.dirname(_TOOLS))
 
-from netspec.tools.evaluate import test_main as main  # noqa: E402
+from netspec.tools.test import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,2 +1,2 @@
-"""Writing and editing nets: the NetSpec DSL (``dsl``), Crop offsets (``coord_map``), weight surgery, drawing
-(``viz``) and the model zoo (``zoo``)."""
+"""Writing and editing nets: the NetSpec DSL (``dsl``), Crop offsets (``coord_map``), weight surgery
+and the model zoo (``zoo``)."""

@@ -64,8 +64,8 @@ class Scalars(logging.Handler):
 
     def __init__(self, tensorboard: str = None, csv_path: str = None):
         super().__init__(logging.INFO)
-        from . import viz
-        self._re = viz
+        from . import plot_log
+        self._re = plot_log
         self.writer = None
         self.csv = None
         self._test = (0, 0)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from netspec import proto
-from netspec.tools import timing
+from netspec.tools import time as timing
 from netspec.tools.cli import run_tool
 from netspec.errors import FormatError
 

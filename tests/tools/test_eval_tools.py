@@ -13,7 +13,7 @@ import torch
 
 import netspec
 import netspec.data.synthetic  # noqa: F401  (the demo's class names, read below)
-from netspec.tools import evaluate, infer, timing
+from netspec.tools import infer, score, test as test_tool, time as timing
 from netspec.solver import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,14 +78,14 @@ def test_group_scores_nanmean_over_members():
 
 
 def test_class_names_files_and_known_sets(tmp_path):
-    assert evaluate.load_class_names("demo", 4) == list(netspec.data.synthetic.CLASSES)
-    assert evaluate.load_class_names(None, 21, "voc")[15] == "person"
+    assert score.load_class_names("demo", 4) == list(netspec.data.synthetic.CLASSES)
+    assert score.load_class_names(None, 21, "voc")[15] == "person"
     f = tmp_path / "names.txt"
     f.write_text("0 sky\n1 road\n# comment\n2 tall tree\n")
-    assert evaluate.load_class_names(str(f), 3) == ["sky", "road", "tall tree"]
-    assert evaluate.load_class_names(None, 3) == ["class_0", "class_1", "class_2"]
+    assert score.load_class_names(str(f), 3) == ["sky", "road", "tall tree"]
+    assert score.load_class_names(None, 3) == ["class_0", "class_1", "class_2"]
     with pytest.raises(netspec.NetspecError):
-        evaluate.load_class_names("nosuchset", 3)
+        score.load_class_names("nosuchset", 3)
 
 
 # -- palettes ---------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def test_distinct_palette_for_many_classes():
 
 # -- caffe test -------------------------------------------------------------------------------------------
 def test_caffe_test_logs_batches_loss_and_means(in_demo, netspec_log):
-    rc = evaluate.test_main(["--model", os.path.join(DEMO, "val.prototxt"), "--weights", "demo.caffemodel",
+    rc = test_tool.main(["--model", os.path.join(DEMO, "val.prototxt"), "--weights", "demo.caffemodel",
                              "--iterations", "3"])
     assert rc == 0
     assert "Use CPU." in netspec_log and "Running for 3 iterations." in netspec_log
@@ -129,7 +129,7 @@ def test_caffe_test_logs_batches_loss_and_means(in_demo, netspec_log):
 def test_caffe_test_needs_weights(in_demo, capsys):
     # --weights is required, and the usage line says so (it used to show [--weights WEIGHTS] as optional)
     with pytest.raises(SystemExit) as e:
-        evaluate.test_main(["--model", os.path.join(DEMO, "val.prototxt")])
+        test_tool.main(["--model", os.path.join(DEMO, "val.prototxt")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "required: --weights" in err and "[--weights" not in err
@@ -206,7 +206,7 @@ def _metric(lines, name):
 def test_score_val_net_prints_metrics_and_saves_results(in_demo, netspec_log, capsys):
     (in_demo / "data" / "demo" / "groups.txt").write_text("shapes: disc square triangle\nstuff: background\n")
     try:
-        rc = evaluate.score_main(["--model", os.path.join(DEMO, "val.prototxt"), "--weights", "demo.caffemodel",
+        rc = score.main(["--model", os.path.join(DEMO, "val.prototxt"), "--weights", "demo.caffemodel",
                                   "--save-dir", "res", "--no-progress"])
     finally:
         (in_demo / "data" / "demo" / "groups.txt").unlink()
@@ -232,16 +232,16 @@ def test_score_val_net_prints_metrics_and_saves_results(in_demo, netspec_log, ca
 
 def test_score_deploy_net_on_dataset_matches_the_val_net(in_demo, capsys):
     args = ["--weights", "demo.caffemodel", "--no-progress", "--quiet", "--classes", "demo"]
-    assert evaluate.score_main(["--model", os.path.join(DEMO, "val.prototxt")] + args) == 0
+    assert score.main(["--model", os.path.join(DEMO, "val.prototxt")] + args) == 0
     val = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("loss")]
-    assert evaluate.score_main(["--model", os.path.join(DEMO, "deploy.prototxt"), "--dataset", "data/demo/val"]
+    assert score.main(["--model", os.path.join(DEMO, "deploy.prototxt"), "--dataset", "data/demo/val"]
                                + args) == 0
     deploy = capsys.readouterr().out.splitlines()
     assert deploy == val and not any(line.startswith("loss") for line in deploy)
 
 
 def test_score_deploy_without_dataset_is_a_clear_error(in_demo, netspec_log):
-    rc = evaluate.score_main(["--model", os.path.join(DEMO, "deploy.prototxt"), "--weights", "demo.caffemodel"])
+    rc = score.main(["--model", os.path.join(DEMO, "deploy.prototxt"), "--weights", "demo.caffemodel"])
     assert rc == 1 and any("--dataset" in m for m in netspec_log)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import netspec
-from netspec.tools import evaluate
+from netspec.tools import score
 from netspec.solver import metrics
 from netspec.data.packers import IDD_CLASSES
 
@@ -65,7 +65,7 @@ def idd_like(tmp_path):
 
 def _score(args):
     out = io.StringIO()
-    assert evaluate.score_main(args + ["--no-progress", "--quiet"], out=out) == 0
+    assert score.main(args + ["--no-progress", "--quiet"], out=out) == 0
     return out.getvalue().splitlines()
 
 
@@ -104,17 +104,17 @@ def test_score_table_with_idd_names(idd_like):
 
 
 def test_idd_is_guessed_from_paths_only_as_a_word():
-    assert evaluate.guess_dataset({"source": "data/idd/val"}) == "idd"
-    assert evaluate.guess_dataset(None, "/data/IDD_Segmentation") == "idd"
-    assert evaluate.guess_dataset({"source": "data/hidden_set/val"}) is None
-    assert evaluate.known_classes()["idd"][:3] == ("road", "drivable fallback", "sidewalk")
+    assert score.guess_dataset({"source": "data/idd/val"}) == "idd"
+    assert score.guess_dataset(None, "/data/IDD_Segmentation") == "idd"
+    assert score.guess_dataset({"source": "data/hidden_set/val"}) is None
+    assert score.known_classes()["idd"][:3] == ("road", "drivable fallback", "sidewalk")
 
 
 def test_cityscapes_names_are_the_19_train_ids():
-    assert evaluate.guess_dataset({"source": "data/cityscapes/val"}) == "cityscapes"
-    names = evaluate.load_class_names(None, 19, "cityscapes")
+    assert score.guess_dataset({"source": "data/cityscapes/val"}) == "cityscapes"
+    names = score.load_class_names(None, 19, "cityscapes")
     assert len(names) == 19 and names[0] == "road" and names[11] == "person" and names[18] == "bicycle"
-    assert evaluate.load_class_names("cityscapes", 19) == names
+    assert score.load_class_names("cityscapes", 19) == names
 
 
 def test_class_names_file_beside_the_data_is_used_without_classes(idd_like, tmp_path):

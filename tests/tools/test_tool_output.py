@@ -14,8 +14,7 @@ import pytest
 
 import netspec
 import netspec.progress
-from netspec.tools import cli, evaluate, infer, timing, train
-from netspec.tools import viz
+from netspec.tools import cli, draw_net, infer, plot_log, score, test as test_tool, time as timing, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "prototxt", "demo")
@@ -154,7 +153,7 @@ def test_zero_layer_fed_by_a_trained_trunk_is_not_warned_about(caplog):
 
 def test_kitti_road_class_names_are_the_packers():
     from netspec.data import packers
-    assert evaluate.known_classes()["kitti_road"] == packers.KITTI_ROAD_CLASSES == ("non-road", "road")
+    assert score.known_classes()["kitti_road"] == packers.KITTI_ROAD_CLASSES == ("non-road", "road")
 
 
 def test_synthetic_says_when_it_kept_existing_data(tmp_path, capsys):
@@ -174,9 +173,9 @@ def test_synthetic_says_when_it_kept_existing_data(tmp_path, capsys):
 
 
 # -- 4: one CLI style ---------------------------------------------------------------------------------------------
-PARSERS = {"train.py": train.build_parser, "test.py": evaluate.test_parser, "score.py": evaluate.score_parser,
-           "infer.py": infer.build_parser, "time.py": timing.build_parser, "draw_net.py": viz.draw_net_parser,
-           "plot_log.py": viz.plot_log_parser}
+PARSERS = {"train.py": train.build_parser, "test.py": test_tool.parser, "score.py": score.parser,
+           "infer.py": infer.build_parser, "time.py": timing.build_parser, "draw_net.py": draw_net.parser,
+           "plot_log.py": plot_log.parser}
 
 
 @pytest.mark.parametrize("name", sorted(PARSERS))
@@ -225,7 +224,7 @@ def test_caffe_spellings_and_underscore_aliases():
     assert (a.solver, a.gpu, a.snapshot, a.sigint_effect, a.sighup_effect) == \
         ("s.prototxt", "0", "x.solverstate", "snapshot", "none")
     assert p.parse_args(["--solver", "s", "--sigint-effect", "none"]).sigint_effect == "none"
-    t = evaluate.test_parser()
+    t = test_tool.parser()
     a = t.parse_args(cli.caffe_spellings(["-model", "m", "-weights", "w", "-iterations", "7"], t))
     assert (a.model, a.weights, a.iterations) == ("m", "w", 7)
 

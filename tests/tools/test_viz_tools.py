@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import netspec
-from netspec.tools import viz
+from netspec.tools import draw_net, plot_log
 from netspec.net.pycaffe import load_net_param
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,7 +53,7 @@ IU background 0.9593
 
 
 def test_parse_caffe_glog_log():
-    tl = viz.parse_log(CAFFE_LOG.splitlines())
+    tl = plot_log.parse_log(CAFFE_LOG.splitlines())
     assert tl.train_loss == [(0, 3.04452), (20, 2.5), (40, 1.75)]
     assert tl.lr == [(0, 1e-10), (20, 1e-10), (40, 1e-11)]
     assert tl.test_outputs["accuracy"] == [(0, 0.25), (40, 0.75)]
@@ -63,7 +63,7 @@ def test_parse_caffe_glog_log():
 
 
 def test_parse_our_log_with_score_block():
-    tl = viz.parse_log(OUR_LOG.splitlines())
+    tl = plot_log.parse_log(OUR_LOG.splitlines())
     assert tl.train_loss == [(0, 24.5669), (10, 0.74)]
     assert tl.lr == [(0, 0.001), (10, 0.0001)]
     assert tl.test_outputs["Test loss"] == [(10, 2.5)]
@@ -76,7 +76,7 @@ def test_plot_log_writes_png_and_csv(tmp_path, capsys):
     log = tmp_path / "train.log"
     log.write_text(CAFFE_LOG + OUR_LOG)
     csv = tmp_path / "curves.csv"
-    assert viz.plot_log_main([str(log), "--csv", str(csv)]) == 0
+    assert plot_log.main([str(log), "--csv", str(csv)]) == 0
     png = (tmp_path / "train.png").read_bytes()
     assert png.startswith(PNG) and len(png) > 10000
     rows = csv.read_text().splitlines()
@@ -88,14 +88,14 @@ def test_plot_log_writes_png_and_csv(tmp_path, capsys):
 def test_plot_log_rejects_a_log_without_training_lines(tmp_path, capsys):
     log = tmp_path / "empty.log"
     log.write_text("hello\n")
-    assert viz.plot_log_main([str(log)]) == 1
+    assert plot_log.main([str(log)]) == 1
     assert "no 'Iteration N" in capsys.readouterr().err
     assert not (tmp_path / "empty.png").exists()
 
 
 def test_draw_net_without_graphviz_writes_dot_and_summary(in_demo, monkeypatch, capsys):
-    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
-    assert viz.draw_net_main([os.path.join(DEMO, "train.prototxt"), "net/demo.png"]) == 0
+    monkeypatch.setattr(draw_net.shutil, "which", lambda name: None)
+    assert draw_net.main([os.path.join(DEMO, "train.prototxt"), "net/demo.png"]) == 0
     out = capsys.readouterr().out
     assert "install graphviz" in out and "wrote net/demo.dot" in out and not (in_demo / "net" / "demo.png").exists()
     dot = (in_demo / "net" / "demo.dot").read_text()
@@ -125,7 +125,7 @@ def test_draw_net_runs_dot_when_installed(in_demo, tmp_path, monkeypatch, capsys
                     "open(args[args.index('-o') + 1], 'wb').write(b'picture ' + args[0].encode())\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ.get("PATH", ""))
-    assert viz.draw_net_main([os.path.join(DEMO, "deploy.prototxt"), "g.svg", "--rankdir", "TB"]) == 0
+    assert draw_net.main([os.path.join(DEMO, "deploy.prototxt"), "g.svg", "--rankdir", "TB"]) == 0
     assert (in_demo / "g.svg").read_bytes() == b"picture -Tsvg"
     assert "wrote g.svg" in capsys.readouterr().out
     assert "rankdir=TB;" in (in_demo / "g.dot").read_text()
@@ -133,15 +133,15 @@ def test_draw_net_runs_dot_when_installed(in_demo, tmp_path, monkeypatch, capsys
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 def test_draw_net_real_graphviz_png(in_demo):
-    assert viz.draw_net_main([os.path.join(DEMO, "deploy.prototxt"), "deploy.png"]) == 0
+    assert draw_net.main([os.path.join(DEMO, "deploy.prototxt"), "deploy.png"]) == 0
     assert (in_demo / "deploy.png").read_bytes().startswith(PNG)
 
 
 def test_draw_net_without_shapes_when_the_data_is_missing(tmp_path, monkeypatch, netspec_log):
     monkeypatch.chdir(tmp_path)  # no data/demo here; the net is drawn from the prototxt alone
-    monkeypatch.setattr(viz.shutil, "which", lambda name: None)
+    monkeypatch.setattr(draw_net.shutil, "which", lambda name: None)
     monkeypatch.setattr("netspec.data.seg.DEMO_ROOT", "no/such/root")  # never generate the demo set here
-    assert viz.draw_net_main([os.path.join(DEMO, "val.prototxt"), "val.png", "--phase", "TEST"]) == 0
+    assert draw_net.main([os.path.join(DEMO, "val.prototxt"), "val.png", "--phase", "TEST"]) == 0
     txt = (tmp_path / "val.txt").read_text()
     assert "no shapes" in txt and "conv1_1" in txt
     assert any("drawing without blob shapes" in m for m in netspec_log)
@@ -151,7 +151,7 @@ def test_draw_net_without_shapes_when_the_data_is_missing(tmp_path, monkeypatch,
 def test_draw_net_default_picture_is_readable(in_demo):
     # issue #20: the default used to be left to right, 9227 x 367 px for the demo net
     import cv2
-    assert viz.draw_net_main([os.path.join(DEMO, "train.prototxt"), "demo.png"]) == 0
+    assert draw_net.main([os.path.join(DEMO, "train.prototxt"), "demo.png"]) == 0
     h, w = cv2.imread(str(in_demo / "demo.png")).shape[:2]
     assert w <= 800 and h > w, (w, h)
 
@@ -180,7 +180,7 @@ def _log(path, losses, test=None, lr=0.001):
 
 def test_plot_log_single_point_is_visible(tmp_path, monkeypatch, capsys):
     figs = _figures(monkeypatch)
-    assert viz.plot_log_main([_log(tmp_path / "one.log", [(0, 2.5)])]) == 0
+    assert plot_log.main([_log(tmp_path / "one.log", [(0, 2.5)])]) == 0
     line = figs[0].axes[0].get_lines()[0]
     assert list(line.get_xdata()) == [0] and line.get_marker() == "o"  # a lone point gets a marker
 
@@ -189,11 +189,11 @@ def test_plot_log_keeps_an_early_spike_off_the_axes_or_uses_log_scale(tmp_path, 
     figs = _figures(monkeypatch)
     losses = [(0, 500.0)] + [(i, 1.0 / (1 + 0.1 * i)) for i in range(10, 400, 10)]
     log = _log(tmp_path / "spike.log", losses)
-    assert viz.plot_log_main([log]) == 0
+    assert plot_log.main([log]) == 0
     lo, hi = figs[-1].axes[0].get_ylim()
     assert hi < 2.0 and lo < 0.3  # the curve, not the spike, fills the axes
     assert any("up to 500" in t.get_text() for t in figs[-1].axes[0].texts)
-    assert viz.plot_log_main([log, "--log-y"]) == 0
+    assert plot_log.main([log, "--log-y"]) == 0
     assert figs[-1].axes[0].get_yscale() == "log"
 
 
@@ -202,7 +202,7 @@ def test_plot_log_compares_several_runs(tmp_path, monkeypatch, capsys):
     a = _log(tmp_path / "a.log", [(0, 2.0), (10, 1.0)], test=[(10, 1.5)])
     b = _log(tmp_path / "b.log", [(0, 3.0), (10, 0.5)], test=[(10, 0.9)], lr=0.01)
     out = tmp_path / "cmp.png"
-    assert viz.plot_log_main([f"base={a}", b, "--out", str(out), "--csv", str(tmp_path / "cmp.csv")]) == 0
+    assert plot_log.main([f"base={a}", b, "--out", str(out), "--csv", str(tmp_path / "cmp.csv")]) == 0
     assert out.read_bytes().startswith(PNG)
     labels = [l.get_label() for l in figs[0].axes[0].get_lines()]
     assert labels == ["base: train loss", "base: test loss", "b: train loss", "b: test loss"]

@@ -1,9 +1,8 @@
-"""`caffe test` and FCN's ``score.py`` as functions: the library side of ``tools/test.py`` and ``tools/score.py``.
+"""FCN's ``score.py`` as a function: the library side of ``tools/score.py``.
 
-``caffe_test`` runs a TEST-phase net for N batches and logs Caffe's lines (``Running for 50 iterations.``,
-``Batch i, <output> = v``, ``Loss: L``, ``<output> = mean (* w = ... loss)``). ``score`` accumulates the
-confusion matrix of argmax(score) against the label over a split -- from the net's own data layer, or from a
-deploy net fed record by record from a dataset directory -- and prints score.py's metric lines.
+``score`` accumulates the confusion matrix of argmax(score) against the label over a split -- from the net's own
+data layer, or from a deploy net fed record by record from a dataset directory -- and prints score.py's metric
+lines.
 """
 import argparse
 import functools
@@ -26,7 +25,6 @@ from ..solver.seg_scores import count_records, data_layer_info  # (also importab
 log = logging.getLogger("netspec")
 
 
-
 def known_classes() -> Dict[str, Tuple[str, ...]]:
     """Built-in class names by dataset key (``--classes demo`` etc.)."""
     from ..data.classes import CITYSCAPES_CLASSES, DEMO_CLASSES, IDD_CLASSES, KITTI_ROAD_CLASSES, VOC_CLASSES
@@ -35,72 +33,6 @@ def known_classes() -> Dict[str, Tuple[str, ...]]:
                         ("cityscapes", CITYSCAPES_CLASSES)])
 
 
-def _g(v: float) -> str:
-    """C++ ostream's default float formatting (6 significant digits)."""
-    return f"{v:.6g}"
-
-
-# -- caffe test --------------------------------------------------------------------------------------------
-def caffe_test(net, iterations: int) -> Tuple[float, "OrderedDict[str, np.ndarray]"]:
-    """Caffe's ``test()``: ``iterations`` forwards, logging every output element per batch and the means.
-
-    Returns ``(mean loss, {output: mean value array})``."""
-    import torch
-    log.info("Running for %d iterations.", iterations)
-    weights = dict(net.loss_outputs())
-    sums: "OrderedDict[str, np.ndarray]" = OrderedDict()
-    loss = 0.0
-    for i in range(iterations):
-        with torch.no_grad():
-            out = net.forward_only()
-        loss += sum(float(np.sum(net.blobs[o].data)) * w for o, w in weights.items())
-        for o in net.outputs:
-            vals = np.asarray(out[o], np.float64).reshape(-1)
-            if o in sums:
-                sums[o] += vals
-            else:
-                sums[o] = vals.copy()
-            for v in vals:
-                log.info("Batch %d, %s = %s", i, o, _g(v))
-    loss /= max(1, iterations)
-    log.info("Loss: %s", _g(loss))
-    means = OrderedDict((o, v / max(1, iterations)) for o, v in sums.items())
-    for o, vals in means.items():
-        w = weights.get(o, 0.0)
-        for v in vals:
-            extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
-            log.info("%s = %s%s", o, _g(v), extra)
-    return loss, means
-
-
-def test_parser():
-    p = argparse.ArgumentParser(prog="test.py", description="Score a model (the equivalent of `caffe test`): "
-                                "run the TEST-phase net for --iterations batches and log every output.")
-    p.add_argument("--model", required=True, help="net prototxt (with its data layer)")
-    p.add_argument("--weights", required=True, help="trained caffemodel(s), comma-separated")
-    p.add_argument("--iterations", type=int, default=50, help="number of batches (default 50)")
-    p.add_argument("--gpu", help="GPU id (the first of a list is used); default CPU")
-    add_net_state(p)
-    add_verbosity(p, progress=False)
-    return p
-
-
-def test_main(argv=None) -> int:
-    args = parse_args(test_parser(), argv)
-    from ..net.pycaffe import TEST, Net  # torch: after the arguments (--help stays fast)
-    setup_logging(logging.WARNING if args.quiet else logging.INFO)
-    try:
-        device = tool_device(args.gpu)
-        net = Net(args.model, TEST, weights=args.weights, level=args.level, stages=stages(args.stage),
-                  device=device)
-        caffe_test(net, args.iterations)
-    except NetspecError as e:
-        log.error("%s", e)
-        return 1
-    return 0
-
-
-# -- score.py ----------------------------------------------------------------------------------------------
 def batches_per_epoch(net, info: Optional[dict]) -> Optional[int]:
     """Batches that cover the data layer's records once: asked of the built Python data layer (its split
     list ``indices`` as the FCN layers keep it, or SegDataLayer's LMDB ``images``), else counted from the
@@ -262,7 +194,7 @@ def score_deploy(net, dataset: str, layer: str, mean, scale: float, iterations: 
 def save_results(save_dir: str, hist: np.ndarray, s: dict, names: Sequence[str], group_rows=None) -> List[str]:
     """confusion.npy, confusion.png (row-normalised heat map), per_class.csv (IoU, accuracy, pixels),
     scores.txt. Returns the paths written."""
-    from .viz import plot_confusion
+    from .plot_log import plot_confusion
     os.makedirs(save_dir, exist_ok=True)
     paths = []
     p = os.path.join(save_dir, "confusion.npy")
@@ -287,7 +219,7 @@ def save_results(save_dir: str, hist: np.ndarray, s: dict, names: Sequence[str],
     return paths
 
 
-def score_parser():
+def parser():
     p = argparse.ArgumentParser(prog="score.py", description="FCN segmentation metrics (overall accuracy, mean "
                                 "accuracy, mean IU, fwavacc, per-class IoU) over a split.")
     p.add_argument("--model", required=True, help="val/test prototxt with a data layer, or a deploy prototxt "
@@ -315,9 +247,9 @@ def score_parser():
     return p
 
 
-def score_main(argv=None, out=None) -> int:
+def main(argv=None, out=None) -> int:
     import sys
-    args = parse_args(score_parser(), argv)
+    args = parse_args(parser(), argv)
     import torch
     from ..net.pycaffe import TEST, Net, load_net_param  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
