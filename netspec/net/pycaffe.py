@@ -155,6 +155,7 @@ class Net:
         self._channels_last = False
         self._compiled = None
         self._freeze = False
+        self._aot = None
         self._before: list = []
         self._after: list = []
         self._graph = None
@@ -293,14 +294,18 @@ class Net:
                 self.blobs[o]._set(env[o].float())
 
     def configure(self, precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                  checkpoint: bool = False, freeze: bool = False):
+                  checkpoint: bool = False, freeze: bool = False, cache_dir=None):
         """Speed settings of the fast paths: autocast precision, NHWC activations, torch.compile, and
         activation checkpointing (training keeps ~sqrt(n) blobs for backward and recomputes the rest: less
         memory for large inputs, about one more forward of compute).
 
         ``freeze`` (with ``compile``): inference without autograd compiles with the weights folded in as
         constants (inductor's freezing: pre-packed oneDNN convolutions on CPU). Only for a net whose weights no
-        longer change: load them first, and never freeze a net that shares weights with a training net."""
+        longer change: load them first, and never freeze a net that shares weights with a training net.
+        Frozen inference is compiled ahead of time (torch.export + AOTInductor) into a package per input
+        shape, kept under ``cache_dir`` (default ``$NETSPEC_CACHE_DIR/compiled`` or ``~/.cache/netspec/compiled``;
+        netspec.net.compile_cache) and loaded by later runs without tracing; ``cache_dir=False``: torch.compile
+        only. A net that torch.export or AOTInductor cannot take falls back to torch.compile (one warning)."""
         dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
         if precision not in dtypes:
             raise NetspecError(f"precision {precision!r}: use fp32, bf16 or fp16")
@@ -313,6 +318,10 @@ class Net:
             raise NetspecError("freeze=True needs compile=True (freezing is a torch.compile setting)")
         self._freeze = freeze
         self._compiled = torch.compile(self.module) if compile else None
+        self._aot = None
+        if compile and freeze and cache_dir is not False:
+            from .compile_cache import AotCache
+            self._aot = AotCache(self, cache_dir)
 
     def _autocast(self):
         amp = self._amp
@@ -329,8 +338,13 @@ class Net:
             if (compiled is not None and not self._before and not self._after
                     and set(retain) <= set(self.module.output_blobs)):
                 frozen = self._freeze and not torch.is_grad_enabled()
-                with _freezing() if frozen else contextlib.nullcontext():
-                    env = dict(compiled({n: feed[n] for n in self.inputs}))
+                inputs = {n: feed[n] for n in self.inputs}
+                run = self._aot.runner(inputs) if frozen and self._aot is not None else None
+                if run is not None:
+                    env = dict(run(inputs))
+                else:
+                    with _freezing() if frozen else contextlib.nullcontext():
+                        env = dict(compiled(inputs))
                 loss = env.pop("__loss__", None)
             else:
                 env, loss = self.module.run(feed, before=self._call(self._before),

@@ -13,6 +13,12 @@ DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
                       "deploy.prototxt")
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Compiled packages (netspec.net.compile_cache) go to the test's folder, never to ~/.cache."""
+    monkeypatch.setenv("NETSPEC_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _net():
     torch.manual_seed(0)
     net = netspec.Net(DEPLOY, netspec.TEST)
