@@ -54,3 +54,14 @@ def strict_weights() -> bool:
 def set_random_seed(seed: int):
     """Seed the fillers and Dropout (Caffe's random_seed)."""
     torch.manual_seed(int(seed))
+
+
+def rank() -> int:
+    """This process's rank in a multi-process run (torchrun), 0 otherwise."""
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_root() -> bool:
+    """Whether this process tests, scores and snapshots (Caffe's root solver)."""
+    return rank() == 0

@@ -72,9 +72,9 @@ class SegScores:
         (stdout). When the last test pass ran at the final iteration its confusion matrix is used, so the scores
         and the ``Test net output`` lines cover the same images; otherwise one test pass of ``test_iter``
         batches runs now (announced, with a progress bar). Returns the scores per test net."""
-        from .solvers import _is_root
+        from ..net.runtime import is_root
         results = []
-        if not _is_root():
+        if not is_root():
             return results
         if self not in solver.test_hooks:
             solver.test_hooks.append(self)

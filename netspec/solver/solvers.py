@@ -23,6 +23,7 @@ import torch
 
 from .. import progress as bars
 from ..errors import SolverError
+from ..net.runtime import is_root as _is_root, rank as _rank
 from ..proto import caffe_pb2
 from .snapshot import PrefixLock as _PrefixLock, check_finite, learned_net_path, load_history, write_snapshot
 
@@ -700,15 +701,6 @@ class Solver:
             log.warning("%s has no %s beside it (a snapshot of Caffe or of another tool): the data streams and "
                         "random generators restart, so the resumed run will not repeat the uninterrupted one "
                         "exactly", state_file, os.path.basename(extra))
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _is_root() -> bool:
-    return _rank() == 0
 
 
 def _hms(seconds: float) -> str:
