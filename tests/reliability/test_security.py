@@ -294,14 +294,10 @@ def test_image_list_paths_are_literal(sandbox, name):
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_snapshot_prefix_and_net_path_are_literal(sandbox, name):
+def test_snapshot_prefix_and_net_path_are_literal(sandbox, name, tiny_net_text):
     from netspec.solver.solvers import Solver
     net_file = Path(name + "_net.prototxt")
-    net_file.write_text('layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 1 dim: 2 } '
-                        'shape { dim: 1 dim: 3 } } }\n'
-                        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" '
-                        'inner_product_param { num_output: 3 } }\n'
-                        'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }\n')
+    net_file.write_text(tiny_net_text(loss=True))
     solver = Path(name + "_solver.prototxt")
     solver.write_text(f'net: "{_quoted(net_file)}"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 2\n'
                       f'snapshot: 2\nsnapshot_prefix: "{_quoted(name)}/snap_{_quoted(name)}"\n')

@@ -3,17 +3,13 @@ import logging
 
 from netspec.solver.solvers import Solver
 
-NET = ('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 1 dim: 2 } '
-       'shape { dim: 1 dim: 2 } } }\nlayer { name: "ip" type: "InnerProduct" bottom: "x" top: "z" '
-       'inner_product_param { num_output: 2 } }\nlayer { name: "loss" type: "EuclideanLoss" bottom: "z" '
-       'bottom: "y" top: "loss" }\n')
 
-
-def test_paths_relative_to_the_solver_file_are_used_when_cwd_lacks_them(tmp_path, monkeypatch, caplog):
+def test_paths_relative_to_the_solver_file_are_used_when_cwd_lacks_them(tmp_path, monkeypatch, caplog,
+                                                                      tiny_net_text):
     d = tmp_path / "exp"
     d.mkdir()
-    for name in ("train.prototxt", "a.prototxt", "b.prototxt"):
-        (d / name).write_text(NET.replace('name: "in"', f'name: "in_{name[0]}"'))
+    for name in ("train.prototxt", "a.prototxt", "b.prototxt"):   # the input layer renamed in_t, in_a, in_b
+        (d / name).write_text(tiny_net_text(loss=True).replace('name: "data"', f'name: "in_{name[0]}"'))
     (d / "solver.prototxt").write_text('train_net: "train.prototxt"\ntest_net: "a.prototxt"\n'
                                        'test_net: "b.prototxt"\ntest_iter: 1\ntest_iter: 1\n'
                                        'test_interval: 10\nbase_lr: 0.1\nlr_policy: "fixed"\n')

@@ -111,10 +111,10 @@ def test_learning_rate_edges_give_caffe_values_or_a_clear_error():
         learning_rate(poly, 11)
 
 
-def test_test_iter_zero_skips_the_pass_and_negative_is_refused(tmp_path, monkeypatch):
+def test_test_iter_zero_skips_the_pass_and_negative_is_refused(tmp_path, monkeypatch, tiny_net_text):
     from netspec.errors import SolverError
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "net.prototxt").write_text(NET % "false")
+    (tmp_path / "net.prototxt").write_text(tiny_net_text(loss=True))
     base = 'net: "net.prototxt"\ntest_interval: 2\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 4\n' \
            'snapshot_prefix: "s"\ndisplay: 0\n'
     (tmp_path / "solver.prototxt").write_text(base + "test_iter: 0\n")
