@@ -98,7 +98,7 @@ def test_solver_pass_is_fused_and_follows_caffes_formulas():
     net = _net()
     heads, absorbed = net.module._train_plan(False)
     names = {n.index: n.name for n in net.module.nodes}
-    assert sorted(names[i] for i in heads) == ["bn", "sum"]
+    assert sorted(names[i] for i in heads) == ["bn", "data_in_0_split", "sum"]  # the Split: one tensor
     assert sorted(names[i] for i in absorbed) == ["r", "r2", "sc"]
     want = _caffe(net)
     _close(net.forward_backward(), want["loss"], "loss")

@@ -119,14 +119,14 @@ class BatchNorm(nn.Module):
         """The forward as torch's one-pass batch_norm kernel (``_fused_ok(x)`` must hold), with an affine
         ``weight`` and ``bias`` per channel when given (a Scale layer that follows: y * weight + bias).
 
-        Batch statistics: torch's running-statistics update with momentum 1 into fresh zero buffers yields the
-        batch mean and the m/(m-1)-corrected variance, which are added to Caffe's accumulators."""
+        Batch statistics: torch's running-statistics update with momentum 1 into zeroed scratch buffers yields
+        the batch mean and the m/(m-1)-corrected variance, which are added to Caffe's accumulators."""
         if self.use_global_stats:
             sf = self.scale_factor
             inv = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
             return torch.batch_norm(x, weight, bias, self.mean * inv, self.variance * inv, False, 0.0,
                                     self.eps, False)
-        mean, var = torch.zeros_like(self.mean), torch.zeros_like(self.variance)
+        mean, var = self._scratch()
         y = torch.batch_norm(x, weight, bias, mean, var, True, 1.0, self.eps, False)
         if self.hold_state:
             return y
@@ -135,6 +135,18 @@ class BatchNorm(nn.Module):
             self.mean.mul_(self.maf).add_(mean)
             self.variance.mul_(self.maf).add_(var)
         return y
+
+    def _scratch(self):
+        """Two zeroed per-channel vectors (one buffer, zeroed in one op; made again for another device): zeroed
+        every call, since the kernel's momentum-1 update still multiplies the old value by 0 (an inf would
+        give nan)."""
+        buf = self.__dict__.get("_stats_buf")
+        if buf is None or buf.device != self.mean.device:
+            buf = torch.zeros(2, self.mean.numel(), dtype=torch.float32, device=self.mean.device)
+            self.__dict__["_stats_buf"], self.__dict__["_stats_views"] = buf, (buf[0], buf[1])
+        else:
+            buf.zero_()
+        return self.__dict__["_stats_views"]
 
     def extra_repr(self):
         stats = "global" if self.use_global_stats else "batch"

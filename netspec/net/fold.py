@@ -137,6 +137,7 @@ def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Mod
       one torch batch_norm kernel with the Scale's gamma and beta as its affine part, then relu_ on its own
       fresh output (``BatchNormScaleReLU``).
     * Eltwise SUM -> ReLU in place on its top: the sum, then relu_ on it (``EltwiseReLU``).
+    * Split (not for pycaffe's forward): the bottom tensor itself as every top (``SameTensor``).
 
     Only the chain's last value of the blob stays visible, as in Caffe, where in-place layers overwrite it.
     ``in_place_heads_only`` (pycaffe's forward, which keeps the first version of every blob for its diff): only
@@ -149,7 +150,9 @@ def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Mod
         node = nodes[i]
         m = net.get_module(node.index)
         fused, chain = None, []
-        if (len(node.tops) == 1 and not any(node.loss_weights)
+        if node.type == "Split" and not in_place_heads_only and not any(node.loss_weights):
+            fused = SameTensor(len(node.tops))
+        elif (len(node.tops) == 1 and not any(node.loss_weights)
                 and (not in_place_heads_only or node.bottoms[:1] == node.tops)):
             t = node.tops[0]
             if node.type == "BatchNorm" and len(node.bottoms) == 1:
@@ -192,6 +195,18 @@ class BatchNormScaleReLU(nn.Module):
             return y if self.relu is None else self.relu(y)
         y = self.bn.fused(x, self.scale.weight, self.scale.bias)
         return y if self.relu is None else y.relu_()
+
+
+class SameTensor(nn.Module):
+    """Split in the fast path: every top is the bottom tensor itself (autograd sums the tops' gradients); the
+    per-top views pycaffe needs for per-top diffs cost a view op and a backward node each."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return (x,) * self.n
 
 
 class EltwiseReLU(nn.Module):
