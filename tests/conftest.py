@@ -7,7 +7,6 @@
   "conv1" (4 outputs, 3x3, pad 1, gaussian weights, constant bias) -> in-place ReLU "relu1" -> MAX Pooling
   "pool1" (2x2, stride 2) -> InnerProduct "fc" (3 outputs); with ``loss=True`` the Input also gives "label"
   (batch) and SoftmaxWithLoss "loss" follows. A test whose assertions name layers or shapes writes its own net.
-- ``tiny_net``: that net (no loss) built as a ``netspec.Net`` in TEST phase, weights seeded (torch seed 0).
 """
 
 import logging
@@ -83,13 +82,3 @@ def tiny_net_text():
     """``tiny_net_text(loss=False, batch=2, size=8)``: the shared tiny net's prototxt (module docstring)."""
     return _tiny_net_text
 
-
-@pytest.fixture
-def tiny_net():
-    """The shared tiny net (no loss) as a ``netspec.Net`` in TEST phase, its weights drawn after torch seed 0."""
-    import torch
-
-    import netspec
-    from netspec.formats import prototxt
-    torch.manual_seed(0)
-    return netspec.Net(prototxt.parse_net(_tiny_net_text()), netspec.TEST)
