@@ -38,13 +38,19 @@ def default_dir() -> Path:
     return Path(base) / "netspec" / "compiled"
 
 
+#: The sources that decide what a net's forward computes: the layers, the net runner and folding, the
+#: proto-to-proto passes, the registry (tools, solver, data loading and so on do not invalidate packages).
+_FORWARD_SOURCES = ("layers/**/*.py", "passes/*.py", "formats/*.py", "net/caffe_net.py", "net/fold.py",
+                    "net/compile_cache.py", "registry.py", "proto/*.py")
+
+
 def _sources_digest() -> str:
-    """A digest of the netspec package's Python sources (read once per process, a few ms)."""
+    """A digest of the netspec sources that shape the forward (read once per process, a few ms)."""
     global _SOURCES
     if _SOURCES is None:
         h = hashlib.sha256()
         root = Path(__file__).resolve().parents[1]
-        for p in sorted(root.rglob("*.py")):
+        for p in sorted({p for pattern in _FORWARD_SOURCES for p in root.glob(pattern)}):
             h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
         _SOURCES = h.hexdigest()
     return _SOURCES
