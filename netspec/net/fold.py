@@ -182,7 +182,7 @@ def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Mod
 class BatchNormScaleReLU(nn.Module):
     """Caffe's BatchNorm, the Scale after it and optionally a ReLU as one batch_norm kernel (the Scale's gamma
     and beta its affine part) and an in-place relu_ on that kernel's own output. Same formulas as the three
-    layers (tests/test_train_fusion.py checks them against Caffe's); inputs the kernel does not take (see
+    layers (tests/net/test_train_fusion.py checks them against Caffe's); inputs the kernel does not take (see
     ``BatchNorm._fused_ok``) run the three layers."""
 
     def __init__(self, bn, scale, relu=None):
