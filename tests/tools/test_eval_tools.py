@@ -275,6 +275,31 @@ def test_infer_writes_input_sized_masks_of_palette_colours(in_demo, tmp_path):
     assert sorted(os.listdir(out / "labels")) == ["a.png", "b.png"]
 
 
+def test_infer_channels_last_default_writes_the_same_labels(in_demo, tmp_path, monkeypatch):
+    """On the CPU infer runs NHWC by default (the faster layout there); the label maps are those of the
+    contiguous net, and --no-channels-last turns it off."""
+    from netspec.data.synthetic import make_sample
+    from netspec.net import pycaffe
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        cv2.imwrite(str(imgs / f"{i}.png"), make_sample(rng, 64)[0])
+    layouts = []
+    real = pycaffe.Net.configure
+    monkeypatch.setattr(pycaffe.Net, "configure",
+                        lambda self, **kw: (layouts.append(kw.get("channels_last")), real(self, **kw))[1])
+    runs = {}
+    for flag in ([], ["--no-channels-last"]):
+        out = tmp_path / ("out" + "".join(flag))
+        assert infer.main([str(imgs), "--model", os.path.join(DEMO, "deploy.prototxt"), "--weights",
+                           "demo.caffemodel", "--out", str(out), "--no-progress", "--quiet", *flag]) == 0
+        runs[tuple(flag)] = [cv2.imread(str(out / "labels" / f"{i}.png"), cv2.IMREAD_UNCHANGED) for i in range(3)]
+    assert layouts == [True]  # configured once (NHWC), not at all with --no-channels-last
+    for a, b in zip(runs[()], runs[("--no-channels-last",)]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_infer_labels_match_the_nets_argmax_with_mean_and_scale(in_demo):
     net = netspec.Net(os.path.join(DEMO, "deploy.prototxt"), "demo.caffemodel", netspec.TEST)
     img = np.random.default_rng(1).integers(0, 256, (24, 40, 3)).astype(np.uint8)
