@@ -115,12 +115,14 @@ class BatchNorm(nn.Module):
                 and not (self.mean.requires_grad or self.variance.requires_grad or self.scale_factor.requires_grad)
                 and (self.use_global_stats or x.numel() > x.shape[1]))
 
-    def fused(self, x, weight=None, bias=None):
+    def fused(self, x, weight=None, bias=None, defer=None):
         """The forward as torch's one-pass batch_norm kernel (``_fused_ok(x)`` must hold), with an affine
         ``weight`` and ``bias`` per channel when given (a Scale layer that follows: y * weight + bias).
 
         Batch statistics: torch's running-statistics update with momentum 1 into zeroed scratch buffers yields
-        the batch mean and the m/(m-1)-corrected variance, which are added to Caffe's accumulators."""
+        the batch mean and the m/(m-1)-corrected variance, which are added to Caffe's accumulators, now or, with
+        ``defer`` (a ``netspec.net.fold.StatsBatch``), by ``defer.flush()`` together with every other BatchNorm
+        of the pass."""
         if self.use_global_stats:
             sf = self.scale_factor
             inv = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
@@ -129,6 +131,9 @@ class BatchNorm(nn.Module):
         mean, var = self._scratch()
         y = torch.batch_norm(x, weight, bias, mean, var, True, 1.0, self.eps, False)
         if self.hold_state:
+            return y
+        if defer is not None:
+            defer.add(self, mean, var)
             return y
         with torch.no_grad():
             self.scale_factor.mul_(self.maf).add_(1)

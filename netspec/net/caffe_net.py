@@ -171,6 +171,9 @@ class CaffeNet(nn.Module):
         #: train_plan; same results); the plans, made on first use, by in_place_heads_only.
         self.fuse = True
         self._fusions: Dict[bool, tuple] = {}
+        #: the fused BatchNorms' accumulator updates of the pass under way (netspec.net.fold.StatsBatch)
+        self._stats_batch = None
+        self._step_cache = None  # (plan, its flat steps, the layer modules then) of the solver pass (_steps)
         for i, lp in enumerate(net.layer):
             w = where(i)
             entry = LAYERS.get(lp.type, where=f"{w}layer '{lp.name}': ")
@@ -404,14 +407,83 @@ class CaffeNet(nn.Module):
         if self.fuse and start == 0 and end == len(self.nodes) - 1 and before is None and after is None:
             # (pycaffe's forward passes on_top and keeps every blob: only chains that keep first versions)
             heads, absorbed = self._train_plan(keep or on_top is not None)
-            return self._run_nodes(self.nodes, feed, env, keep, on_top, retain=retain, subst=heads, skip=absorbed)
+            stats = self._stats_batch
+            stats.clear()  # (what a pass that raised left)
+            if keep or on_top is not None or retain:
+                out = self._run_nodes(self.nodes, feed, env, keep, on_top, retain=retain, subst=heads,
+                                      skip=absorbed)
+            else:
+                out = self._run_steps(self._steps(heads, absorbed), feed, env)
+            stats.flush()
+            return out
         return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
+
+    def _steps(self, heads, absorbed):
+        """The solver pass's plan as flat steps ``(node, module, bottoms, detach, loss weights, blobs to free)``:
+        no per-layer lookups while it runs. Absorbed layers only free blobs."""
+        cache = self._step_cache  # (the plan itself is held, so no other plan can take its id)
+        if (cache is not None and cache[0] is heads and len(cache[2]) == len(self._modules)
+                and all(a is b for a, b in zip(cache[2], self._modules.values()))):  # no layer module replaced
+            return cache[1]
+        steps = []
+        for node in self.nodes:
+            free = tuple(self._free_after[node.index])
+            if node.index in absorbed:
+                steps.append((node, None, (), (), None, free))
+                continue
+            module = heads.get(node.index) or getattr(self, node.key)
+            detach = tuple(not pd for pd in node.propagate_down) if not all(node.propagate_down) else ()
+            weights = tuple(node.loss_weights) if any(node.loss_weights) else None
+            steps.append((node, module, tuple(node.bottoms), detach, weights, free))
+        self._step_cache = (heads, steps, list(self._modules.values()))
+        return steps
+
+    def _run_steps(self, steps, feed, env):
+        """``_run_nodes`` for the solver pass (blobs freed after their last reader, nothing observed)."""
+        loss = None
+        for node, module, bottoms, detach, weights, free in steps:
+            if module is not None:
+                if getattr(module, "is_input", False):
+                    outs = []
+                    for t in node.tops:
+                        if t not in feed:
+                            raise NetspecError(f"Input blob '{t}' (layer '{node.name}') was not given a value")
+                        outs.append(feed[t])
+                else:
+                    try:
+                        xs = [env[b] for b in bottoms]
+                    except KeyError as e:
+                        raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
+                                           "(forward from an earlier start layer)") from None
+                    if detach:
+                        xs = [x.detach() if d else x for x, d in zip(xs, detach)]
+                    try:
+                        out = module(*xs)
+                    except NetspecError as e:
+                        if node.name in str(e):
+                            raise
+                        raise type(e)(f"{self._ident(node)}: {e}") from e
+                    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                        raise self._runtime_error(node, xs, e) from e
+                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                for t, v in zip(node.tops, outs):
+                    env[t] = v
+                if weights is not None:
+                    for w, v in zip(weights, outs):
+                        if w:
+                            term = v.sum() * w if w != 1 else v.sum()
+                            loss = term if loss is None else loss + term
+            for b in free:
+                env.pop(b, None)
+        return env, loss
 
     def _train_plan(self, in_place_heads_only: bool):
         key = bool(in_place_heads_only)
         if key not in self._fusions:
-            from .fold import train_plan
-            self._fusions[key] = train_plan(self, in_place_heads_only)
+            from .fold import StatsBatch, train_plan
+            if self._stats_batch is None:
+                self._stats_batch = StatsBatch()
+            self._fusions[key] = train_plan(self, in_place_heads_only, self._stats_batch)
         return self._fusions[key]
 
     def _fold_plan(self):

@@ -130,7 +130,7 @@ def _plain_relu(m) -> bool:
     return type(m) is nn.ReLU
 
 
-def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Module], set]:
+def train_plan(net, in_place_heads_only: bool = False, stats: "StatsBatch" = None) -> Tuple[Dict[int, nn.Module], set]:
     """({head node index: fused module}, indices of the absorbed nodes) for running a CaffeNet with autograd.
 
     * BatchNorm -> Scale (per-channel blobs on axis 1) [-> ReLU], each after the BatchNorm in place on its top:
@@ -142,7 +142,8 @@ def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Mod
     Only the chain's last value of the blob stays visible, as in Caffe, where in-place layers overwrite it.
     ``in_place_heads_only`` (pycaffe's forward, which keeps the first version of every blob for its diff): only
     chains whose head also runs in place (the BatchNorm on its convolution's top), so every first version and
-    its gradient is unchanged."""
+    its gradient is unchanged. ``stats``: the fused BatchNorms leave their accumulator updates to it (the
+    caller flushes it after the pass)."""
     heads, absorbed = {}, set()
     nodes = net.nodes
     i = 0
@@ -165,7 +166,7 @@ def train_plan(net, in_place_heads_only: bool = False) -> Tuple[Dict[int, nn.Mod
                 chain = _chain(nodes, i, t, accept)
                 if chain:
                     fused = BatchNormScaleReLU(m, net.get_module(chain[0].index),
-                                               net.get_module(chain[1].index) if len(chain) > 1 else None)
+                                               net.get_module(chain[1].index) if len(chain) > 1 else None, stats)
             elif node.type == "Eltwise" and m.op == "SUM":
                 chain = _chain(nodes, i, t, lambda nxt, k: k == 0 and nxt.type == "ReLU"
                                and _plain_relu(net.get_module(nxt.index)))
@@ -185,16 +186,46 @@ class BatchNormScaleReLU(nn.Module):
     layers (tests/net/test_train_fusion.py checks them against Caffe's); inputs the kernel does not take (see
     ``BatchNorm._fused_ok``) run the three layers."""
 
-    def __init__(self, bn, scale, relu=None):
+    def __init__(self, bn, scale, relu=None, stats=None):
         super().__init__()
         self.bn, self.scale, self.relu = bn, scale, relu
+        self.__dict__["stats"] = stats  # shared by the plan's chains, not a submodule
 
     def forward(self, x):
         if not self.bn._fused_ok(x):
             y = self.scale(self.bn(x))
             return y if self.relu is None else self.relu(y)
-        y = self.bn.fused(x, self.scale.weight, self.scale.bias)
+        y = self.bn.fused(x, self.scale.weight, self.scale.bias, defer=self.stats)
         return y if self.relu is None else y.relu_()
+
+
+class StatsBatch:
+    """Caffe's BatchNorm accumulator updates of one pass (scale_factor = maf * scale_factor + 1, mean = maf * mean
+    + batch mean, variance = maf * variance + corrected batch variance), applied by ``flush()`` for every
+    BatchNorm at once: six multi-tensor ops instead of six small ops per layer."""
+
+    def __init__(self):
+        self.pending = []
+
+    def add(self, bn, mean, var):
+        self.pending.append((bn, mean, var))
+
+    def clear(self):
+        self.pending.clear()
+
+    def flush(self):
+        if not self.pending:
+            return
+        bns, means, variances = zip(*self.pending)
+        mafs = [bn.maf for bn in bns]
+        with torch.no_grad():
+            factors = [bn.scale_factor for bn in bns]
+            torch._foreach_mul_(factors, mafs)
+            torch._foreach_add_(factors, 1.0)
+            for blobs, batch in (([bn.mean for bn in bns], means), ([bn.variance for bn in bns], variances)):
+                torch._foreach_mul_(blobs, mafs)
+                torch._foreach_add_(blobs, list(batch))
+        self.pending.clear()
 
 
 class SameTensor(nn.Module):

@@ -182,3 +182,27 @@ def test_batchnorm_kernel_matches_caffe_for_other_shapes():
     bn = BatchNorm(4, True, 0.5, 1e-3)   # scale factor 0: mean and variance read as 0
     x = rng.standard_normal((2, 4, 3))
     _close(bn(torch.tensor(x, dtype=torch.float32)).numpy(), x / np.sqrt(1e-3), "global, scale factor 0")
+
+
+def test_solver_pass_sees_a_replaced_layer_module():
+    """The solver pass runs flat steps made once per plan; a layer module replaced afterwards (surgery, a user's
+    own module) is used by the next pass, which then agrees with the unfused layer-by-layer run."""
+    import torch
+
+    class PlusInput(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 3 * x
+
+    fast, slow = _net(), _net()
+    first = fast.forward_backward()
+    for net in (fast, slow):
+        key = next(n.key for n in net.module.nodes if n.name == "conv")
+        setattr(net.module, key, PlusInput(getattr(net.module, key)))
+    slow.module.fuse = False
+    got, want = fast.forward_backward(), slow.forward_backward()
+    assert abs(got - first) > 1e-3
+    _close(got, want, "loss after the replacement")
