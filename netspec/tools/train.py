@@ -200,12 +200,70 @@ def _wants_launch(args) -> int:
     return len(gpus)
 
 
+def _setup_process(args, sparam, distributed: bool):
+    """The device, the process group of a multi-process run (ranks > 0 log warnings only), cuDNN's settings."""
+    device = choose_device(args, sparam)
+    if distributed:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if dist.get_rank() != 0:
+            logging.getLogger("netspec").setLevel(logging.WARNING)
+    if device.type == "cuda":
+        import torch
+        torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+        torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    return device
+
+
+def _attach_scalars(args, distributed: bool):
+    """The --tensorboard / --scalars-csv writer on the root process, fed by the INFO records even with --quiet."""
+    if not (args.tensorboard or args.scalars_csv) or (distributed and int(os.environ.get("RANK", "0")) != 0):
+        return None
+    scalars = Scalars(args.tensorboard, args.scalars_csv)
+    root = logging.getLogger("netspec")
+    if root.level > logging.INFO:  # --quiet: the scalars still need the INFO records, the console not
+        for h in root.handlers:
+            if getattr(h, "_netspec", False):
+                h.setLevel(root.level)
+        root.setLevel(logging.INFO)
+    root.addHandler(scalars)
+    return scalars
+
+
+def _make_solver(args, sparam, device):
+    """The Solver with the command line's overrides, speed settings and --weights applied."""
+    from ..authoring.zoo.demo import pack_missing_data
+    from ..data.workers import set_loader
+    from ..solver.solvers import Solver
+    if args.loader_workers is not None and args.loader_workers < 0:
+        raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
+    set_loader(args.loader_workers, args.loader_kind or None)  # passed on, not through os.environ
+    pack_missing_data(sparam, os.path.dirname(os.path.abspath(args.solver)))  # the demo's data, on first use
+    stages = [s for s in args.stage.split(",") if s] or None
+    solver = Solver(sparam, source=args.solver, level=args.level, stages=stages, device=device)  # parsed once
+    if args.max_iter is not None:
+        solver.param.max_iter = args.max_iter
+    if args.test_iter is not None:
+        if args.test_iter < 0:
+            raise NetspecError(f"--test-iter {args.test_iter}: give 0 (no testing) or more batches")
+        solver.param.test_iter[:] = [args.test_iter] * len(solver.param.test_iter)
+    solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                     checkpoint=args.checkpoint_activations)
+    if args.weights:
+        for w in args.weights.split(","):
+            log.info("Finetuning from %s", w.strip())  # as caffe.cpp's CopyLayers: --weights only
+        solver.net.copy_from(args.weights)  # one report (and --strict-weights check) over every file
+    if not args.snapshot:  # a snapshot's weights are restored later, in solve()
+        solver.warn_zero_layers()
+    return solver
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     from ..formats import prototxt
-    from ..solver.seg_scores import SegScores
-    from ..solver.solvers import Solver  # torch: after the arguments (--help stays fast)
+    from ..solver.seg_scores import SegScores  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         nproc = _wants_launch(args)
@@ -218,50 +276,10 @@ def main(argv=None) -> int:
     scalars = None
     try:
         sparam = prototxt.read_solver(args.solver)
-        device = choose_device(args, sparam)
-        if distributed:
-            import torch.distributed as dist
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            if dist.get_rank() != 0:
-                logging.getLogger("netspec").setLevel(logging.WARNING)
-        if device.type == "cuda":
-            import torch
-            torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-            torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
-            torch.backends.cudnn.allow_tf32 = not args.no_tf32
-        stages = [s for s in args.stage.split(",") if s] or None
-        if (args.tensorboard or args.scalars_csv) and scalars is None and (
-                not distributed or int(os.environ.get("RANK", "0")) == 0):
-            scalars = Scalars(args.tensorboard, args.scalars_csv)
-            root = logging.getLogger("netspec")
-            if root.level > logging.INFO:  # --quiet: the scalars still need the INFO records, the console not
-                for h in root.handlers:
-                    if getattr(h, "_netspec", False):
-                        h.setLevel(root.level)
-                root.setLevel(logging.INFO)
-            root.addHandler(scalars)
-        if args.loader_workers is not None and args.loader_workers < 0:
-            raise NetspecError(f"--loader-workers {args.loader_workers}: give 0 (load in forward) or more")
-        from ..data.workers import set_loader
-        set_loader(args.loader_workers, args.loader_kind or None)  # passed on, not through os.environ
-        from ..authoring.zoo.demo import pack_missing_data
-        pack_missing_data(sparam, os.path.dirname(os.path.abspath(args.solver)))  # the demo's data, on first use
-        solver = Solver(sparam, source=args.solver, level=args.level, stages=stages, device=device)  # parsed once
+        device = _setup_process(args, sparam, distributed)
+        scalars = _attach_scalars(args, distributed)
+        solver = _make_solver(args, sparam, device)
         seg_scores = SegScores.attach(solver)  # FCN's score.py lines after training, from the last test pass
-        if args.max_iter is not None:
-            solver.param.max_iter = args.max_iter
-        if args.test_iter is not None:
-            if args.test_iter < 0:
-                raise NetspecError(f"--test-iter {args.test_iter}: give 0 (no testing) or more batches")
-            solver.param.test_iter[:] = [args.test_iter] * len(solver.param.test_iter)
-        solver.configure(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                         checkpoint=args.checkpoint_activations)
-        if args.weights:
-            for w in args.weights.split(","):
-                log.info("Finetuning from %s", w.strip())  # as caffe.cpp's CopyLayers: --weights only
-            solver.net.copy_from(args.weights)  # one report (and --strict-weights check) over every file
-        if not args.snapshot:  # a snapshot's weights are restored later, in solve()
-            solver.warn_zero_layers()
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
             solver.set_action_function(sig.action)
             solver.solve(args.snapshot)
