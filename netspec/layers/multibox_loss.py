@@ -161,6 +161,8 @@ class MultiBoxLoss(nn.Module):
 
     # the discrete part: FindMatches, MineHardExamples, EncodeLocPrediction / EncodeConfPrediction
     def plan(self, loc, conf, prior, gt):
+        """The fork's MultiBoxLossLayer::Forward up to the losses: FindMatches, the location targets
+        (EncodeLocPrediction), MineHardExamples and the confidence targets (EncodeConfPrediction)."""
         p, C, L = self.p, self.C, self.L
         num = loc.shape[0]
         P = prior.shape[2] // 4
@@ -178,8 +180,32 @@ class MultiBoxLoss(nn.Module):
                 raise LayerError(f"{self.name}: ground-truth label {bad[0]} is outside [0, {C}) "
                                  f"(num_classes {C})")
         plan = Plan()
+        matches, match_ovl = self._find_matches(all_gt, pboxes, pvars, loc)
+        plan.num_matches = sum(int((v > -1).sum()) for mi in matches for v in mi.values())
+        # encoded location targets of the matches (EncodeLocPrediction), in the fork's order
+        loc_rows = []
+        for i in range(num):
+            for label in sorted(matches[i]):
+                for j in np.nonzero(matches[i][label] > -1)[0]:
+                    loc_rows.append((i, int(j), 0 if p.share_location else label, int(matches[i][label][j])))
+        loc_loss_per_prior = np.zeros((num, P), f32)
+        if loc_rows:
+            self._encode_loc(plan, loc_rows, all_gt, pboxes, pvars, loc)
+            if p.mining_type == MB.HARD_EXAMPLE:
+                self._loc_loss_per_prior(plan, loc, loc_loss_per_prior)
+        if self.mining:
+            self._mine_hard_examples(plan, matches, match_ovl, all_gt, conf, loc_loss_per_prior, loc_rows)
+            self._encode_conf(plan, matches, all_gt)
+        plan.match_indices = matches
+        plan.gt_labels = {i: v[0] for i, v in all_gt.items()}
+        return plan
+
+    def _find_matches(self, all_gt, pboxes, pvars, loc):
+        """FindMatches: per image, {label (-1 when locations are shared): matched ground truth per prior or -1}
+        and the overlaps."""
+        p, C, L = self.p, self.C, self.L
         matches, match_ovl = [], []
-        for i in range(num):  # FindMatches
+        for i in range(loc.shape[0]):
             mi, mo = {}, {}
             if i in all_gt:
                 labels, boxes, _ = all_gt[i]
@@ -205,82 +231,80 @@ class MultiBoxLoss(nn.Module):
                                                           p.overlap_threshold, p.ignore_cross_boundary_bbox)
             matches.append(mi)
             match_ovl.append(mo)
-        plan.num_matches = sum(int((v > -1).sum()) for mi in matches for v in mi.values())
-        # encoded location targets of the matches (EncodeLocPrediction), in the fork's order
-        loc_rows = []
+        return matches, match_ovl
+
+    def _loc_loss_per_prior(self, plan, loc, out):
+        """ComputeLocLoss (HARD_EXAMPLE mining): each matched prior's location loss, into ``out[image, prior]``."""
+        p = self.p
+        pred = loc[plan.loc_img, plan.loc_prior, plan.loc_class]
+        if p.encode_variance_in_target:
+            pred = pred / np.asarray(plan.loc_var, f32)
+        pred = np.where(np.asarray(plan.loc_keep), pred, np.asarray(plan.loc_target))
+        d = pred - np.asarray(plan.loc_target, f32)
+        ad = np.abs(d)
+        per = (np.where(ad < 1, f32(0.5) * d * d, ad - f32(0.5)) if p.loc_loss_type == MB.SMOOTH_L1
+               else f32(0.5) * d * d).sum(-1)
+        out[plan.loc_img, plan.loc_prior] = per
+
+    def _mine_hard_examples(self, plan, matches, match_ovl, all_gt, conf, loc_loss_per_prior, loc_rows):
+        """MineHardExamples: the negatives of each image by loss (MAX_NEGATIVE: up to neg_pos_ratio per positive
+        below neg_overlap; HARD_EXAMPLE: the sample_size hardest, positives not among them dropped)."""
+        p = self.p
+        num, P = loc_loss_per_prior.shape
+        # ComputeConfLoss: each prior against its matched label, else background
+        target = np.full((num, P), p.background_label_id, np.int64)
         for i in range(num):
             for label in sorted(matches[i]):
-                for j in np.nonzero(matches[i][label] > -1)[0]:
-                    loc_rows.append((i, int(j), 0 if p.share_location else label, int(matches[i][label][j])))
-        loc_loss_per_prior = np.zeros((num, P), f32)
-        if loc_rows:
-            self._encode_loc(plan, loc_rows, all_gt, pboxes, pvars, loc)
-            if p.mining_type == MB.HARD_EXAMPLE:  # ComputeLocLoss
-                pred = loc[plan.loc_img, plan.loc_prior, plan.loc_class]
-                if p.encode_variance_in_target:
-                    pred = pred / np.asarray(plan.loc_var, f32)
-                pred = np.where(np.asarray(plan.loc_keep), pred, np.asarray(plan.loc_target))
-                d = pred - np.asarray(plan.loc_target, f32)
-                ad = np.abs(d)
-                per = (np.where(ad < 1, f32(0.5) * d * d, ad - f32(0.5)) if p.loc_loss_type == MB.SMOOTH_L1
-                       else f32(0.5) * d * d).sum(-1)
-                loc_loss_per_prior[plan.loc_img, plan.loc_prior] = per
-        if self.mining:  # MineHardExamples
-            # ComputeConfLoss: each prior against its matched label, else background
-            target = np.full((num, P), p.background_label_id, np.int64)
-            for i in range(num):
-                for label in sorted(matches[i]):
-                    idx = matches[i][label]
-                    hit = (idx > -1) & (target[i] == p.background_label_id)  # the first map entry wins
-                    if hit.any():
-                        target[i, hit] = all_gt[i][0][idx[hit]]
-            closs = self._conf_loss_np(conf, target)
-            for i in range(num):
-                loss = closs[i] + loc_loss_per_prior[i]
-                neg = []
-                for label in sorted(matches[i]):
-                    idx, ovl = matches[i][label], match_ovl[i][label]
-                    if p.mining_type == MB.MAX_NEGATIVE:
-                        elig = (idx == -1) & (ovl < f32(p.neg_overlap))
-                        num_sel = min(int(f32(int((idx > -1).sum())) * f32(p.neg_pos_ratio)), int(elig.sum()))
-                    else:
-                        elig = np.ones(P, bool)
-                        num_sel = min(p.sample_size, P)
-                    cand = np.nonzero(elig)[0]
-                    cand = cand[np.argsort(-loss[cand], kind="stable")][:num_sel]
-                    sel = np.zeros(P, bool)
-                    sel[cand] = True
-                    if p.mining_type == MB.HARD_EXAMPLE:
-                        drop = (idx > -1) & ~sel
-                        plan.num_matches -= int(drop.sum())
-                        idx = idx.copy()
-                        idx[drop] = -1
-                        matches[i][label] = idx
-                    neg += [int(m) for m in np.nonzero((idx == -1) & sel)[0]]
-                plan.neg_indices.append(neg)
-                plan.num_negs += len(neg)
-            if p.mining_type == MB.HARD_EXAMPLE:  # positives not selected leave the location loss too
-                keep = [k for k, (i, j, c, _) in enumerate(loc_rows)
-                        if matches[i][-1 if p.share_location else c][j] > -1]
-                for name in ("loc_img", "loc_prior", "loc_class", "loc_target", "loc_var", "loc_keep"):
-                    setattr(plan, name, [getattr(plan, name)[k] for k in keep])
-            # EncodeConfPrediction: per image with ground truth, its positives then its negatives
-            for i in range(num):
-                if i not in all_gt:
-                    continue
-                for label in sorted(matches[i]):
-                    idx = matches[i][label]
-                    for j in np.nonzero(idx > -1)[0]:
-                        plan.conf_img.append(i)
-                        plan.conf_prior.append(int(j))
-                        plan.conf_label.append(self._gt_label(all_gt[i][0][idx[j]]))
-                for j in plan.neg_indices[i]:
+                idx = matches[i][label]
+                hit = (idx > -1) & (target[i] == p.background_label_id)  # the first map entry wins
+                if hit.any():
+                    target[i, hit] = all_gt[i][0][idx[hit]]
+        closs = self._conf_loss_np(conf, target)
+        for i in range(num):
+            loss = closs[i] + loc_loss_per_prior[i]
+            neg = []
+            for label in sorted(matches[i]):
+                idx, ovl = matches[i][label], match_ovl[i][label]
+                if p.mining_type == MB.MAX_NEGATIVE:
+                    elig = (idx == -1) & (ovl < f32(p.neg_overlap))
+                    num_sel = min(int(f32(int((idx > -1).sum())) * f32(p.neg_pos_ratio)), int(elig.sum()))
+                else:
+                    elig = np.ones(P, bool)
+                    num_sel = min(p.sample_size, P)
+                cand = np.nonzero(elig)[0]
+                cand = cand[np.argsort(-loss[cand], kind="stable")][:num_sel]
+                sel = np.zeros(P, bool)
+                sel[cand] = True
+                if p.mining_type == MB.HARD_EXAMPLE:
+                    drop = (idx > -1) & ~sel
+                    plan.num_matches -= int(drop.sum())
+                    idx = idx.copy()
+                    idx[drop] = -1
+                    matches[i][label] = idx
+                neg += [int(m) for m in np.nonzero((idx == -1) & sel)[0]]
+            plan.neg_indices.append(neg)
+            plan.num_negs += len(neg)
+        if p.mining_type == MB.HARD_EXAMPLE:  # positives not selected leave the location loss too
+            keep = [k for k, (i, j, c, _) in enumerate(loc_rows)
+                    if matches[i][-1 if p.share_location else c][j] > -1]
+            for name in ("loc_img", "loc_prior", "loc_class", "loc_target", "loc_var", "loc_keep"):
+                setattr(plan, name, [getattr(plan, name)[k] for k in keep])
+
+    def _encode_conf(self, plan, matches, all_gt):
+        """EncodeConfPrediction: per image with ground truth, its positives then its negatives."""
+        for i in range(len(matches)):
+            if i not in all_gt:
+                continue
+            for label in sorted(matches[i]):
+                idx = matches[i][label]
+                for j in np.nonzero(idx > -1)[0]:
                     plan.conf_img.append(i)
-                    plan.conf_prior.append(j)
-                    plan.conf_label.append(p.background_label_id)
-        plan.match_indices = matches
-        plan.gt_labels = {i: v[0] for i, v in all_gt.items()}
-        return plan
+                    plan.conf_prior.append(int(j))
+                    plan.conf_label.append(self._gt_label(all_gt[i][0][idx[j]]))
+            for j in plan.neg_indices[i]:
+                plan.conf_img.append(i)
+                plan.conf_prior.append(j)
+                plan.conf_label.append(self.p.background_label_id)
 
     def _gt_label(self, label):
         return self.p.background_label_id + 1 if self.p.map_object_to_agnostic else int(label)
