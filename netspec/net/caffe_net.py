@@ -419,63 +419,61 @@ class CaffeNet(nn.Module):
         return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
 
     def _steps(self, heads, absorbed):
-        """The solver pass's plan as flat steps ``(node, module, bottoms, detach, loss weights, blobs to free)``:
-        no per-layer lookups while it runs. Absorbed layers only free blobs."""
+        """The solver pass's plan as flat steps ``(node, module or None when absorbed, blobs to free)``: no
+        per-layer lookups while it runs."""
         cache = self._step_cache  # (the plan itself is held, so no other plan can take its id)
         if (cache is not None and cache[0] is heads and len(cache[2]) == len(self._modules)
                 and all(a is b for a, b in zip(cache[2], self._modules.values()))):  # no layer module replaced
             return cache[1]
-        steps = []
-        for node in self.nodes:
-            free = tuple(self._free_after[node.index])
-            if node.index in absorbed:
-                steps.append((node, None, (), (), None, free))
-                continue
-            module = heads.get(node.index) or getattr(self, node.key)
-            detach = tuple(not pd for pd in node.propagate_down) if not all(node.propagate_down) else ()
-            weights = tuple(node.loss_weights) if any(node.loss_weights) else None
-            steps.append((node, module, tuple(node.bottoms), detach, weights, free))
+        steps = [(node, None if node.index in absorbed else heads.get(node.index) or getattr(self, node.key),
+                  tuple(self._free_after[node.index])) for node in self.nodes]
         self._step_cache = (heads, steps, list(self._modules.values()))
         return steps
 
     def _run_steps(self, steps, feed, env):
         """``_run_nodes`` for the solver pass (blobs freed after their last reader, nothing observed)."""
         loss = None
-        for node, module, bottoms, detach, weights, free in steps:
+        for node, module, free in steps:
             if module is not None:
-                if getattr(module, "is_input", False):
-                    outs = []
-                    for t in node.tops:
-                        if t not in feed:
-                            raise NetspecError(f"Input blob '{t}' (layer '{node.name}') was not given a value")
-                        outs.append(feed[t])
-                else:
-                    try:
-                        xs = [env[b] for b in bottoms]
-                    except KeyError as e:
-                        raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
-                                           "(forward from an earlier start layer)") from None
-                    if detach:
-                        xs = [x.detach() if d else x for x, d in zip(xs, detach)]
-                    try:
-                        out = module(*xs)
-                    except NetspecError as e:
-                        if node.name in str(e):
-                            raise
-                        raise type(e)(f"{self._ident(node)}: {e}") from e
-                    except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                        raise self._runtime_error(node, xs, e) from e
-                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                outs = self._outputs(node, module, feed, env)
                 for t, v in zip(node.tops, outs):
                     env[t] = v
-                if weights is not None:
-                    for w, v in zip(weights, outs):
-                        if w:
-                            term = v.sum() * w if w != 1 else v.sum()
-                            loss = term if loss is None else loss + term
+                for w, v in zip(node.loss_weights, outs):
+                    if w:
+                        loss = self._add_loss(loss, v, w)
             for b in free:
                 env.pop(b, None)
         return env, loss
+
+    def _outputs(self, node: Node, module, feed, env) -> tuple:
+        """A layer's tops: an Input's from ``feed``, else the module run on the bottoms in ``env`` (detached
+        where propagate_down is false); errors name the layer, and the shapes where the module failed."""
+        if getattr(module, "is_input", False):
+            outs = []
+            for t in node.tops:
+                if t not in feed:
+                    raise NetspecError(f"Input blob '{t}' (layer '{node.name}') was not given a value")
+                outs.append(feed[t])
+            return outs
+        try:
+            xs = [env[b] if pd else env[b].detach() for b, pd in zip(node.bottoms, node.propagate_down)]
+        except KeyError as e:
+            raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
+                               "(forward from an earlier start layer)") from None
+        try:
+            out = module(*xs)
+        except NetspecError as e:
+            if node.name in str(e):
+                raise
+            raise type(e)(f"{self._ident(node)}: {e}") from e
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:
+            raise self._runtime_error(node, xs, e) from e
+        return out if isinstance(out, (tuple, list)) else (out,)
+
+    @staticmethod
+    def _add_loss(loss, top, weight):
+        term = top.sum() * weight if weight != 1 else top.sum()
+        return term if loss is None else loss + term
 
     def _train_plan(self, in_place_heads_only: bool):
         key = bool(in_place_heads_only)
@@ -507,33 +505,12 @@ class CaffeNet(nn.Module):
             module = subst.get(node.index) if subst is not None else None
             if module is None:
                 module = getattr(self, node.key)
-            if getattr(module, "is_input", False):
-                outs = []
-                for t in node.tops:
-                    if t not in feed:
-                        raise NetspecError(f"Input blob '{t}' (layer '{node.name}') was not given a value")
-                    outs.append(feed[t])
-            else:
-                try:
-                    xs = [env[b] if pd else env[b].detach() for b, pd in zip(node.bottoms, node.propagate_down)]
-                except KeyError as e:
-                    raise NetspecError(f"layer '{node.name}' reads blob {e} which has not been computed "
-                                       "(forward from an earlier start layer)") from None
-                try:
-                    out = module(*xs)
-                except NetspecError as e:
-                    if node.name in str(e):
-                        raise
-                    raise type(e)(f"{self._ident(node)}: {e}") from e
-                except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                    raise self._runtime_error(node, xs, e) from e
-                outs = out if isinstance(out, (tuple, list)) else (out,)
+            outs = self._outputs(node, module, feed, env)
             for j, (t, v) in enumerate(zip(node.tops, outs)):
                 env[t] = v
                 w = node.loss_weights[j]
                 if w:
-                    term = v.sum() * w if w != 1 else v.sum()
-                    loss = term if loss is None else loss + term
+                    loss = self._add_loss(loss, v, w)
                 if on_top is not None:
                     on_top(node, j, v)
             if not keep:
