@@ -38,7 +38,7 @@ from ..data.shard import Shard
 from ..errors import DataError, LayerError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _LMDBSource, _deprecated_fields, _ident, resolve_path
+from .data import _DataModule, _LMDBSource, _deprecated_fields, _ident, check_batch_size, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -568,8 +568,7 @@ def annotated_data_layer(lp, bottom_shapes, ctx):
     p = lp.data_param
     adp = lp.annotated_data_param
     tp = lp.transform_param
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: data_param.batch_size must be positive (got {p.batch_size})")
+    check_batch_size(p, "data_param", ident)
     _deprecated_fields(lp, p, ident)
     if tp.HasField("mean_file"):
         raise LayerError(f"{ident}: transform_param.mean_file is not supported by netspec's AnnotatedData; "

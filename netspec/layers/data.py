@@ -47,6 +47,18 @@ def _ident(lp, ctx) -> str:
     return f"{ctx.where}layer '{lp.name}' ({lp.type})"
 
 
+def check_batch_size(p, field: str, ident: str) -> None:
+    if p.batch_size <= 0:
+        raise LayerError(f"{ident}: {field}.batch_size must be positive (got {p.batch_size})")
+
+
+def check_pair(p, a: str, b: str, ident: str) -> None:
+    """Two sizes set together or not at all (new_height / new_width, crop_height / crop_width)."""
+    x, y = getattr(p, a), getattr(p, b)
+    if (x == 0) != (y == 0) or x < 0 or y < 0:
+        raise LayerError(f"{ident}: {a} and {b} must be set together (got {x} x {y})")
+
+
 def _net_dir(ctx) -> Optional[str]:
     """The prototxt's directory, from ``ctx.where`` (``"file:line: "``), if the net came from a file."""
     d = getattr(ctx, "net_dir", None)
@@ -290,8 +302,7 @@ def data_layer(lp, bottom_shapes, ctx):
     """Data layer over an LMDB of Datums, read in key order with wrap-around (TEST and TRAIN alike)."""
     ident = _ident(lp, ctx)
     p = lp.data_param
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: data_param.batch_size must be positive (got {p.batch_size})")
+    check_batch_size(p, "data_param", ident)
     _deprecated_fields(lp, p, ident)
     if p.rand_skip:
         log.info("%s: rand_skip is ignored, as in BVLC Caffe's DataLayer", ident)
@@ -447,11 +458,8 @@ def image_data_layer(lp, bottom_shapes, ctx):
     ``root_folder + path``, optionally resized to new_height x new_width, then transformed."""
     ident = _ident(lp, ctx)
     p = lp.image_data_param
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: image_data_param.batch_size must be positive (got {p.batch_size})")
-    if (p.new_height == 0) != (p.new_width == 0) or p.new_height < 0 or p.new_width < 0:
-        raise LayerError(f"{ident}: new_height and new_width must be set together (got {p.new_height} x "
-                         f"{p.new_width})")
+    check_batch_size(p, "image_data_param", ident)
+    check_pair(p, "new_height", "new_width", ident)
     _deprecated_fields(lp, p, ident)
     source = resolve_path(p.source, ctx, "image_data_param.source", ident)
     root = p.root_folder
@@ -731,8 +739,7 @@ def hdf5_data_layer(lp, bottom_shapes, ctx):
     p = lp.hdf5_data_param
     if lp.HasField("transform_param"):
         raise LayerError(f"{ident}: HDF5Data does not transform data; remove transform_param")
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: hdf5_data_param.batch_size must be positive (got {p.batch_size})")
+    check_batch_size(p, "hdf5_data_param", ident)
     source = resolve_path(p.source, ctx, "hdf5_data_param.source", ident)
     if not os.path.isfile(source):
         raise DataError(f"{ident}: HDF5 file list '{source}' not found (working directory {os.getcwd()})")

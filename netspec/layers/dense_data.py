@@ -28,7 +28,7 @@ from ..data.shard import Shard
 from ..errors import DataError, LayerError, NetspecError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _ListStream, _ident, _transformer, resolve_path
+from .data import _DataModule, _ListStream, _ident, _transformer, check_batch_size, check_pair, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -122,14 +122,9 @@ def dense_image_data_layer(lp, bottom_shapes, ctx):
     label_divide_factor; rules in the module docstring. Tops: data, label."""
     ident = _ident(lp, ctx)
     p = lp.dense_image_data_param
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: dense_image_data_param.batch_size must be positive (got {p.batch_size})")
-    if (p.new_height == 0) != (p.new_width == 0):
-        raise LayerError(f"{ident}: new_height and new_width must be set together (got {p.new_height} x "
-                         f"{p.new_width})")
-    if (p.crop_height == 0) != (p.crop_width == 0):
-        raise LayerError(f"{ident}: crop_height and crop_width must be set together (got {p.crop_height} x "
-                         f"{p.crop_width})")
+    check_batch_size(p, "dense_image_data_param", ident)
+    check_pair(p, "new_height", "new_width", ident)
+    check_pair(p, "crop_height", "crop_width", ident)
     if p.label_divide_factor < 1:
         raise LayerError(f"{ident}: label_divide_factor must be at least 1 (got {p.label_divide_factor})")
     if p.HasField("mean_file"):

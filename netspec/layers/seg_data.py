@@ -40,10 +40,10 @@ import torch
 from ..data.datum import list_file_lines, read_image
 from ..data.shard import Shard
 from ..data.transform import DataTransformer
-from ..errors import DataError, LayerError, NetspecError
+from ..errors import DataError, NetspecError
 from ..proto import caffe_pb2
 from ..registry import Export, register
-from .data import _DataModule, _ListStream, _deprecated_fields, _ident, resolve_path
+from .data import _DataModule, _ListStream, _deprecated_fields, _ident, check_batch_size, check_pair, resolve_path
 
 log = logging.getLogger("netspec")
 
@@ -236,11 +236,8 @@ def image_seg_data_layer(lp, bottom_shapes, ctx):
     Tops data (N,C,h,w), label (N,1,h,w), data_dim (N,1,1,2)."""
     ident = _ident(lp, ctx)
     p = lp.image_data_param
-    if p.batch_size <= 0:
-        raise LayerError(f"{ident}: image_data_param.batch_size must be positive (got {p.batch_size})")
-    if (p.new_height == 0) != (p.new_width == 0):
-        raise LayerError(f"{ident}: new_height and new_width must be set together (got {p.new_height} x "
-                         f"{p.new_width})")
+    check_batch_size(p, "image_data_param", ident)
+    check_pair(p, "new_height", "new_width", ident)
     _deprecated_fields(lp, p, ident)
     source = resolve_path(p.source, ctx, "image_data_param.source", ident)
     root = resolve_path(p.root_folder, ctx, "image_data_param.root_folder", ident) if p.root_folder else ""

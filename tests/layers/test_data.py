@@ -356,3 +356,22 @@ def test_batches_follow_module_device_and_threads_end(shared_dir, tmp_path):
             break
         time.sleep(0.1)
     assert not ours()
+
+
+@pytest.mark.parametrize("layer, fields, message", [
+    ("Data", "data_param { source: 'x' batch_size: 0 }", r"data_param\.batch_size must be positive \(got 0\)"),
+    ("ImageData", "image_data_param { source: 'x' batch_size: 2 new_height: 8 }",
+     r"new_height and new_width must be set together \(got 8 x 0\)"),
+    ("ImageSegData", "image_data_param { source: 'x' batch_size: 0 }",
+     r"image_data_param\.batch_size must be positive \(got 0\)"),
+    ("DenseImageData", "dense_image_data_param { source: 'x' batch_size: 1 crop_width: 4 }",
+     r"crop_height and crop_width must be set together \(got 0 x 4\)"),
+    ("HDF5Data", "hdf5_data_param { source: 'x' batch_size: 0 }",
+     r"hdf5_data_param\.batch_size must be positive \(got 0\)")])
+def test_data_layers_refuse_bad_batch_and_size_pairs_before_reading(layer, fields, message):
+    from netspec.errors import LayerError
+    from netspec.formats import prototxt
+    from netspec.net import TEST, Net
+    text = f'layer {{ name: "d" type: "{layer}" top: "data" top: "label" {fields} }}'
+    with pytest.raises(LayerError, match=rf"layer 'd' \({layer}\): {message}"):
+        Net(prototxt.parse_net(text), TEST)
