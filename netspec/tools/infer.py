@@ -226,7 +226,7 @@ def main(argv=None) -> int:
             channels_last = device.type == "cpu" and not args.compile
         if args.compile or channels_last:
             net.configure(compile=args.compile, freeze=args.compile, channels_last=channels_last,
-                          **({"cache_dir": args.compile_cache} if args.compile else {}))
+                          cache_dir=args.compile_cache)
         infer_images(net, files, args.out, args.mean, args.scale, args.layer, args.alpha,
                      progress=PROGRESS["enabled"] and sys.stderr.isatty())
         log.info("wrote %d label maps, colour masks and overlays under %s", len(files), args.out)
