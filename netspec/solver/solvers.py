@@ -271,7 +271,7 @@ class Solver:
     ``restore(path)``. The type comes from the solver file (``type``; deprecated ``solver_type`` upgraded).
     ``solver``: the file, or its SolverParameter (``source``: the file it was parsed from, so that it is parsed
     once and relative paths still resolve against its folder). ``test_hooks``: objects that watch the test
-    passes (:class:`TestHook`)."""
+    passes (:class:`TestHook`), FCN's segmentation scores (netspec.solver.seg_scores) among them."""
 
     def __init__(self, solver, *, level: Optional[int] = None, stages=None, device=None, source=None):
         from ..formats import prototxt
@@ -308,7 +308,9 @@ class Solver:
         log.info("Initializing solver from parameters:\n%s", prototxt.to_text(param))
         self.net = self._make_train_net(base_dir, level, stages)
         self.test_nets: List[Net] = self._make_test_nets(base_dir, level, stages)
-        self.test_hooks: List[TestHook] = []
+        from .seg_scores import SegScores
+        # FCN's scores keep the confusion matrix of every segmentation test pass, so finish() reuses the last
+        self.test_hooks: List[TestHook] = [SegScores()]
         if shard.rank:
             runtime.set_random_seed(seed + shard.rank)  # Caffe: random_seed + solver_rank for what runs (Dropout)
         if param.snapshot_prefix:

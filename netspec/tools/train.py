@@ -263,7 +263,6 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv)
     from ..formats import prototxt
-    from ..solver.seg_scores import SegScores  # torch: after the arguments (--help stays fast)
     setup_logging(logging.WARNING if args.quiet else logging.INFO)
     try:
         nproc = _wants_launch(args)
@@ -279,11 +278,10 @@ def main(argv=None) -> int:
         device = _setup_process(args, sparam, distributed)
         scalars = _attach_scalars(args, distributed)
         solver = _make_solver(args, sparam, device)
-        seg_scores = SegScores.attach(solver)  # FCN's score.py lines after training, from the last test pass
         with _Signals(args.sigint_effect, args.sighup_effect) as sig:
             solver.set_action_function(sig.action)
             solver.solve(args.snapshot)
-        results = seg_scores.finish(solver)
+        results = solver.finish()  # FCN's score.py lines, from the last test pass when it ran at the end
         if scalars is not None and results:
             scalars.scores(solver.iter, results)
     except NetspecError as e:

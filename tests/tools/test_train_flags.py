@@ -102,3 +102,24 @@ def test_test_iter_overrides_the_solvers_test_passes(in_demo, tmp_path, capsys, 
     assert "mean IU" not in capsys.readouterr().out  # no test batches: no final scores
     assert train.main(["--solver", solver, "--test-iter", "-1"]) != 0
     assert any("--test-iter -1" in m for m in netspec_log)
+
+
+def test_a_pycaffe_solver_scores_from_its_last_test_pass(in_demo, tmp_path, monkeypatch):
+    """solve() then finish(), as a script without tools/train.py: the test pass at the final iteration already
+    kept its confusion matrix, so finish() prints the scores of that pass and runs no other."""
+    import io
+
+    from netspec.formats import prototxt
+    from netspec.solver.solvers import Solver
+    path = _solver_copy(tmp_path, "py")
+    sp = prototxt.read_solver(path)
+    sp.test_interval, sp.test_iter[0] = 3, 2  # a test pass at the last iteration
+    prototxt.write_text(sp, path)
+    solver = Solver(path)
+    passes, real = [], Solver.test
+    monkeypatch.setattr(Solver, "test", lambda self, i, **kw: passes.append(i) or real(self, i, **kw))
+    solver.solve()
+    out = io.StringIO()
+    scores = solver.finish(out)
+    assert passes == [0] and len(scores) == 1 and "mean IU" in out.getvalue()
+    assert ">>> Iteration 3 test net #0: the Test net output pass above: 2 batches" in out.getvalue()
