@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import List
 
-from .cli import GlogFormatter, add_net_state, add_verbosity, cuda_or_cpu, parse_args, parse_gpus, setup_logging
+from .cli import add_net_state, add_verbosity, cuda_or_cpu, parse_args, parse_gpus, setup_logging
 from ..errors import NetspecError
 
 log = logging.getLogger("netspec")
