@@ -37,6 +37,7 @@ class Entry:
     tops: Tuple[int, Optional[int]]
     loss: bool = False  # Caffe LossLayer: top 0 gets loss_weight 1 when the prototxt gives none
     pure: bool = False  # forward is a function of bottoms and params only: safe to recompute
+    reshape_like: bool = False  # every top is shaped as bottom 0 (Caffe's top[i]->ReshapeLike(*bottom[0]))
     coord: Union[None, str, Callable] = None  # "identity", or lp -> CoordMap of bottom 0 -> top 0
     export: Export = Export()
     blobs: Union[None, Tuple[str, ...], Callable] = None  # param names in Caffe blob order (or lp -> names)

@@ -11,6 +11,10 @@ from netspec.net.pycaffe import Net
 from netspec.proto import caffe_pb2
 from google.protobuf import text_format
 
+#: Types whose top shapes depend on the values (Caffe reshapes them in Forward).
+DATA_DEPENDENT_SHAPES = {"DetectionEvaluate", "DetectionOutput", "Filter", "Proposal"}
+
+
 def example(type_name):
     """(prototxt, backward) from the type's registry entry (``example=``, ``backward=``); None: own tests."""
     entry = netspec.LAYERS.get(type_name)
@@ -42,7 +46,12 @@ def test_builds_runs_and_backprops(type_name):
             net.blobs[name].data[...] = 0
         else:
             net.blobs[name].data[...] = rng.standard_normal(shape)
+    declared = {name: tuple(b.shape) for name, b in net.blobs.items()}
     out = net.forward()
+    ran = {name: tuple(b.data.shape) for name, b in net.blobs.items()}
+    if type_name not in DATA_DEPENDENT_SHAPES:
+        assert ran == declared, f"{type_name}: shapes from Net() (the registry's reshape_like, a top_shapes or " \
+                                "a meta run) differ from the forward's"
     for k, v in out.items():
         assert np.all(np.isfinite(v)), f"{type_name}: output {k} not finite"
     if backward:

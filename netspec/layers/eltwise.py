@@ -101,7 +101,7 @@ class DeployEltwise(nn.Module):
         return y
 
 
-@register("Eltwise", bottoms=(2, None), tops=1,
+@register("Eltwise", reshape_like=True, bottoms=(2, None), tops=1,
           detail=lambda lp: lp.eltwise_param.EltwiseOp.Name(lp.eltwise_param.operation),
           export=Export(deploy=lambda m, dynamic_hw: DeployEltwise(m.op, m.coeffs)),
           pure=True,
@@ -189,7 +189,7 @@ def _param_shape(lp, ctx, p, bottom_shapes):
     return axis, v
 
 
-@register("Scale", blobs=lambda lp: ("bias",) if len(lp.bottom) > 1 else ("weight", "bias"), bottoms=(1, 2), tops=1,
+@register("Scale", reshape_like=True, blobs=lambda lp: ("bias",) if len(lp.bottom) > 1 else ("weight", "bias"), bottoms=(1, 2), tops=1,
           pure=True,
           coord="identity",
           example=example_net("Scale", 'scale_param { bias_term: true }'))
@@ -212,7 +212,7 @@ def build_scale(lp, bottom_shapes, ctx):
     return m
 
 
-@register("Bias", bottoms=(1, 2), tops=1,
+@register("Bias", reshape_like=True, bottoms=(1, 2), tops=1,
           pure=True,
           coord="identity",
           blobs=('bias',),
@@ -267,7 +267,7 @@ class Softmax(nn.Module):
         return torch.softmax(x, self.axis)
 
 
-@register("Softmax", bottoms=1, tops=1,
+@register("Softmax", reshape_like=True, bottoms=1, tops=1,
           pure=True,
           coord="identity",
           export=Export(min_opset=13, needs='Softmax over one axis (opset < 13 flattens to 2-D)'),

@@ -18,6 +18,10 @@ class InnerProduct(nn.Module):
         self.bias = nn.Parameter(torch.empty(num_output)) if bias else None
         self.axis, self.transpose = axis, transpose
 
+    def top_shapes(self, bottom_shapes):
+        n = self.weight.shape[1 if self.transpose else 0]
+        return [tuple(bottom_shapes[0][:self.axis]) + (n,)]
+
     def forward(self, x):
         x = x.flatten(self.axis)  # (*x.shape[:axis], K)
         return F.linear(x, self.weight.t() if self.transpose else self.weight, self.bias)

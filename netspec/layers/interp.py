@@ -35,18 +35,28 @@ class Interp(nn.Module):
         super().__init__()
         self.shrink, self.zoom, self.size, self.pad_beg, self.pad_end = shrink, zoom, size, pad_beg, pad_end
 
-    def forward(self, x, ref=None):
-        H, W = x.shape[-2:]
-        if self.pad_beg or self.pad_end:
-            x = x[..., -self.pad_beg:H + self.pad_end, -self.pad_beg:W + self.pad_end]
-        h_eff, w_eff = x.shape[-2:]
+    def out_size(self, shape, ref_shape=None):
+        """The output H x W for a bottom of ``shape`` (and a 2nd bottom of ``ref_shape``), as InterpLayer's
+        Reshape."""
+        H, W = shape[-2:]
+        h_eff, w_eff = H + self.pad_beg + self.pad_end, W + self.pad_beg + self.pad_end
         if self.shrink is None and self.zoom is None and self.size is None:
-            out = tuple(ref.shape[-2:])
+            out = tuple(ref_shape[-2:])
         else:
             out = interp_size(h_eff, w_eff, self.shrink, self.zoom, self.size)
         if h_eff <= 0 or w_eff <= 0 or out[0] <= 0 or out[1] <= 0:
             raise LayerError(f"Interp of a {H}x{W} input (cropped to {h_eff}x{w_eff}) to {out[0]}x{out[1]}: "
                              "sizes must be positive")
+        return tuple(out)
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0][:-2]) + self.out_size(*bottom_shapes)]
+
+    def forward(self, x, ref=None):
+        out = self.out_size(x.shape, None if ref is None else ref.shape)
+        if self.pad_beg or self.pad_end:
+            H, W = x.shape[-2:]
+            x = x[..., -self.pad_beg:H + self.pad_end, -self.pad_beg:W + self.pad_end]
         return F.interpolate(x, size=out, mode="bilinear", align_corners=True)
 
     def extra_repr(self):

@@ -65,7 +65,7 @@ class ReLU6(nn.Module):
         return F.hardtanh(x, 0.0, 6.0)  # gradient 0 at x <= 0 and x >= 6, as the fork's Backward_cpu
 
 
-@register("ReLU6",
+@register("ReLU6", reshape_like=True,
           pure=True,
           coord="identity",
           export=Export(),

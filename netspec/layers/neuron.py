@@ -12,7 +12,7 @@ from ..registry import Export, register
 from .base import example_net, fail
 
 
-@register("ReLU",
+@register("ReLU", reshape_like=True,
           pure=True,
           coord="identity",
           colour="#90EE90",
@@ -37,7 +37,7 @@ class PReLU(nn.Module):
         return f"weight={tuple(self.weight.shape)}"
 
 
-@register("PReLU",
+@register("PReLU", reshape_like=True,
           pure=True,
           coord="identity",
           blobs=('weight',),
@@ -59,7 +59,7 @@ def prelu(lp, bottom_shapes, ctx):
     return m
 
 
-@register("ELU",
+@register("ELU", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("ELU"))
@@ -68,7 +68,7 @@ def elu(lp, bottom_shapes, ctx):
     return nn.ELU(lp.elu_param.alpha)
 
 
-@register("Sigmoid",
+@register("Sigmoid", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("Sigmoid"))
@@ -77,7 +77,7 @@ def sigmoid(lp, bottom_shapes, ctx):
     return nn.Sigmoid()
 
 
-@register("TanH",
+@register("TanH", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("TanH"))
@@ -91,7 +91,7 @@ class AbsVal(nn.Module):
         return x.abs()
 
 
-@register("AbsVal",
+@register("AbsVal", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("AbsVal"))
@@ -128,7 +128,7 @@ class DeployBNLL(nn.Module):
         return torch.where(x > 0, x + torch.log(1 + torch.exp(-x)), torch.log(1 + torch.exp(x)))
 
 
-@register("BNLL",
+@register("BNLL", reshape_like=True,
           coord="identity",
           export=Export(deploy=lambda m, dynamic_hw: DeployBNLL()),
           example=example_net("BNLL"))
@@ -170,7 +170,7 @@ class Power(nn.Module):
         return f"power={self.power}, scale={self.scale}, shift={self.shift}"
 
 
-@register("Power",
+@register("Power", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("Power", 'power_param { power: 2 }'))
@@ -199,7 +199,7 @@ class Exp(nn.Module):
         return f"inner_scale={self.inner}, outer_scale={self.outer}"
 
 
-@register("Exp",
+@register("Exp", reshape_like=True,
           coord="identity",
           example=example_net("Exp"))
 def exp(lp, bottom_shapes, ctx):
@@ -231,7 +231,7 @@ class Log(nn.Module):
         return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
 
 
-@register("Log",
+@register("Log", reshape_like=True,
           coord="identity",
           example=('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 5 dim: 6 } } }\n'
 'layer { name: "l" type: "Power" bottom: "x" top: "p" power_param { shift: 10 } }\n'
@@ -256,7 +256,7 @@ class Threshold(nn.Module):
         return f"threshold={self.threshold}"
 
 
-@register("Threshold",
+@register("Threshold", reshape_like=True,
           coord="identity",
           example=example_net("Threshold"),
           backward=False)
@@ -277,7 +277,7 @@ class Clip(nn.Module):
         return f"min={self.lo}, max={self.hi}"
 
 
-@register("Clip",
+@register("Clip", reshape_like=True,
           coord="identity",
           export=Export(min_opset=11, needs='Clip with min/max inputs'),
           example=example_net("Clip", 'clip_param { min: -1 max: 1 }'))
@@ -301,7 +301,7 @@ class Swish(nn.Module):
         return f"beta={self.beta}"
 
 
-@register("Swish",
+@register("Swish", reshape_like=True,
           coord="identity",
           example=example_net("Swish"))
 def swish(lp, bottom_shapes, ctx):
@@ -326,7 +326,7 @@ class Dropout(nn.Module):
         return f"ratio={self.ratio}, phase={'TRAIN' if self.train_phase else 'TEST'}"
 
 
-@register("Dropout",
+@register("Dropout", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("Dropout"))

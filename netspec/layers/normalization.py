@@ -28,7 +28,7 @@ class LRN(nn.Module):
         return f"{region}, local_size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
-@register("LRN",
+@register("LRN", reshape_like=True,
           pure=True,
           coord="identity",
           example=example_net("LRN", 'lrn_param { local_size: 3 }'))
@@ -158,7 +158,7 @@ class BatchNorm(nn.Module):
         return f"{self.mean.numel()}, stats={stats}, moving_average_fraction={self.maf}, eps={self.eps}"
 
 
-@register("BatchNorm",
+@register("BatchNorm", reshape_like=True,
           pure=True,
           coord="identity",
           blobs=('mean', 'variance', 'scale_factor'),
@@ -246,7 +246,7 @@ class DeployMVN(nn.Module):
         return xc / (torch.sqrt((xc * xc).mean(dims, keepdim=True)) + self.eps)
 
 
-@register("MVN",
+@register("MVN", reshape_like=True,
           coord="identity",
           export=Export(deploy=lambda m, dynamic_hw: DeployMVN(m)),
           example=example_net("MVN"))

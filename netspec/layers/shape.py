@@ -81,7 +81,7 @@ class Split(nn.Module):
         return tuple(x.view_as(x) for _ in range(self.n))  # one autograd node per top; diffs are summed
 
 
-@register("Split", bottoms=1, tops=(1, None),
+@register("Split", reshape_like=True, bottoms=1, tops=(1, None),
           pure=True,
           coord="identity",
           colour="#EEEEEE",
@@ -122,6 +122,11 @@ class Concat(nn.Module):
     def __init__(self, axis: int):
         super().__init__()
         self.axis = axis
+
+    def top_shapes(self, bottom_shapes):
+        s = list(bottom_shapes[0])
+        s[self.axis] = sum(b[self.axis] for b in bottom_shapes)
+        return [tuple(s)]
 
     def forward(self, *xs):
         return torch.cat(xs, self.axis) if len(xs) > 1 else xs[0].view_as(xs[0])

@@ -27,7 +27,7 @@ class ShuffleChannel(nn.Module):
         return f"group={self.group}"
 
 
-@register("ShuffleChannel", bottoms=1, tops=1,
+@register("ShuffleChannel", reshape_like=True, bottoms=1, tops=1,
           pure=True, coord="identity",
           export=Export(),
           example=example_net("ShuffleChannel", "shuffle_channel_param { group: 2 }"))

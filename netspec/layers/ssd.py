@@ -48,7 +48,7 @@ class Normalize(nn.Module):
         return f"across_spatial={self.across_spatial}, scale={tuple(self.scale.shape)}, eps={self.eps.item():g}"
 
 
-@register("Normalize",
+@register("Normalize", reshape_like=True,
           pure=True,
           coord="identity",
           blobs=("scale",),

@@ -41,6 +41,12 @@ class _AllocationGuard(TorchDispatchMode):
 
     _size_index: Dict[object, Optional[int]] = {}
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps __torch_dispatch__ in torch._dynamo.disable unless this says no, importing
+        # torch._dynamo (0.9 s) on the first Net(); the guard only runs while layers are built, never compiled.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         idx = self._size_index.get(func, -1)
@@ -127,10 +133,40 @@ def _fake_run(module, bottoms_shapes, dtype=torch.float32):
     return [tuple(o.shape) for o in outs]
 
 
-def infer_top_shapes(module, bottom_shapes):
-    """Top shapes of a built layer: its own ``top_shapes`` when it has one, else a fake-tensor run."""
+def _meta_run(module, bottoms_shapes, dtype=torch.float32):
+    # The layer's parameters and buffers swapped for meta tensors of their shapes for the call, and put back
+    # after: no data is touched, and unlike FakeTensorMode no torch._dynamo is imported (0.9 s on the first
+    # Net() of a process).
+    saved = []
+    try:
+        for m in module.modules():
+            for store in (m._parameters, m._buffers):
+                for k, t in store.items():
+                    if t is not None:
+                        saved.append((store, k, t))
+                        store[k] = torch.empty_like(t, device="meta")
+        out = module(*[torch.empty(s, dtype=dtype, device="meta") for s in bottoms_shapes])
+    finally:
+        for store, k, t in saved:
+            store[k] = t
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [tuple(o.shape) for o in outs]
+
+
+def infer_top_shapes(module, bottom_shapes, entry=None, n_tops=1):
+    """Top shapes of a built layer (its builder has checked the bottoms): bottom 0's for a registry entry
+    marked ``reshape_like``, the module's own ``top_shapes`` when it has one, else a run on meta tensors, else
+    (a layer that mixes in tensors of its own, or a bad bottom: the error to report) a fake-tensor run."""
+    if entry is not None and entry.reshape_like:
+        return [tuple(bottom_shapes[0])] * n_tops
     if hasattr(module, "top_shapes"):
         return [tuple(s) for s in module.top_shapes(bottom_shapes)]
+    try:
+        return _meta_run(module, bottom_shapes)
+    except NetspecError:
+        raise
+    except Exception:
+        pass
     try:
         return _fake_run(module, bottom_shapes)
     except NetspecError:
@@ -193,7 +229,7 @@ class CaffeNet(nn.Module):
                         prm.requires_grad_(False)
             if getattr(module, "is_input", False):
                 self.input_blobs.extend(lp.top)
-            node.top_shapes = self._shape(lp, module, bshapes, input_shapes, ident)
+            node.top_shapes = self._shape(lp, entry, module, bshapes, input_shapes, ident)
             shapes.update(zip(lp.top, node.top_shapes))
             self.nodes.append(node)
         self.blob_shapes = shapes
@@ -250,14 +286,14 @@ class CaffeNet(nn.Module):
         return module
 
     @staticmethod
-    def _shape(lp, module, bshapes, input_shapes, ident) -> List[Tuple[int, ...]]:
+    def _shape(lp, entry, module, bshapes, input_shapes, ident) -> List[Tuple[int, ...]]:
         """The top shapes (an Input layer's own, or given ``input_shapes``; else a fake-tensor run), checked
         against Caffe's blob limits."""
         if getattr(module, "is_input", False):
             tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]
         else:
             try:
-                tshapes = infer_top_shapes(module, bshapes)
+                tshapes = infer_top_shapes(module, bshapes, entry, len(lp.top))
             except NetspecError:
                 raise
             except Exception as e:

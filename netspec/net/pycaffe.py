@@ -385,12 +385,14 @@ class Net:
     def reshape(self):
         """Propagate the current input blob shapes through the net (Caffe's Net::Reshape)."""
         from .caffe_net import infer_top_shapes
+        from ..registry import LAYERS
         shapes = {n: self.blobs[n].shape for n in self.inputs}
         for node in self.module.nodes:
             module = self.module.get_module(node.index)
             if getattr(module, "is_input", False):
                 continue
-            tshapes = infer_top_shapes(module, [shapes[b] for b in node.bottoms])
+            tshapes = infer_top_shapes(module, [shapes[b] for b in node.bottoms], LAYERS.get(node.type),
+                                       len(node.tops))
             for t, s in zip(node.tops, tshapes):
                 shapes[t] = s
                 self.blobs[t].reshape(*s)
