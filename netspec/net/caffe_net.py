@@ -427,7 +427,8 @@ class CaffeNet(nn.Module):
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
         their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as
-        produced (first versions included; a fused chain's inner in-place versions are never produced).
+        produced (first versions included, a fused Eltwise -> ReLU's sum before its relu_; a fused chain's inner
+        in-place versions are never produced).
         ``fold`` (gradient-free whole-net runs only): Convolution -> BatchNorm -> Scale chains run as one
         convolution (netspec.net.fold). Otherwise whole-net runs without ``before``/``after`` run BatchNorm ->
         Scale -> ReLU and Eltwise SUM -> ReLU chains fused while ``self.fuse`` (netspec.net.fold.train_plan).
@@ -484,7 +485,7 @@ class CaffeNet(nn.Module):
     def _outputs(self, node: Node, module, feed, env) -> tuple:
         """A layer's tops: an Input's from ``feed``, else the module run on the bottoms in ``env`` (detached
         where propagate_down is false); errors name the layer, and the shapes where the module failed."""
-        if getattr(module, "is_input", False):
+        if getattr(type(module), "is_input", False):  # (a class attribute: no nn.Module __getattr__ miss)
             outs = []
             for t in node.tops:
                 if t not in feed:
@@ -540,14 +541,25 @@ class CaffeNet(nn.Module):
                 before(node.index)
             module = subst.get(node.index) if subst is not None else None
             if module is None:
-                module = getattr(self, node.key)
-            outs = self._outputs(node, module, feed, env)
+                module = self._modules[node.key]
+            shown = ()
+            if on_top is not None and getattr(type(module), "shows_first", False):
+                # a fused chain that changes its top in place: on_top sees the top's first version from inside,
+                # (the same tensor object it then returns, changed)
+                shown = []
+                module.on_first = lambda v: (on_top(node, 0, v), shown.append(0))
+                try:
+                    outs = self._outputs(node, module, feed, env)
+                finally:
+                    module.on_first = None
+            else:
+                outs = self._outputs(node, module, feed, env)
             for j, (t, v) in enumerate(zip(node.tops, outs)):
                 env[t] = v
                 w = node.loss_weights[j]
                 if w:
                     loss = self._add_loss(loss, v, w)
-                if on_top is not None:
+                if on_top is not None and j not in shown:
                     on_top(node, j, v)
             if not keep:
                 for b in self._free_after[node.index]:

@@ -136,7 +136,8 @@ def train_plan(net, in_place_heads_only: bool = False, stats: "StatsBatch" = Non
     * BatchNorm -> Scale (per-channel blobs on axis 1) [-> ReLU], each after the BatchNorm in place on its top:
       one torch batch_norm kernel with the Scale's gamma and beta as its affine part, then relu_ on its own
       fresh output (``BatchNormScaleReLU``).
-    * Eltwise SUM -> ReLU in place on its top: the sum, then relu_ on it (``EltwiseReLU``).
+    * Eltwise SUM -> ReLU in place on its top: the sum, then relu_ on it (``EltwiseReLU``; it shows the sum,
+      the blob's first version, to its ``on_first`` before the relu_, so it is fused for pycaffe's forward too).
     * Split (not for pycaffe's forward): the bottom tensor itself as every top (``SameTensor``).
 
     Only the chain's last value of the blob stays visible, as in Caffe, where in-place layers overwrite it.
@@ -154,7 +155,7 @@ def train_plan(net, in_place_heads_only: bool = False, stats: "StatsBatch" = Non
         if node.type == "Split" and not in_place_heads_only and not any(node.loss_weights):
             fused = SameTensor(len(node.tops))
         elif (len(node.tops) == 1 and not any(node.loss_weights)
-                and (not in_place_heads_only or node.bottoms[:1] == node.tops)):
+                and (not in_place_heads_only or node.bottoms[:1] == node.tops or node.type == "Eltwise")):
             t = node.tops[0]
             if node.type == "BatchNorm" and len(node.bottoms) == 1:
                 def accept(nxt, k):
@@ -242,11 +243,19 @@ class SameTensor(nn.Module):
 
 class EltwiseReLU(nn.Module):
     """Eltwise SUM and the ReLU after it: relu_ on the sum's own output (a new tensor whose gradient does not
-    need it)."""
+    need it). ``on_first`` (set by CaffeNet._run_nodes for an observed run) is called with the sum before the
+    relu_: a gradient hook registered then receives the gradient of the sum (PyTorch's rule for hooks on a tensor
+    later changed in place), which is Caffe's diff of the blob."""
+
+    shows_first = True
 
     def __init__(self, eltwise, relu):
         super().__init__()
         self.eltwise, self.relu = eltwise, relu
+        self.on_first = None
 
     def forward(self, *xs):
-        return self.eltwise(*xs).relu_()
+        y = self.eltwise(*xs)
+        if self.on_first is not None:
+            self.on_first(y)
+        return y.relu_()

@@ -199,6 +199,14 @@ class Net:
             self.blobs[name].data[...] = value
         i0 = self._index(start, 0)
         i1 = self._index(end, len(self.module.nodes) - 1)
+        # The last backward's diffs of the blobs this pass recomputes (not the net's outputs, whose diffs a user
+        # may set before forward, nor the inputs') are let go now, so this pass reuses their memory instead of
+        # taking fresh pages; they read as zeros until the next backward.
+        keep_diff = set(self.outputs) | set(self.inputs)
+        for node in self.module.nodes[i0:i1 + 1]:
+            for t in node.tops:
+                if t not in keep_diff:
+                    self.blobs[t]._diff = None
         dev = self._device()
         grad = self.module.force_backward
         env = {}
@@ -208,14 +216,22 @@ class Net:
                 env[name] = torch.from_numpy(b.data.copy()).to(dev).requires_grad_(grad)
         firsts: Dict[str, torch.Tensor] = feed.taken if i0 == 0 else dict(env)
         lasts: Dict[str, torch.Tensor] = {}
+        hooked: Dict[str, torch.Tensor] = {}  # gradients of the first versions, from their hooks
         loss_terms = []
+
+        def keep_grad(t):
+            def hook(g):
+                hooked[t] = g
+            return hook
 
         def on_top(node, j, v):
             t = node.tops[j]
             in_place = j < len(node.bottoms) and node.bottoms[j] == t
             if not in_place or t not in firsts:
                 if v.requires_grad and not v.is_leaf:
-                    v.retain_grad()
+                    # A hook, not retain_grad: no copy of every gradient, and the gradient of this version
+                    # even if a later layer changes the tensor in place (Caffe's diff of the blob's first value).
+                    v.register_hook(keep_grad(t))
                 firsts[t] = v
             lasts[t] = v
             if node.loss_weights[j]:
@@ -226,7 +242,7 @@ class Net:
                                      before=self._call(self._before), after=self._call(self._after))
         for t, v in lasts.items():
             self.blobs[t]._set(v)
-        self._graph = (firsts, lasts, loss_terms)
+        self._graph = (firsts, lasts, loss_terms, hooked)
         return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
 
     @staticmethod
@@ -242,7 +258,7 @@ class Net:
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
         if self._graph is None:
             raise NetspecError("backward() needs a forward() first (the graph of the last forward is used once)")
-        firsts, lasts, loss_terms = self._graph
+        firsts, lasts, loss_terms, hooked = self._graph
         for name, value in kwargs.items():
             self.blobs[name].diff[...] = value
         roots, grads = [], []
@@ -259,16 +275,20 @@ class Net:
             if np.any(d):
                 roots.append(v)
                 grads.append(torch.from_numpy(d.copy()).to(v.device).reshape(v.shape))
+        outputs = set(self.outputs)
+        for t in firsts:
+            if t not in outputs:  # replaced below: let go of the last backward's diffs for autograd to reuse
+                self.blobs[t]._diff = None
         if roots:
             torch.autograd.backward(roots, grads)
+        owned = set()
         for t, v in firsts.items():
-            g = v.grad if v.requires_grad else None
+            g = (v.grad if v.is_leaf else hooked.get(t)) if v.requires_grad else None
             b = self.blobs[t]
             if g is not None:
-                b._diff = _own_diff(g)
-            elif t not in self.outputs:
-                b._diff = torch.zeros(b.shape)
-            # else: an output nothing back-propagates through keeps the diff the user wrote (as Caffe)
+                b._diff = _own_diff(g, owned)
+            # else: zeros when read (Blob.diff), or for an output nothing back-propagates through, the diff the
+            # user wrote (as Caffe)
         self._graph = None
         return {i: self.blobs[i].diff for i in self.inputs}
 
@@ -425,8 +445,17 @@ class Net:
                 self.params[layer.name] = layer.blobs
 
 
-def _own_diff(g: torch.Tensor) -> torch.Tensor:
-    """A retained gradient as a blob's diff: autograd made it for this tensor alone (retain_grad clones), so a
-    CPU float32 one is kept as is; others are copied to CPU float32."""
+def _own_diff(g: torch.Tensor, owned: set) -> torch.Tensor:
+    """A gradient from autograd as a blob's diff: a dense CPU float32 one whose memory no other blob's diff holds
+    yet (``owned``: the storages taken so far) is kept as is; others are copied (to CPU float32). Autograd may
+    hand one tensor to several blobs (a sum's inputs get the sum's gradient) or an expanded one; each diff
+    must be its own, writable array."""
     g = g.detach()
-    return g if g.device.type == "cpu" and g.dtype == torch.float32 else g.to("cpu", torch.float32)
+    if g.device.type != "cpu" or g.dtype != torch.float32:
+        return g.to("cpu", torch.float32)
+    key = g.untyped_storage().data_ptr()
+    if key in owned or not g.is_contiguous():
+        g = g.clone(memory_format=torch.contiguous_format)
+        key = g.untyped_storage().data_ptr()
+    owned.add(key)
+    return g
