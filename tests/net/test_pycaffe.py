@@ -170,3 +170,68 @@ def test_python_layers_see_param_str_under_the_old_pycaffe_name_too(net_file):
     net = caffe.Net(str(net_file), caffe.TEST)
     layer = net.module.get_module(net._layer_names.index("sq")).layer
     assert layer.param_str == layer.param_str_ == "{'k': 0.5}"   # py-faster-rcnn's layers read param_str_
+
+
+DIFFS_NET = """
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "Power" bottom: "x" top: "a" power_param { scale: 2 } }
+layer { name: "b" type: "Power" bottom: "x" top: "b" power_param { shift: 1 } }
+layer { name: "s" type: "Eltwise" bottom: "a" bottom: "b" top: "s" }
+layer { name: "r" type: "Reduction" bottom: "s" top: "r" }
+layer { name: "out" type: "Power" bottom: "s" top: "out" power_param { scale: 3 } }
+"""
+
+
+def _diffs_net():
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    net = caffe.Net(text_format.Parse(DIFFS_NET, caffe_pb2.NetParameter()), caffe.TEST)
+    net.blobs["x"].data[...] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    return net
+
+
+def test_each_blob_has_its_own_writable_diff():
+    """Autograd hands the sum's gradient to both Eltwise bottoms as one tensor, and Reduction's gradient is an
+    expanded scalar: each blob's diff must still be its own contiguous array (as Caffe's blobs)."""
+    net = _diffs_net()
+    net.forward()
+    net.blobs["out"].diff[...] = 1.0
+    net.backward()
+    # only out's diff is set (Reduction's top has no loss weight and a zero diff): d out / d s = 3
+    np.testing.assert_allclose(net.blobs["s"].diff, np.full((2, 3), 3.0))
+    np.testing.assert_allclose(net.blobs["a"].diff, np.full((2, 3), 3.0))
+    np.testing.assert_allclose(net.blobs["b"].diff, np.full((2, 3), 3.0))
+    np.testing.assert_allclose(net.blobs["x"].diff, np.full((2, 3), 9.0))
+    net.blobs["a"].diff[...] = -1.0
+    net.blobs["s"].diff[0, 0] = 5.0
+    np.testing.assert_allclose(net.blobs["b"].diff, np.full((2, 3), 3.0))
+    assert net.blobs["s"].diff[0, 1] == 3.0 and net.blobs["s"].diff.flags.writeable
+
+
+def test_expanded_gradient_becomes_a_full_diff():
+    net = _diffs_net()
+    net.forward()
+    net.blobs["r"].diff[...] = 2.0  # Reduction SUM's top: d r / d s = 1 everywhere, an expanded tensor
+    net.backward()
+    d = net.blobs["s"].diff
+    np.testing.assert_allclose(d, np.full((2, 3), 2.0))
+    d[0, 0] = 0.0
+    # written in place (not into a passing copy), and not one element seen six times
+    assert net.blobs["s"].diff[0, 0] == 0.0 and net.blobs["s"].diff[1, 2] == 2.0
+
+
+def test_forward_keeps_output_diffs_and_lets_inner_ones_go():
+    """A diff written on an output before forward() is used by backward() (Caffe's forward does not touch diffs);
+    inner blobs' diffs from the last backward read as zeros until the next one recomputes them."""
+    net = _diffs_net()
+    net.forward()
+    net.blobs["out"].diff[...] = 1.0
+    net.backward()
+    assert net.blobs["a"].diff.any()
+    net.blobs["out"].diff[...] = 2.0
+    net.forward()
+    assert not net.blobs["a"].diff.any()
+    np.testing.assert_allclose(net.blobs["out"].diff, np.full((2, 3), 2.0))
+    net.backward()
+    np.testing.assert_allclose(net.blobs["a"].diff, np.full((2, 3), 6.0))
