@@ -205,10 +205,12 @@ def test_coming_from_caffe(demo, tmp_path):
 @pytest.mark.slow
 def test_coming_from_caffe_resume_plot_draw(demo, tmp_path):
     w = _copy_demo(demo, tmp_path)
-    done = _run_page("coming_from_caffe.md", w, only=COMING_SLOW)
+    # (the 40-iteration run writing demo_short.log, which plot_log compares with the full log, runs here too)
+    done = _run_page("coming_from_caffe.md", w, only=COMING_SLOW + ("2> demo_short.log",))
     assert "Restoring previous solver status from snapshots/demo/demo_iter_" in done[
         D.find("coming_from_caffe.md", "--snapshot")].stderr
     assert (w / "demo_train.png").stat().st_size > 0 and (w / "demo_net.txt").exists()
+    assert (w / "compare.png").stat().st_size > 0
 
 
 def test_coming_from_caffe_own_proto_fields(tmp_path):
