@@ -82,10 +82,14 @@ def env(**extra):
 
 
 def shorten(cmd: str, iters: int = 2) -> str:
-    """The documented shortening: training commands get ``--max-iter N`` appended (argparse keeps the last
-    value), and the snapshot names of the full schedule (``..._iter_100000.caffemodel``) become ``_iter_N``."""
+    """The documented shortening ("for a quick try, add --max-iter 20 --test-iter 5"): training commands get
+    ``--max-iter N`` appended (argparse keeps the last value), and ``--test-iter N`` unless they give one (the
+    final scores then cover N batches, not the solver's test_iter: 736 VOC validation images of a VGG net), and
+    the snapshot names of the full schedule (``..._iter_100000.caffemodel``) become ``_iter_N``."""
     if "tools/train.py" in cmd:
         cmd += f" --max-iter {iters}"
+        if "--test-iter" not in cmd:
+            cmd += f" --test-iter {iters}"
     return re.sub(r"_iter_\d+\.(caffemodel|solverstate)", rf"_iter_{iters}.\1", cmd)
 
 
