@@ -47,10 +47,13 @@ VARIANTS = ("no_grad", "unfolded", "inference_mode", "channels_last", "jit_freez
 def random_caffemodel(proto, path, seed=0):
     net = Net(proto, netspec.TEST)
     rng = np.random.default_rng(seed)
-    for blobs in net.params.values():
-        for b in blobs:
+    for layer in net.layers:
+        for b in layer.blobs:
             fan = max(1, b.data[0].size) if b.data.ndim > 1 else 1
             b.data[...] = rng.standard_normal(b.shape) * (np.sqrt(2.0 / fan) if b.data.ndim > 1 else 0.1)
+        if layer.type == "BatchNorm":  # statistics a trained net could have: variance > 0, scale factor 1
+            layer.blobs[1].data[...] = 1 + np.abs(layer.blobs[1].data)
+            layer.blobs[2].data[...] = 1
     net.save(path)
 
 
@@ -118,6 +121,26 @@ def netspec_variants(proto, weights, x, which):
     return fns
 
 
+def opencv_proto(net, out_path):
+    """OpenCV's Interp takes one bottom: an Interp sized by a 2nd bottom (DeepLab v3's ASPP image pooling) gets
+    that bottom's height and width as ``interp_param`` instead, from netspec's blob shapes (the same function)."""
+    import copy
+    shapes = {k: b.shape for k, b in Net(net, netspec.TEST).blobs.items()}
+    cv = copy.deepcopy(net)
+    changed = False
+    for lp in cv.layer:
+        p = lp.interp_param
+        if lp.type == "Interp" and len(lp.bottom) == 2 and not any(
+                p.HasField(f) for f in ("height", "zoom_factor", "shrink_factor")):
+            p.height, p.width = shapes[lp.bottom[1]][2:]
+            del lp.bottom[1]
+            changed = True
+    if changed:
+        with open(out_path, "w") as f:
+            f.write(to_text(cv))
+    return changed
+
+
 def opencv_net(proto, weights, winograd=True):
     cv = cv2.dnn.readNetFromCaffe(proto, weights)
     cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -156,8 +179,11 @@ def main():
         if not a.weights:
             random_caffemodel(proto, weights)
         x = np.random.default_rng(1).uniform(-120, 130, (1, 3, a.size, a.size)).astype(np.float32)
-        cv_fast = opencv_net(proto, weights)
-        exact = opencv_net(proto, weights, winograd=False)(x)
+        cv_proto = os.path.join(tmp, "deploy_opencv.prototxt")
+        if not opencv_proto(net, cv_proto):
+            cv_proto = proto
+        cv_fast = opencv_net(cv_proto, weights)
+        exact = opencv_net(cv_proto, weights, winograd=False)(x)
         fns = netspec_variants(proto, weights, x, which)
         rel = lambda u, v: float(np.linalg.norm(u - v) / np.linalg.norm(v))  # noqa: E731
         print(f"{a.model} at {a.size}x{a.size}, torch {torch.__version__}, OpenCV "
