@@ -14,12 +14,13 @@ from netspec.net.caffe_net import _meta_run, infer_top_shapes
 ROOT = Path(__file__).resolve().parents[2]
 
 #: One net per family of layers whose shapes are inferred differently: VGG-style (Convolution, ReLU, Pooling,
-#: Dropout, InnerProduct, Softmax), a training net (Python data, Crop, Deconvolution, Eltwise, SoftmaxWithLoss,
-#: Accuracy), ResNet/DenseNet (BatchNorm, Scale, Eltwise, Concat), PSPNet (BN, Interp, Concat), SSD (Normalize,
-#: Permute, PriorBox, DetectionOutput), Faster R-CNN (Proposal, ROIPooling), ENet (PReLU, Upsample, ...).
+#: Dropout, InnerProduct, Softmax), an FCN training net (Crop, Deconvolution, Eltwise, SoftmaxWithLoss, Accuracy;
+#: fed by Input layers, so no dataset is needed), ResNet/DenseNet (BatchNorm, Scale, Eltwise, Concat), PSPNet
+#: (BN, Interp, Concat), SSD (Normalize, Permute, PriorBox, DetectionOutput), Faster R-CNN (Proposal,
+#: ROIPooling), ENet (PReLU, Upsample, ...).
 NETS = [
     ("prototxt/demo/deploy.prototxt", 1),
-    ("prototxt/demo/train.prototxt", 0),
+    ("TRAIN_NET", 0),
     ("tests/data/forks/densenet/DenseNet_121.prototxt", 1),
     ("prototxt/pspnet50_ade20k/deploy.prototxt", 1),
     ("tests/data/forks/ssd/VGG_VOC0712_SSD_300x300_deploy.prototxt", 1),
@@ -39,12 +40,35 @@ print(json.dumps(seen))
 """
 
 
-def test_building_nets_does_not_import_dynamo():
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(NETS)], cwd=ROOT, capture_output=True,
+TRAIN_NET = """
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 32 dim: 32 } shape { dim: 2 dim: 1 dim: 32 dim: 32 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 20 weight_filler { type: "msra" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "score" type: "Convolution" bottom: "pool1" top: "score" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "up" type: "Deconvolution" bottom: "score" top: "up"
+        convolution_param { num_output: 3 kernel_size: 4 stride: 2 bias_term: false } }
+layer { name: "skip" type: "Convolution" bottom: "conv1" top: "skip" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "crop_up" type: "Crop" bottom: "up" bottom: "skip" top: "up_c" crop_param { axis: 2 offset: 1 } }
+layer { name: "fuse" type: "Eltwise" bottom: "up_c" bottom: "skip" top: "fuse" }
+layer { name: "crop" type: "Crop" bottom: "fuse" bottom: "data" top: "out" crop_param { axis: 2 offset: 4 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "out" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "out" bottom: "label" top: "acc" }
+"""
+
+
+def test_building_nets_does_not_import_dynamo(tmp_path):
+    train = tmp_path / "train.prototxt"
+    train.write_text(TRAIN_NET)
+    nets = [(str(train) if p == "TRAIN_NET" else p, phase) for p, phase in NETS]
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(nets)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [p for p, _ in seen] == [p for p, _ in NETS]
+    assert [p for p, _ in seen] == [p for p, _ in nets]
     imported = [p for p, dyn in seen if dyn]
     assert not imported, f"building these nets imported torch._dynamo (first: {imported[0]})"
 
