@@ -124,13 +124,15 @@ class Node:
     top_shapes: List[Tuple[int, ...]] = field(default_factory=list)
 
 
+def _shapes_of(out) -> List[Tuple[int, ...]]:
+    """The shapes of a module's output (one tensor, or a tuple/list of them)."""
+    return [tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
 def _fake_run(module, bottoms_shapes, dtype=torch.float32):
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode(allow_non_fake_inputs=True):
-        xs = [torch.empty(s, dtype=dtype) for s in bottoms_shapes]
-        out = module(*xs)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [tuple(o.shape) for o in outs]
+        return _shapes_of(module(*[torch.empty(s, dtype=dtype) for s in bottoms_shapes]))
 
 
 def _meta_run(module, bottoms_shapes, dtype=torch.float32):
@@ -149,8 +151,7 @@ def _meta_run(module, bottoms_shapes, dtype=torch.float32):
     finally:
         for store, k, t in saved:
             store[k] = t
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [tuple(o.shape) for o in outs]
+    return _shapes_of(out)
 
 
 def infer_top_shapes(module, bottom_shapes, entry=None, n_tops=1):
@@ -175,9 +176,7 @@ def infer_top_shapes(module, bottom_shapes, entry=None, n_tops=1):
         # Some ops have no fake/meta kernel: run once on zeros instead (the shapes are what matters).
         with torch.no_grad():
             dev = next((p.device for p in module.parameters()), torch.device("cpu"))
-            out = module(*[torch.zeros(s, device=dev) for s in bottom_shapes])
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [tuple(o.shape) for o in outs]
+            return _shapes_of(module(*[torch.zeros(s, device=dev) for s in bottom_shapes]))
 
 
 class CaffeNet(nn.Module):
@@ -287,7 +286,7 @@ class CaffeNet(nn.Module):
 
     @staticmethod
     def _shape(lp, entry, module, bshapes, input_shapes, ident) -> List[Tuple[int, ...]]:
-        """The top shapes (an Input layer's own, or given ``input_shapes``; else a fake-tensor run), checked
+        """The top shapes (an Input layer's own, or given ``input_shapes``; else ``infer_top_shapes``), checked
         against Caffe's blob limits."""
         if getattr(module, "is_input", False):
             tshapes = [tuple(input_shapes.get(t, s)) for t, s in zip(lp.top, module.top_shapes([]))]
@@ -542,24 +541,22 @@ class CaffeNet(nn.Module):
             module = subst.get(node.index) if subst is not None else None
             if module is None:
                 module = self._modules[node.key]
-            shown = ()
-            if on_top is not None and getattr(type(module), "shows_first", False):
-                # a fused chain that changes its top in place: on_top sees the top's first version from inside,
-                # (the same tensor object it then returns, changed)
-                shown = []
-                module.on_first = lambda v: (on_top(node, 0, v), shown.append(0))
-                try:
-                    outs = self._outputs(node, module, feed, env)
-                finally:
-                    module.on_first = None
-            else:
+            # a fused chain that changes its one top in place shows on_top that top's first version from
+            # inside (the same tensor object it then returns, changed), instead of on_top seeing the result
+            shown = on_top is not None and getattr(type(module), "shows_first", False)
+            if shown:
+                module.on_first = lambda v: on_top(node, 0, v)
+            try:
                 outs = self._outputs(node, module, feed, env)
+            finally:
+                if shown:
+                    module.on_first = None
             for j, (t, v) in enumerate(zip(node.tops, outs)):
                 env[t] = v
                 w = node.loss_weights[j]
                 if w:
                     loss = self._add_loss(loss, v, w)
-                if on_top is not None and j not in shown:
+                if on_top is not None and not shown:
                     on_top(node, j, v)
             if not keep:
                 for b in self._free_after[node.index]:
