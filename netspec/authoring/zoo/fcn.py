@@ -83,6 +83,20 @@ def fc_layers(n: NetSpec, bottom, *, fc6_kernel=7, fc6_dilation=1, dropout_ratio
     return top
 
 
+def fuse_skip(n: NetSpec, pool: str, up, s: str, k: int, atonce_scale: Optional[float]):
+    """One FCN skip: ``pool`` (first scaled by the constant ``atonce_scale``, lr_mult 0, in the at-once net) is
+    scored, cropped to ``up`` and added to it; returns the top ``fuse_<pool><s>``."""
+    bottom = n[pool]
+    if atonce_scale is not None:
+        n[f"scale_{pool}"] = L.Scale(bottom, filler=dict(type="constant", value=atonce_scale),
+                                     param=[dict(lr_mult=0)])
+        bottom = n[f"scale_{pool}"]
+    n[f"score_{pool}{s}"] = score(bottom, k)
+    n[f"score_{pool}{s}c"] = crop(n[f"score_{pool}{s}"], up)
+    n[f"fuse_{pool}{s}"] = L.Eltwise(up, n[f"score_{pool}{s}c"], operation=P.Eltwise.SUM)
+    return n[f"fuse_{pool}{s}"]
+
+
 def fcn_head(n: NetSpec, fc7, stride: int, head: Head, *, atonce=False, loss=True,
              normalize: Optional[bool] = False):
     """The FCN-{32,16,8}s scoring, upsampling and skip layers of one head, plus its loss."""
@@ -93,30 +107,14 @@ def fcn_head(n: NetSpec, fc7, stride: int, head: Head, *, atonce=False, loss=Tru
         last = n[f"upscore{s}"]
     else:
         n[f"upscore2{s}"] = upsample(n[f"score_fr{s}"], k, 4, 2)
-        skip_bottom = n.pool4
-        if atonce:
-            n.scale_pool4 = L.Scale(n.pool4, filler=dict(type="constant", value=0.01),
-                                    param=[dict(lr_mult=0)])
-            skip_bottom = n.scale_pool4
-        n[f"score_pool4{s}"] = score(skip_bottom, k)
-        n[f"score_pool4{s}c"] = crop(n[f"score_pool4{s}"], n[f"upscore2{s}"])
-        n[f"fuse_pool4{s}"] = L.Eltwise(n[f"upscore2{s}"], n[f"score_pool4{s}c"],
-                                        operation=P.Eltwise.SUM)
+        fuse_pool4 = fuse_skip(n, "pool4", n[f"upscore2{s}"], s, k, 0.01 if atonce else None)
         if stride == 16:
-            n[f"upscore16{s}"] = upsample(n[f"fuse_pool4{s}"], k, 32, 16)
+            n[f"upscore16{s}"] = upsample(fuse_pool4, k, 32, 16)
             last = n[f"upscore16{s}"]
         elif stride == 8:
-            n[f"upscore_pool4{s}"] = upsample(n[f"fuse_pool4{s}"], k, 4, 2)
-            skip_bottom = n.pool3
-            if atonce:
-                n.scale_pool3 = L.Scale(n.pool3, filler=dict(type="constant", value=0.0001),
-                                        param=[dict(lr_mult=0)])
-                skip_bottom = n.scale_pool3
-            n[f"score_pool3{s}"] = score(skip_bottom, k)
-            n[f"score_pool3{s}c"] = crop(n[f"score_pool3{s}"], n[f"upscore_pool4{s}"])
-            n[f"fuse_pool3{s}"] = L.Eltwise(n[f"upscore_pool4{s}"], n[f"score_pool3{s}c"],
-                                            operation=P.Eltwise.SUM)
-            n[f"upscore8{s}"] = upsample(n[f"fuse_pool3{s}"], k, 16, 8)
+            n[f"upscore_pool4{s}"] = upsample(fuse_pool4, k, 4, 2)
+            fuse_pool3 = fuse_skip(n, "pool3", n[f"upscore_pool4{s}"], s, k, 0.0001 if atonce else None)
+            n[f"upscore8{s}"] = upsample(fuse_pool3, k, 16, 8)
             last = n[f"upscore8{s}"]
         else:
             raise ValueError(f"FCN stride must be 32, 16 or 8, not {stride}")
