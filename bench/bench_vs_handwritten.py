@@ -348,6 +348,48 @@ def resnet_main(a, dev):
     print("pycaffe forward(); backward() / the hand-written net doing the same work (every blob and its diff kept, "
           "parameter diffs accumulated): " + ratio(times["netspec pycaffe forward(); backward()"],
                                                  times["hand-written, pycaffe's work"]))
+    resnet_steps(a, path, x, label)
+
+
+def resnet_steps(a, path, x, label, lr=1e-5):
+    """A whole training iteration: netspec's ``Solver.step(1)`` (SGD, Caffe's update: momentum 0.9, weight decay
+    5e-4, fixed rate) against the hand-written net with ``zero_grad()``, fwd+bwd and ``torch.optim.SGD``
+    (foreach), the same update for a fixed rate. Both start from the caffemodel's weights; one step of each is
+    compared first."""
+    from netspec.proto import caffe_pb2
+    from netspec.solver.solvers import Solver
+    sp = caffe_pb2.SolverParameter(net=path, base_lr=lr, lr_policy="fixed", momentum=0.9, weight_decay=5e-4,
+                                   max_iter=10 ** 9, display=0, type="SGD")
+    solver = Solver(sp)
+    solver.net.copy_from(os.path.join(NSFW, "resnet_50_1by2_nsfw.caffemodel"))
+    solver.net.blobs["data"].data[...] = x.numpy()
+    solver.net.blobs["label"].data[...] = label.numpy()
+    hand = HandResNet50()
+    load_hand_resnet(hand, solver.net)
+    opt = torch.optim.SGD(hand.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, foreach=True)
+
+    def run_hand():
+        opt.zero_grad()
+        hand(x, label).backward()
+        opt.step()
+
+    def run_solver():
+        solver.step(1)
+
+    run_hand()
+    run_solver()
+    pairs = [(conv.weight, solver.net.params[name][0]._param) for name, conv in hand.convs.items()]
+    pairs += [(bn.weight, solver.net.params["scale_" + name][0]._param) for name, bn in hand.bns.items()]
+    step = max(float((p.detach() - q.detach()).abs().max() / (p.detach().abs().max() or 1)) for p, q in pairs)
+    print(f"one SGD step from the same weights: largest relative weight difference {step:.1e}")
+    times = timeit_all({"hand-written + torch.optim.SGD": run_hand, "netspec Solver.step(1)": run_solver},
+                       a.iters)
+    hand_t = times["hand-written + torch.optim.SGD"]
+    for name, ts in times.items():
+        line = f"{name:38s}: {min(ts) * 1000:8.1f} ms/iter (zero, fwd+bwd, update)"
+        if ts is not hand_t:
+            line += "  ratio " + ratio(ts, hand_t)
+        print(line)
 
 
 def ratio(ts, base):

@@ -120,13 +120,14 @@ class _Update:
 # -- update rules (ComputeUpdateValue); each turns diffs into the step, in place ------------------------------
 
 def _sgd(s, diffs, rates):
-    # history = local_rate * diff + momentum * history; the step (and the diff Caffe leaves) = history.
-    # All in place: no iteration allocates a parameter-sized temporary.
+    # history = momentum * history + local_rate * diff; the step (and the diff Caffe leaves) = history.
+    # Computed as Caffe's GPU kernel does (sgd_solver.cu, SGDUpdate: g = h = momentum * h + local_rate * g, one
+    # fused multiply-add): local_rate * diff, then + momentum * history in one add, then copied to the history.
+    # In place, no parameter-sized temporary, and 7 passes over the parameters' memory (CPU axpby + copy: 9).
     hist = s.history
     torch._foreach_mul_(diffs, rates)
-    torch._foreach_mul_(hist, s.param.momentum)
-    torch._foreach_add_(hist, diffs)
-    torch._foreach_copy_(diffs, hist)
+    torch._foreach_add_(diffs, hist, alpha=s.param.momentum)
+    torch._foreach_copy_(hist, diffs)
 
 
 def _nesterov(s, diffs, rates):
@@ -417,8 +418,13 @@ class Solver:
         """Average the gradients over processes (Caffe's multi-GPU meaning) and undo the fp16 loss scale.
         Returns False when the step must be skipped (fp16 overflow)."""
         import torch.distributed as dist
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:  # every rank reduces every blob, in the same order, even one no gradient reached here
+            for lp in self._params:
+                if lp.tensor.grad is None:
+                    lp.tensor.grad = torch.zeros_like(lp.tensor)
         grads = [lp.tensor.grad for lp in self._params if lp.tensor.grad is not None]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if distributed:
             n = dist.get_world_size()
             for g in grads:
                 dist.all_reduce(g)
@@ -455,7 +461,11 @@ class Solver:
         t0 = time.time()
         last_iter = self.iter
         while self.iter < stop_iter:
-            self.net.clear_param_diffs()
+            # ClearParamDiffs, by letting go of the diffs: they read as zeros, and the backward hands its
+            # gradients over instead of adding them into zeroed memory (no memset, no add, and on the CPU far
+            # fewer page faults per iteration). Arrays taken from .diff before a step do not follow.
+            for lp in self._params:
+                lp.tensor.grad = None
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
                 if self.requested_early_exit:
@@ -596,9 +606,11 @@ class Solver:
         with torch.no_grad():
             specs, hist = self._active()
             params = [lp.tensor for lp in specs]
-            diffs = [t.grad if t.grad is not None else torch.zeros_like(t) for t in params]
-            for t, d in zip(params, diffs):
-                t.grad = d
+            diffs = []
+            for t in params:
+                if t.grad is None:  # no gradient reached it: Caffe's diff is still the cleared zeros
+                    t.grad = torch.zeros_like(t)
+                diffs.append(t.grad)
             self._clip_gradients(diffs)
             self._normalize(diffs)
             self._regularize(specs, diffs)
@@ -636,10 +648,15 @@ class Solver:
         reg = p.regularization_type
         if not p.weight_decay:
             return
+        groups: Dict[float, tuple] = {}  # one _foreach_add_ per distinct local decay (the same add_ per blob)
         for lp, d in zip(specs, diffs):
             local = p.weight_decay * lp.decay_mult
             if local:
-                d.add_(lp.tensor if reg == "L2" else torch.sign(lp.tensor), alpha=local)
+                ds, ws = groups.setdefault(local, ([], []))
+                ds.append(d)
+                ws.append(lp.tensor if reg == "L2" else torch.sign(lp.tensor))
+        for local, (ds, ws) in groups.items():
+            torch._foreach_add_(ds, ws, alpha=local)
 
     def _active(self):
         """The blobs the update must touch, and their history blobs. Under SGD and Nesterov a blob with

@@ -73,6 +73,37 @@ def test_clipping_norm_counts_forced_diffs_of_frozen_blobs():
     assert not s.net.params["ip1"][0].diff.any()   # a skipped blob's diff ends as its zero history
 
 
+def test_step_clears_diffs_first_and_leaves_caffes_update_values_as_diffs():
+    # Caffe's Step: ClearParamDiffs, ForwardBackward, then per blob: diff += weight_decay * decay_mult * w,
+    # history = momentum * history + local_rate * diff, diff = history, w -= diff. A diff left over from before
+    # (here: written by hand) must not reach the update; ip2's bias has decay_mult 0 and lr_mult 2.
+    text = NET.replace('top: "p"', 'top: "p" param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }')
+    sp = prototxt.parse_solver('base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.01 max_iter: 10 '
+                               'display: 0 snapshot_prefix: ""')
+    sp.net_param.CopyFrom(prototxt.parse_net(text % "false"))
+    torch.manual_seed(0)
+    s = Solver(sp, device="cpu")
+    x, y = np.random.RandomState(0).randn(2, 3), np.random.RandomState(1).randn(2, 2)
+    s.net.blobs["x"].data[...] = x
+    s.net.blobs["y"].data[...] = y
+    w, b = (blob.data.astype(np.float64) for blob in s.net.params["ip2"])
+    s.net.forward()
+    h = s.net.blobs["h"].data.astype(np.float64)  # ip1 is frozen: h stays
+    hist = [np.zeros_like(w), np.zeros_like(b)]
+    for it in range(2):
+        s.net.params["ip2"][0].diff[...] = 1e3   # stale: cleared by the step
+        p = h @ w.T + b
+        gp = (p - y) / 2                          # EuclideanLoss: 1/(2N) sum ||p - y||^2, N = 2
+        gw, gb = gp.T @ h + 0.01 * w, gp.sum(0)
+        hist = [0.9 * hist[0] + 0.1 * gw, 0.9 * hist[1] + 0.2 * gb]
+        w, b = w - hist[0], b - hist[1]
+        s.step(1)
+        np.testing.assert_allclose(s.net.params["ip2"][0].data, w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(s.net.params["ip2"][1].data, b, rtol=1e-5, atol=1e-7)
+        for blob, hh in zip(s.net.params["ip2"], hist):
+            np.testing.assert_allclose(blob.diff, hh, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("field, value, words", [
     ("regularization_type", "L3", "Unknown regularization type: L3"),
     ("iter_size", 0, "iter_size must be at least 1"),
