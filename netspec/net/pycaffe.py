@@ -6,6 +6,7 @@ w.r.t. the first producer's output; a loss blob's ``.diff`` is its loss_weight a
 The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which frees blobs after use.
 """
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -219,11 +220,6 @@ class Net:
         hooked: Dict[str, torch.Tensor] = {}  # gradients of the first versions, from their hooks
         loss_terms = []
 
-        def keep_grad(t):
-            def hook(g):
-                hooked[t] = g
-            return hook
-
         def on_top(node, j, v):
             t = node.tops[j]
             in_place = j < len(node.bottoms) and node.bottoms[j] == t
@@ -231,7 +227,7 @@ class Net:
                 if v.requires_grad and not v.is_leaf:
                     # A hook, not retain_grad: no copy of every gradient, and the gradient of this version
                     # even if a later layer changes the tensor in place (Caffe's diff of the blob's first value).
-                    v.register_hook(keep_grad(t))
+                    v.register_hook(functools.partial(hooked.__setitem__, t))  # (no Python frame per call)
                 firsts[t] = v
             lasts[t] = v
             if node.loss_weights[j]:

@@ -419,6 +419,9 @@ class Solver:
         Returns False when the step must be skipped (fp16 overflow)."""
         import torch.distributed as dist
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        scale = self._loss_scale
+        if not distributed and scale == 1.0:
+            return True
         if distributed:  # every rank reduces every blob, in the same order, even one no gradient reached here
             for lp in self._params:
                 if lp.tensor.grad is None:
@@ -429,7 +432,6 @@ class Solver:
             for g in grads:
                 dist.all_reduce(g)
             torch._foreach_mul_(grads, 1.0 / n)
-        scale = self._loss_scale
         if scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / scale)
             if not all(bool(torch.isfinite(g).all()) for g in grads):
