@@ -323,13 +323,16 @@ def resnet_main(a, dev):
             p.grad = None
         net.forward_backward()
 
-    def run_pycaffe():
+    def run_pycaffe():  # a pycaffe training loop's pass (Caffe's Step: ClearParamDiffs, Forward, Backward)
+        net.clear_param_diffs()
         net.forward()
         net.backward()
 
     kept = {}
 
-    def run_hand_as_pycaffe():  # every blob and its gradient kept, parameter gradients accumulated (as Caffe)
+    def run_hand_as_pycaffe():  # every blob and its gradient kept (as Caffe's blobs)
+        for p in hand_params:
+            p.grad = None
         kept.clear()
         hand(x, label, kept).backward()
 
@@ -345,8 +348,9 @@ def resnet_main(a, dev):
         if ts is not hand_t:
             line += "  ratio " + ratio(ts, hand_t)
         print(line)
-    print("pycaffe forward(); backward() / the hand-written net doing the same work (every blob and its diff kept, "
-          "parameter diffs accumulated): " + ratio(times["netspec pycaffe forward(); backward()"],
+    print("(pycaffe: clear_param_diffs(); forward(); backward())")
+    print("pycaffe forward(); backward() / the hand-written net doing the same work (every blob and its diff "
+          "kept): " + ratio(times["netspec pycaffe forward(); backward()"],
                                                  times["hand-written, pycaffe's work"]))
     resnet_steps(a, path, x, label)
 

@@ -39,11 +39,21 @@ class Blob:
     def data(self, value):
         self.data[...] = value
 
+    #: ``_diff`` is a gradient autograd also handed to another blob (a sum's bottoms get the sum's gradient), an
+    #: expanded one, or one on another device or in another dtype: this blob's own dense CPU float32 copy is made
+    #: when its diff is first asked for, not by every backward.
+    _diff_lent = False
+
     @property
     def diff(self) -> np.ndarray:
-        if self._diff is None or tuple(self._diff.shape) != self.shape:
-            self._diff = torch.zeros(self.shape)
-        return _np(self._diff)
+        d = self._diff
+        if d is None or tuple(d.shape) != self.shape:
+            d = self._diff = torch.zeros(self.shape)
+            self._diff_lent = False
+        elif self._diff_lent:
+            d = self._diff = d.to("cpu", torch.float32, copy=True, memory_format=torch.contiguous_format)
+            self._diff_lent = False
+        return _np(d)
 
     @diff.setter
     def diff(self, value):
@@ -74,9 +84,10 @@ class Blob:
             self._t = None
             self._shape = shape
             self._diff = None
+            self._diff_lent = False
 
     def _set(self, tensor: torch.Tensor):
-        self._data = tensor.detach()
+        self._t = tensor.detach()  # (the shape is the tensor's while it is held)
 
     def __repr__(self):
         return f"Blob(shape={self.shape})"
@@ -85,6 +96,32 @@ class Blob:
 #: Bumped whenever a ParamBlob hands out a numpy view of its parameter: writes through such a view change the
 #: parameter without torch's version counter seeing it, so caches of derived weights (netspec.net.fold) also key on this.
 numpy_views = [0]
+
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _holders(t: torch.Tensor) -> int:
+    """How many tensors (and arrays over them) hold ``t``'s memory, as a count comparable with ``_ALONE``."""
+    s = t.untyped_storage()
+    return _use_count(s._cdata)
+
+
+_ALONE = _holders(torch.empty(1)) if _use_count else None  # a tensor that nothing else holds
+
+
+def clear_diff(param: torch.Tensor) -> None:
+    """Caffe's ClearParamDiffs for one parameter. A diff whose memory nothing else holds (no array taken from
+    ``.diff``, no view of it alive) is let go instead of zeroed: it reads as zeros, and the next backward hands
+    its gradient over instead of adding it into zeroed memory (no memset, no add, fewer page faults). A diff
+    that is held is zeroed in place, so the arrays over it see the zeros, as in Caffe."""
+    g = param.grad
+    if g is None:
+        return
+    if _ALONE is not None and _holders(g) <= _ALONE:
+        param.grad = None
+    else:
+        g.zero_()
 
 
 class ParamBlob(Blob):

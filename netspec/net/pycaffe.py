@@ -10,13 +10,13 @@ import functools
 import logging
 import os
 import pathlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from .blob import Blob, ParamBlob
+from .blob import Blob, ParamBlob, clear_diff
 from ..errors import NetspecError, PrototxtError, WeightsError
 from ..passes.graph import prepare_net
 from .caffe_net import CaffeNet
@@ -203,11 +203,8 @@ class Net:
         # The last backward's diffs of the blobs this pass recomputes (not the net's outputs, whose diffs a user
         # may set before forward, nor the inputs') are let go now, so this pass reuses their memory instead of
         # taking fresh pages; they read as zeros until the next backward.
-        keep_diff = set(self.outputs) | set(self.inputs)
-        for node in self.module.nodes[i0:i1 + 1]:
-            for t in node.tops:
-                if t not in keep_diff:
-                    self.blobs[t]._diff = None
+        for b in self._recomputed(i0, i1):
+            b._diff = None
         dev = self._device()
         grad = self.module.force_backward
         env = {}
@@ -236,10 +233,20 @@ class Net:
         with torch.enable_grad():
             env, _ = self.module.run(feed, keep=True, start=i0, end=i1, env=env, on_top=on_top,
                                      before=self._call(self._before), after=self._call(self._after))
+        blobs = self.blobs
         for t, v in lasts.items():
-            self.blobs[t]._set(v)
+            blobs[t]._t = v.detach()  # (Blob._set)
         self._graph = (firsts, lasts, loss_terms, hooked)
         return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
+
+    def _recomputed(self, i0: int, i1: int) -> List[Blob]:
+        """The blobs layers i0..i1 write, but the net's inputs and outputs (cached per range)."""
+        cache = self.__dict__.setdefault("_recomputed_cache", {})
+        if (i0, i1) not in cache:
+            keep = set(self.outputs) | set(self.inputs)
+            names = dict.fromkeys(t for node in self.module.nodes[i0:i1 + 1] for t in node.tops if t not in keep)
+            cache[(i0, i1)] = [self.blobs[t] for t in names]
+        return cache[(i0, i1)]
 
     @staticmethod
     def _call(fns):
@@ -277,14 +284,21 @@ class Net:
                 self.blobs[t]._diff = None
         if roots:
             torch.autograd.backward(roots, grads)
-        owned = set()
+        got = []
         for t, v in firsts.items():
             g = (v.grad if v.is_leaf else hooked.get(t)) if v.requires_grad else None
-            b = self.blobs[t]
             if g is not None:
-                b._diff = _own_diff(g, owned)
+                got.append((self.blobs[t], g.detach()))
             # else: zeros when read (Blob.diff), or for an output nothing back-propagates through, the diff the
             # user wrote (as Caffe)
+        # Autograd may hand one tensor to several blobs (a sum's bottoms get the sum's gradient) or an expanded
+        # one; each blob's diff must be its own writable CPU float32 array, so those (and a GPU's) are lent to the
+        # blob: Blob.diff copies them when first read.
+        holders = Counter(g.untyped_storage().data_ptr() for _, g in got)
+        for b, g in got:
+            b._diff = g
+            b._diff_lent = (holders[g.untyped_storage().data_ptr()] > 1 or not g.is_contiguous()
+                            or g.device.type != "cpu" or g.dtype != torch.float32)
         self._graph = None
         return {i: self.blobs[i].diff for i in self.inputs}
 
@@ -394,9 +408,9 @@ class Net:
         set_input_arrays(self, data, labels)
 
     def clear_param_diffs(self):
+        """Caffe's ClearParamDiffs: every parameter diff reads as zeros (netspec.net.blob.clear_diff)."""
         for p in self.module.parameters():
-            if p.grad is not None:
-                p.grad.zero_()
+            clear_diff(p)
 
     def reshape(self):
         """Propagate the current input blob shapes through the net (Caffe's Net::Reshape)."""
@@ -440,18 +454,3 @@ class Net:
             if layer.name in self.params:
                 self.params[layer.name] = layer.blobs
 
-
-def _own_diff(g: torch.Tensor, owned: set) -> torch.Tensor:
-    """A gradient from autograd as a blob's diff: a dense CPU float32 one whose memory no other blob's diff holds
-    yet (``owned``: the storages taken so far) is kept as is; others are copied (to CPU float32). Autograd may
-    hand one tensor to several blobs (a sum's inputs get the sum's gradient) or an expanded one; each diff
-    must be its own, writable array."""
-    g = g.detach()
-    if g.device.type != "cpu" or g.dtype != torch.float32:
-        return g.to("cpu", torch.float32)
-    key = g.untyped_storage().data_ptr()
-    if key in owned or not g.is_contiguous():
-        g = g.clone(memory_format=torch.contiguous_format)
-        key = g.untyped_storage().data_ptr()
-    owned.add(key)
-    return g

@@ -23,6 +23,7 @@ import torch
 
 from .. import progress as bars
 from ..errors import SolverError
+from ..net.blob import clear_diff
 from ..net.runtime import is_root as _is_root, rank as _rank
 from ..proto import caffe_pb2
 from .snapshot import PrefixLock as _PrefixLock, check_finite, learned_net_path, load_history, write_snapshot
@@ -463,11 +464,8 @@ class Solver:
         t0 = time.time()
         last_iter = self.iter
         while self.iter < stop_iter:
-            # ClearParamDiffs, by letting go of the diffs: they read as zeros, and the backward hands its
-            # gradients over instead of adding them into zeroed memory (no memset, no add, and on the CPU far
-            # fewer page faults per iteration). Arrays taken from .diff before a step do not follow.
-            for lp in self._params:
-                lp.tensor.grad = None
+            for lp in self._params:  # ClearParamDiffs (over the learnable blobs, as Caffe's)
+                clear_diff(lp.tensor)
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
                 if self.requested_early_exit:

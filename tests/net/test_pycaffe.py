@@ -235,3 +235,40 @@ def test_forward_keeps_output_diffs_and_lets_inner_ones_go():
     np.testing.assert_allclose(net.blobs["out"].diff, np.full((2, 3), 2.0))
     net.backward()
     np.testing.assert_allclose(net.blobs["a"].diff, np.full((2, 3), 6.0))
+
+
+PARAM_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 1 weight_filler { type: "constant" value: 1 } } }
+layer { name: "loss" type: "Reduction" bottom: "y" top: "loss" loss_weight: 1 }
+"""
+
+
+def test_param_diffs_accumulate_and_clear_as_caffe_also_through_held_arrays():
+    """Caffe's Backward adds into the param diffs; ClearParamDiffs zeroes them. An array taken from .diff before a
+    clear keeps showing the parameter's diff (zeros, then the next gradient), as Caffe's blob memory does; one not
+    held may be let go, which reads the same."""
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    net = caffe.Net(text_format.Parse(PARAM_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = x
+    grad_w = x.sum(0, keepdims=True)  # d sum(x w^T + b) / d w
+    w, b = net.params["ip"]
+    for held in (False, True):
+        net.clear_param_diffs()
+        net.forward()
+        net.backward()
+        net.forward()
+        net.backward()
+        np.testing.assert_allclose(w.diff, 2 * grad_w)
+        np.testing.assert_allclose(b.diff, [4.0])
+        arr = w.diff if held else None
+        net.clear_param_diffs()
+        assert not w.diff.any() and not b.diff.any()
+        net.forward()
+        net.backward()
+        np.testing.assert_allclose(w.diff, grad_w)
+        if held:
+            np.testing.assert_allclose(arr, grad_w)  # the array over the diff followed the clear and the backward
