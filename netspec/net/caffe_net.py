@@ -9,6 +9,7 @@ forbids a name (see ``module_key``), so weights map name for name. A layer's Caf
 parameters in registration order (Convolution: weight, bias; BatchNorm: mean, variance, scale factor).
 """
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ class CaffeNet(nn.Module):
         self._fusions: Dict[bool, tuple] = {}
         #: the fused BatchNorms' accumulator updates of the pass under way (netspec.net.fold.StatsBatch)
         self._stats_batch = None
-        self._step_cache = None  # (plan, its flat steps, the layer modules then) of the solver pass (_steps)
+        self._step_cache: Dict[int, tuple] = {}  # id(plan) -> (plan, its flat steps, the layer modules then)
         for i, lp in enumerate(net.layer):
             w = where(i)
             entry = LAYERS.get(lp.type, where=f"{w}layer '{lp.name}': ")
@@ -438,32 +439,35 @@ class CaffeNet(nn.Module):
         if self.checkpoint and torch.is_grad_enabled() and not keep and whole:
             return self._run_checkpointed(feed, env, retain)
         if fold and whole and not keep and not torch.is_grad_enabled():
-            heads, absorbed = self._fold_plan()
-            return self._run_nodes(self.nodes, feed, env, keep, retain=retain, subst=heads, skip=absorbed)
+            return self._run_nodes(self._steps(*self._fold_plan()), feed, env, keep, retain=retain)
         if self.fuse and start == 0 and end == len(self.nodes) - 1 and before is None and after is None:
             # (pycaffe's forward passes on_top and keeps every blob: only chains that keep first versions)
-            heads, absorbed = self._train_plan(keep or on_top is not None)
+            steps = self._steps(*self._train_plan(keep or on_top is not None))
             stats = self._stats_batch
             stats.clear()  # (what a pass that raised left)
             if keep or on_top is not None or retain:
-                out = self._run_nodes(self.nodes, feed, env, keep, on_top, retain=retain, subst=heads,
-                                      skip=absorbed)
+                out = self._run_nodes(steps, feed, env, keep, on_top, retain=retain)
             else:
-                out = self._run_steps(self._steps(heads, absorbed), feed, env)
+                out = self._run_steps(steps, feed, env)
             stats.flush()
             return out
-        return self._run_nodes(self.nodes[start:end + 1], feed, env, keep, on_top, before, after, retain)
+        return self._run_nodes(self._steps()[start:end + 1], feed, env, keep, on_top, before, after, retain)
 
-    def _steps(self, heads, absorbed):
-        """The solver pass's plan as flat steps ``(node, module or None when absorbed, blobs to free)``: no
-        per-layer lookups while it runs."""
-        cache = self._step_cache  # (the plan itself is held, so no other plan can take its id)
-        if (cache is not None and cache[0] is heads and len(cache[2]) == len(self._modules)
+    _NO_PLAN = ({}, frozenset())
+
+    def _steps(self, heads=None, absorbed=None):
+        """A plan (``heads``: fused modules by first layer, ``absorbed``: layers they cover; none: every layer as
+        built) as flat steps ``(node, module or None when absorbed, blobs to free)``: no per-layer lookups while
+        it runs."""
+        if heads is None:
+            heads, absorbed = self._NO_PLAN
+        cache = self._step_cache.get(id(heads))  # (each entry holds its plan, so no other plan can take its id)
+        if (cache is not None and len(cache[2]) == len(self._modules)
                 and all(a is b for a, b in zip(cache[2], self._modules.values()))):  # no layer module replaced
             return cache[1]
         steps = [(node, None if node.index in absorbed else heads.get(node.index) or getattr(self, node.key),
                   tuple(self._free_after[node.index])) for node in self.nodes]
-        self._step_cache = (heads, steps, list(self._modules.values()))
+        self._step_cache[id(heads)] = (heads, steps, list(self._modules.values()))
         return steps
 
     def _run_steps(self, steps, feed, env):
@@ -526,31 +530,30 @@ class CaffeNet(nn.Module):
             self._folds = plan(self)
         return self._folds
 
-    def _run_nodes(self, nodes, feed, env, keep=False, on_top=None, before=None, after=None, retain=(),
-                   subst=None, skip=()):
+    def _run_nodes(self, steps, feed, env, keep=False, on_top=None, before=None, after=None, retain=()):
+        """Run ``steps`` (``_steps``), observed (``on_top``, ``before``, ``after``), keeping every blob (``keep``)
+        or freeing each after its last reader but those in ``retain``."""
         loss = None
-        for node in nodes:
-            if node.index in skip:  # absorbed into an earlier layer (fold): only its blob bookkeeping remains
+        for node, module, free in steps:
+            if module is None:  # absorbed into an earlier layer's fused module: only its blob bookkeeping remains
                 if not keep:
-                    for b in self._free_after[node.index]:
+                    for b in free:
                         if b not in retain:
                             env.pop(b, None)
                 continue
             if before is not None:
                 before(node.index)
-            module = subst.get(node.index) if subst is not None else None
-            if module is None:
-                module = self._modules[node.key]
             # a fused chain that changes its one top in place shows on_top that top's first version from
             # inside (the same tensor object it then returns, changed), instead of on_top seeing the result
+            # (set past nn.Module.__setattr__, a plain attribute)
             shown = on_top is not None and getattr(type(module), "shows_first", False)
             if shown:
-                module.on_first = lambda v: on_top(node, 0, v)
+                object.__setattr__(module, "on_first", functools.partial(on_top, node, 0))
             try:
                 outs = self._outputs(node, module, feed, env)
             finally:
                 if shown:
-                    module.on_first = None
+                    object.__setattr__(module, "on_first", None)
             for j, (t, v) in enumerate(zip(node.tops, outs)):
                 env[t] = v
                 w = node.loss_weights[j]
@@ -559,7 +562,7 @@ class CaffeNet(nn.Module):
                 if on_top is not None and not shown:
                     on_top(node, j, v)
             if not keep:
-                for b in self._free_after[node.index]:
+                for b in free:
                     if b not in retain:
                         env.pop(b, None)
             if after is not None:
@@ -674,9 +677,10 @@ class CaffeNet(nn.Module):
     def _run_checkpointed(self, feed, env, retain):
         from torch.utils.checkpoint import checkpoint
         loss = None
+        steps = self._steps()
         for item, inputs, outputs in self._checkpoint_plan(retain):
             if inputs is None:
-                env, term = self._run_nodes([item], feed, env, retain=retain)
+                env, term = self._run_nodes([steps[item.index]], feed, env, retain=retain)
                 if term is not None:
                     loss = term if loss is None else loss + term
                 continue

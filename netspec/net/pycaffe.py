@@ -6,7 +6,6 @@ w.r.t. the first producer's output; a loss blob's ``.diff`` is its loss_weight a
 The fast path for training and deploy is ``net.module`` (a ``CaffeNet``), which frees blobs after use.
 """
 import contextlib
-import functools
 import logging
 import os
 import pathlib
@@ -15,6 +14,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from torch.autograd.graph import get_gradient_edge
 
 from .blob import Blob, ParamBlob, clear_diff
 from ..errors import NetspecError, PrototxtError, WeightsError
@@ -214,7 +214,10 @@ class Net:
                 env[name] = torch.from_numpy(b.data.copy()).to(dev).requires_grad_(grad)
         firsts: Dict[str, torch.Tensor] = feed.taken if i0 == 0 else dict(env)
         lasts: Dict[str, torch.Tensor] = {}
-        hooked: Dict[str, torch.Tensor] = {}  # gradients of the first versions, from their hooks
+        # Where each blob's diff comes from: the autograd edge of its first version, taken before any in-place
+        # layer changes the tensor (Caffe's diff of an in-place blob is the gradient w.r.t. the first producer's
+        # output). backward() has autograd capture them all in one call: no Python hook per blob.
+        edges: Dict[str, object] = {}
         loss_terms = []
 
         def on_top(node, j, v):
@@ -222,9 +225,7 @@ class Net:
             in_place = j < len(node.bottoms) and node.bottoms[j] == t
             if not in_place or t not in firsts:
                 if v.requires_grad and not v.is_leaf:
-                    # A hook, not retain_grad: no copy of every gradient, and the gradient of this version
-                    # even if a later layer changes the tensor in place (Caffe's diff of the blob's first value).
-                    v.register_hook(functools.partial(hooked.__setitem__, t))  # (no Python frame per call)
+                    edges[t] = get_gradient_edge(v)
                 firsts[t] = v
             lasts[t] = v
             if node.loss_weights[j]:
@@ -236,8 +237,13 @@ class Net:
         blobs = self.blobs
         for t, v in lasts.items():
             blobs[t]._t = v.detach()  # (Blob._set)
-        self._graph = (firsts, lasts, loss_terms, hooked)
+        self._graph = (firsts, lasts, loss_terms, edges)
         return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
+
+    def _learnable(self) -> List[torch.Tensor]:
+        """The parameters whose diffs a backward computes (each shared one once)."""
+        return list(dict.fromkeys(b._param for layer in self.layers for b in layer.blobs
+                                  if b._param.requires_grad))
 
     def _recomputed(self, i0: int, i1: int) -> List[Blob]:
         """The blobs layers i0..i1 write, but the net's inputs and outputs (cached per range)."""
@@ -261,7 +267,7 @@ class Net:
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
         if self._graph is None:
             raise NetspecError("backward() needs a forward() first (the graph of the last forward is used once)")
-        firsts, lasts, loss_terms, hooked = self._graph
+        firsts, lasts, loss_terms, edges = self._graph
         for name, value in kwargs.items():
             self.blobs[name].diff[...] = value
         roots, grads = [], []
@@ -282,15 +288,18 @@ class Net:
         for t in firsts:
             if t not in outputs:  # replaced below: let go of the last backward's diffs for autograd to reuse
                 self.blobs[t]._diff = None
+        # The blobs' diffs (first versions' edges; fed inputs that require grad) and every learnable parameter's
+        # gradient, captured by autograd; the parameters' are then added to their diffs (Caffe's Backward
+        # accumulates), or handed over where the diff was cleared (netspec.net.blob.clear_diff).
+        names = [t for t, v in firsts.items() if t in edges or (v.is_leaf and v.requires_grad)]
+        params = self._learnable()
+        gs = ()
         if roots:
-            torch.autograd.backward(roots, grads)
-        got = []
-        for t, v in firsts.items():
-            g = (v.grad if v.is_leaf else hooked.get(t)) if v.requires_grad else None
-            if g is not None:
-                got.append((self.blobs[t], g.detach()))
-            # else: zeros when read (Blob.diff), or for an output nothing back-propagates through, the diff the
-            # user wrote (as Caffe)
+            gs = torch.autograd.grad(roots, [edges[t] if t in edges else firsts[t] for t in names] + params, grads,
+                                     allow_unused=True)
+        got = [(self.blobs[t], g.detach()) for t, g in zip(names, gs) if g is not None]
+        # (a blob without a gradient: zeros when read (Blob.diff), or for an output nothing back-propagates
+        # through, the diff the user wrote (as Caffe))
         # Autograd may hand one tensor to several blobs (a sum's bottoms get the sum's gradient) or an expanded
         # one; each blob's diff must be its own writable CPU float32 array, so those (and a GPU's) are lent to the
         # blob: Blob.diff copies them when first read.
@@ -299,6 +308,8 @@ class Net:
             b._diff = g
             b._diff_lent = (holders[g.untyped_storage().data_ptr()] > 1 or not g.is_contiguous()
                             or g.device.type != "cpu" or g.dtype != torch.float32)
+        if gs:
+            _accumulate(params, gs[len(names):], holders)
         self._graph = None
         return {i: self.blobs[i].diff for i in self.inputs}
 
@@ -409,8 +420,9 @@ class Net:
 
     def clear_param_diffs(self):
         """Caffe's ClearParamDiffs: every parameter diff reads as zeros (netspec.net.blob.clear_diff)."""
-        for p in self.module.parameters():
-            clear_diff(p)
+        for layer in self.layers:
+            for b in layer.blobs:
+                clear_diff(b._param)
 
     def reshape(self):
         """Propagate the current input blob shapes through the net (Caffe's Net::Reshape)."""
@@ -454,3 +466,26 @@ class Net:
             if layer.name in self.params:
                 self.params[layer.name] = layer.blobs
 
+
+def _accumulate(params: List[torch.Tensor], grads, blob_diffs: Counter) -> None:
+    """Caffe's parameter diff accumulation: each gradient added to its parameter's ``.grad`` (one
+    ``_foreach_add_``), or, where there is none (a cleared diff), handed over when it has the parameter's layout
+    and no blob diff (``blob_diffs``: their storages) or other parameter holds its memory; else copied."""
+    into, add, taken = [], [], set()
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is None:
+                continue
+            if p.grad is not None:
+                into.append(p.grad)
+                add.append(g)
+                continue
+            key = g.untyped_storage().data_ptr()
+            if (key in blob_diffs or key in taken or g.stride() != p.stride() or g.dtype != p.dtype
+                    or g.device != p.device):
+                g = torch.empty_like(p).copy_(g)
+                key = g.untyped_storage().data_ptr()
+            taken.add(key)
+            p.grad = g
+        if into:
+            torch._foreach_add_(into, add)

@@ -272,3 +272,37 @@ def test_param_diffs_accumulate_and_clear_as_caffe_also_through_held_arrays():
         np.testing.assert_allclose(w.diff, grad_w)
         if held:
             np.testing.assert_allclose(arr, grad_w)  # the array over the diff followed the clear and the backward
+
+
+SHARED_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "b" type: "InnerProduct" bottom: "a" top: "y" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "Reduction" bottom: "y" top: "loss" loss_weight: 1 }
+"""
+
+
+def test_shared_param_diff_is_the_sum_of_both_layers_gradients():
+    """Caffe's shared blobs: one diff, both layers' gradients added into it, the same as the solver pass gives."""
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    net = caffe.Net(text_format.Parse(SHARED_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+    x = np.random.RandomState(0).randn(2, 3).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    w, b = (p.data.astype(np.float64) for p in net.params["a"])
+    a = x @ w.T + b                 # y = a w^T + b, loss = sum(y)
+    ga = np.ones((2, 3)) @ w        # d loss / d a
+    gw = np.ones((2, 3)).T @ a + ga.T @ x
+    gb = np.full(3, 2.0) + ga.sum(0)
+    net.clear_param_diffs()
+    net.forward()
+    net.backward()
+    assert net.params["a"][0]._param is net.params["b"][0]._param
+    np.testing.assert_allclose(net.params["a"][0].diff, gw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.params["b"][1].diff, gb, rtol=1e-5)
+    np.testing.assert_allclose(net.blobs["a"].diff, ga, rtol=1e-5)
+    net.clear_param_diffs()
+    net.forward_backward()
+    np.testing.assert_allclose(net.params["a"][0].diff, gw, rtol=1e-5, atol=1e-5)
