@@ -244,8 +244,8 @@ class SameTensor(nn.Module):
 class EltwiseReLU(nn.Module):
     """Eltwise SUM and the ReLU after it: relu_ on the sum's own output (a new tensor whose gradient does not
     need it). ``on_first`` (set by CaffeNet._run_nodes for an observed run) is called with the sum before the
-    relu_: a gradient hook registered then receives the gradient of the sum (PyTorch's rule for hooks on a tensor
-    later changed in place), which is Caffe's diff of the blob."""
+    relu_: the gradient edge taken then (torch.autograd.graph.get_gradient_edge) still leads to the sum's gradient
+    after the relu_ has changed the tensor in place, which is Caffe's diff of the blob."""
 
     shows_first = True
 

@@ -110,7 +110,7 @@ def test_solver_pass_is_fused_and_follows_caffes_formulas():
 def test_pycaffe_forward_backward_keeps_caffes_blobs_and_diffs():
     """pycaffe's forward keeps every blob and each in-place blob's first version for its diff: the BatchNorm
     chain (in place on the convolution's top) is fused, and so is the Eltwise -> ReLU one (a new top), which shows
-    its sum to pycaffe's gradient hook before the in-place ReLU."""
+    its sum to pycaffe (which takes its gradient edge) before the in-place ReLU."""
     net = _net()
     heads, _ = net.module._train_plan(True)
     assert [net.module.nodes[i].name for i in heads] == ["bn", "sum"]
