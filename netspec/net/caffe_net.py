@@ -427,8 +427,8 @@ class CaffeNet(nn.Module):
 
         ``feed`` gives the Input blobs. ``keep`` keeps every blob (pycaffe); otherwise blobs are freed after
         their last reader, except those named in ``retain``. ``on_top(node, j, tensor)`` sees every top as
-        produced (first versions included, a fused Eltwise -> ReLU's sum before its relu_; a fused chain's inner
-        in-place versions are never produced).
+        produced (first versions included; a fused Eltwise -> ReLU's top twice, with the same ``node``: the sum
+        before its relu_, then the result; a fused chain's other inner in-place versions are never produced).
         ``fold`` (gradient-free whole-net runs only): Convolution -> BatchNorm -> Scale chains run as one
         convolution (netspec.net.fold). Otherwise whole-net runs without ``before``/``after`` run BatchNorm ->
         Scale -> ReLU and Eltwise SUM -> ReLU chains fused while ``self.fuse`` (netspec.net.fold.train_plan).
@@ -559,7 +559,7 @@ class CaffeNet(nn.Module):
                 w = node.loss_weights[j]
                 if w:
                     loss = self._add_loss(loss, v, w)
-                if on_top is not None and not shown:
+                if on_top is not None:  # (a shown chain: its result, after the first version it showed)
                     on_top(node, j, v)
             if not keep:
                 for b in free:

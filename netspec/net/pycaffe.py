@@ -92,6 +92,16 @@ class _LazyFeed(dict):
         return ((n, self[n]) for n in self.net.inputs)
 
 
+class _Pass:
+    """What backward() needs of the last forward: first and last version of each blob, the loss terms, each
+    blob's first version's gradient edge, every version's ``(layer index, edge or leaf tensor, or None)``, and
+    the layers that ran (``i0..i1``)."""
+
+    def __init__(self, firsts, lasts, loss_terms, edges, versions, i0, i1):
+        self.firsts, self.lasts, self.loss_terms, self.edges = firsts, lasts, loss_terms, edges
+        self.versions, self.i0, self.i1 = versions, i0, i1
+
+
 class _Layer:
     """What pycaffe's ``net.layers[i]`` offers: ``type`` and ``blobs``."""
 
@@ -218,18 +228,29 @@ class Net:
         # layer changes the tensor (Caffe's diff of an in-place blob is the gradient w.r.t. the first producer's
         # output). backward() has autograd capture them all in one call: no Python hook per blob.
         edges: Dict[str, object] = {}
+        # Every version of every blob, [(layer index, its edge, the tensor if a leaf, or None)], for a
+        # backward over part of the net (backward(start=, end=)).
+        versions: Dict[str, list] = {n: [(-1, v if v.requires_grad else None)] for n, v in env.items()}
+        shown = set()
         loss_terms = []
 
         def on_top(node, j, v):
             t = node.tops[j]
-            in_place = j < len(node.bottoms) and node.bottoms[j] == t
-            if not in_place or t not in firsts:
-                if v.requires_grad and not v.is_leaf:
-                    edges[t] = get_gradient_edge(v)
-                firsts[t] = v
+            key = (node.index, j)
+            edge = None
+            if key not in shown:  # (else: a fused chain's result after its first version, EltwiseReLU's)
+                shown.add(key)
+                in_place = j < len(node.bottoms) and node.bottoms[j] == t
+                if not in_place or t not in firsts:
+                    if v.requires_grad and not v.is_leaf:
+                        edge = edges[t] = get_gradient_edge(v)
+                    firsts[t] = v
+                if node.loss_weights[j]:
+                    loss_terms.append((v, node.loss_weights[j]))
             lasts[t] = v
-            if node.loss_weights[j]:
-                loss_terms.append((v, node.loss_weights[j]))
+            if edge is None and v.requires_grad:
+                edge = v if v.is_leaf else get_gradient_edge(v)
+            versions.setdefault(t, []).append((node.index, edge))
 
         with torch.enable_grad():
             env, _ = self.module.run(feed, keep=True, start=i0, end=i1, env=env, on_top=on_top,
@@ -237,7 +258,7 @@ class Net:
         blobs = self.blobs
         for t, v in lasts.items():
             blobs[t]._t = v.detach()  # (Blob._set)
-        self._graph = (firsts, lasts, loss_terms, edges)
+        self._graph = _Pass(firsts, lasts, loss_terms, edges, versions, i0, i1)
         return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
 
     def _learnable(self) -> List[torch.Tensor]:
@@ -265,14 +286,31 @@ class Net:
         return run
 
     def backward(self, diffs=None, start=None, end=None, **kwargs) -> Dict[str, np.ndarray]:
+        """pycaffe's backward: Caffe's BackwardFromTo(start, end), from layer ``start`` (default: the last) down
+        to layer ``end`` (default: the first), over the graph of the last forward. ``kwargs``: diffs to set on
+        blobs first (the net's outputs, as pycaffe). Returns the diffs of the net's inputs (with ``end``: of that
+        layer's bottoms), and of the blobs named in ``diffs``."""
         if self._graph is None:
             raise NetspecError("backward() needs a forward() first (the graph of the last forward is used once)")
-        firsts, lasts, loss_terms, edges = self._graph
         for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise NetspecError(f"backward(): net '{self.name}' has no blob '{name}'")
             self.blobs[name].diff[...] = value
+        if start is None and end is None:
+            self._backward_all(self._graph)
+        else:
+            self._backward_range(self._graph, self._index(start, len(self.module.nodes) - 1), self._index(end, 0))
+        self._graph = None
+        wanted = self.module.nodes[self._index(end, 0)].bottoms if end is not None else self.inputs
+        return {b: self.blobs[b].diff for b in list(dict.fromkeys(list(wanted) + list(diffs or [])))}
+
+    def _backward_all(self, p: "_Pass"):
+        """Backward over the whole graph: seeded by the loss tops (their loss weights, as Caffe's loss layers' top
+        diffs) and by the diffs of the net's outputs."""
+        firsts, lasts, edges = p.firsts, p.lasts, p.edges
         roots, grads = [], []
-        loss_tensors = {id(v) for v, _ in loss_terms}
-        for v, w in loss_terms:
+        loss_tensors = {id(v) for v, _ in p.loss_terms}
+        for v, w in p.loss_terms:
             if v.requires_grad:
                 roots.append(v)
                 grads.append(torch.full_like(v, w))
@@ -289,14 +327,85 @@ class Net:
             if t not in outputs:  # replaced below: let go of the last backward's diffs for autograd to reuse
                 self.blobs[t]._diff = None
         # The blobs' diffs (first versions' edges; fed inputs that require grad) and every learnable parameter's
-        # gradient, captured by autograd; the parameters' are then added to their diffs (Caffe's Backward
-        # accumulates), or handed over where the diff was cleared (netspec.net.blob.clear_diff).
+        # gradient, captured by autograd.
         names = [t for t, v in firsts.items() if t in edges or (v.is_leaf and v.requires_grad)]
-        params = self._learnable()
+        self._capture(roots, grads, names, [edges[t] if t in edges else firsts[t] for t in names],
+                      self._learnable())
+
+    def _backward_range(self, p: "_Pass", i_start: int, i_end: int):
+        """Caffe's BackwardFromTo(i_start, i_end): each layer in the range turns its tops' diffs into its bottoms'
+        and its parameters'. Seeds: the last version a range layer writes of each blob no later range layer
+        reads, with that blob's diff as it stands (a loss top's: its loss weight); each blob a range layer reads
+        gets the gradient of the version the first such layer read (Caffe's one diff per blob, overwritten)."""
+        nodes = self.module.nodes
+        if i_end > i_start:
+            raise NetspecError(f"backward(start='{nodes[i_start].name}', end='{nodes[i_end].name}'): start must "
+                               "not come before end (backward runs from start down to end)")
+        if not p.i0 <= i_end <= i_start <= p.i1:
+            raise NetspecError(f"backward(start='{nodes[i_start].name}', end='{nodes[i_end].name}'): the last "
+                               f"forward ran layers '{nodes[p.i0].name}' to '{nodes[p.i1].name}'; backward "
+                               "can only run over layers the last forward ran")
+        self._check_not_inside_chain(p, i_start, i_end)
+        first_read: Dict[str, int] = {}
+        last_read: Dict[str, int] = {}
+        last_write: Dict[str, tuple] = {}
+        for i in range(i_end, i_start + 1):
+            node = nodes[i]
+            for b in node.bottoms:
+                first_read.setdefault(b, i)
+                last_read[b] = i
+            for j, t in enumerate(node.tops):
+                last_write[t] = (i, j)
+        roots, grads = [], []
+        for t, (i, j) in last_write.items():
+            if last_read.get(t, -1) > i:
+                continue  # read again inside the range: its gradient comes from there
+            edge = _version(p.versions.get(t, ()), i)
+            if edge is None:
+                continue
+            w = nodes[i].loss_weights[j]
+            d = self.blobs[t].diff
+            if not w and not np.any(d):
+                continue
+            dev = p.lasts[t].device
+            g = torch.full(self.blobs[t].shape, float(w)) if w else torch.from_numpy(d.copy())
+            roots.append(edge)
+            grads.append(g.to(dev).reshape(p.lasts[t].shape))
+        names, inputs = [], []
+        for b, i in first_read.items():
+            edge = _version(p.versions.get(b, ()), i - 1)
+            if edge is not None:
+                names.append(b)
+                inputs.append(edge)
+        params = list(dict.fromkeys(q._param for i in range(i_end, i_start + 1) for q in self.layers[i].blobs
+                                    if q._param.requires_grad))
+        self._capture(roots, grads, names, inputs, params)
+
+    def _check_not_inside_chain(self, p: "_Pass", i_start: int, i_end: int):
+        """A layer chain the last forward ran as one fused module (netspec.net.fold.train_plan) has no inner
+        versions to start or end a backward at."""
+        nodes = self.module.nodes
+        if not (self.module.fuse and p.i0 == 0 and p.i1 == len(nodes) - 1 and not self._before and not self._after):
+            return
+        heads, absorbed = self.module._train_plan(True)
+        for h in heads:
+            last = h
+            while last + 1 in absorbed:
+                last += 1
+            if h < i_end <= last or h <= i_start < last:
+                raise NetspecError(
+                    f"backward(start='{nodes[i_start].name}', end='{nodes[i_end].name}'): layers "
+                    f"'{nodes[h].name}' to '{nodes[last].name}' ran as one fused module, so backward cannot start "
+                    f"or end between them; start or end at its first or last layer, or set net.module.fuse = False "
+                    "before forward()")
+
+    def _capture(self, roots, grads, names, inputs, params):
+        """Autograd from ``roots`` (tensors or gradient edges) seeded with ``grads``: the gradients at ``inputs``
+        become the diffs of the blobs ``names``, those of ``params`` are added to their diffs (Caffe's Backward
+        accumulates), or handed over where the diff was cleared (netspec.net.blob.clear_diff)."""
         gs = ()
         if roots:
-            gs = torch.autograd.grad(roots, [edges[t] if t in edges else firsts[t] for t in names] + params, grads,
-                                     allow_unused=True)
+            gs = torch.autograd.grad(roots, list(inputs) + params, grads, allow_unused=True)
         got = [(self.blobs[t], g.detach()) for t, g in zip(names, gs) if g is not None]
         # (a blob without a gradient: zeros when read (Blob.diff), or for an output nothing back-propagates
         # through, the diff the user wrote (as Caffe))
@@ -310,8 +419,6 @@ class Net:
                             or g.device.type != "cpu" or g.dtype != torch.float32)
         if gs:
             _accumulate(params, gs[len(names):], holders)
-        self._graph = None
-        return {i: self.blobs[i].diff for i in self.inputs}
 
     # -- fast paths (solver, test nets): blobs freed after use, only outputs kept ---------------------------
     def loss_outputs(self):
@@ -489,3 +596,12 @@ def _accumulate(params: List[torch.Tensor], grads, blob_diffs: Counter) -> None:
             p.grad = g
         if into:
             torch._foreach_add_(into, add)
+
+
+def _version(versions, upto: int):
+    """The edge (or leaf tensor) of the latest of a blob's ``versions`` written by a layer at index <= ``upto``;
+    None when there is none or it does not require grad."""
+    for i, edge in reversed(versions):
+        if i <= upto:
+            return edge
+    return None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import netspec as caffe
-from netspec.errors import WeightsError
+from netspec.errors import NetspecError, WeightsError
 
 NET = textwrap.dedent("""
     name: "surface"
@@ -306,3 +306,130 @@ def test_shared_param_diff_is_the_sum_of_both_layers_gradients():
     net.clear_param_diffs()
     net.forward_backward()
     np.testing.assert_allclose(net.params["a"][0].diff, gw, rtol=1e-5, atol=1e-5)
+
+
+RANGE_NET = """
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.7 }
+                              bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.7 } } }
+layer { name: "loss" type: "Reduction" bottom: "y" top: "loss" loss_weight: 1 }
+"""
+
+
+def _range_net():
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    torch.manual_seed(3)
+    net = caffe.Net(text_format.Parse(RANGE_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+    x = np.random.RandomState(0).randn(2, 3).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    w1, b1 = (p.data.astype(np.float64) for p in net.params["ip1"])
+    w2 = net.params["ip2"][0].data.astype(np.float64)
+    h = x @ w1.T + b1
+    return net, x, h, np.maximum(h, 0), w1, w2
+
+
+def test_backward_from_a_partial_forward_as_deepdream_runs_it():
+    """pycaffe's deepdream loop: forward(end=L), set L's diff, backward(start=L). Caffe's BackwardFromTo runs ip2,
+    relu (in place: h's diff becomes the gradient at ip1's output) and ip1 (the input's diff, ip1's param diffs)."""
+    net, x, h, r, w1, w2 = _range_net()
+    net.forward(end="ip2")
+    y = net.blobs["y"].data.astype(np.float64)
+    net.blobs["y"].diff[...] = net.blobs["y"].data
+    out = net.backward(start="ip2", diffs=["h"])
+    gh = (y @ w2) * (h > 0)
+    assert list(out) == ["x", "h"]  # the inputs' diffs, and those asked for (pycaffe's diffs=)
+    np.testing.assert_allclose(out["h"], gh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["x"], gh @ w1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.params["ip2"][0].diff, y.T @ r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.params["ip1"][0].diff, gh.T @ x, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_over_one_layer_uses_its_top_diff_as_it_stands():
+    """BackwardFromTo(ip2, ip2) after a whole forward: only ip2 runs, from y's diff as the user set it; h's diff
+    is ip2's bottom diff (the ReLU below is outside the range, so no mask); ip1's param diffs are untouched."""
+    net, x, h, r, w1, w2 = _range_net()
+    net.clear_param_diffs()
+    net.forward()
+    g = np.random.RandomState(1).randn(2, 2)
+    net.blobs["y"].diff[...] = g
+    out = net.backward(start="ip2", end="ip2")
+    assert list(out) == ["h"]
+    np.testing.assert_allclose(out["h"], g @ w2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.params["ip2"][0].diff, g.T @ r, rtol=1e-5, atol=1e-6)
+    assert not net.params["ip1"][0].diff.any()
+    # a range from the loss layer (its top diff: its loss weight, 1; Reduction SUM) down to the ReLU, which masks
+    # h's diff in place
+    net.forward()
+    out = net.backward(start="loss", end="relu")
+    np.testing.assert_allclose(out["h"], (np.ones((2, 2)) @ w2) * (h > 0), rtol=1e-5, atol=1e-6)
+
+
+def test_backward_range_errors_name_the_layers():
+    net, *_ = _range_net()
+    net.forward(end="relu")
+    with pytest.raises(NetspecError, match="last forward ran layers 'in' to 'relu'"):
+        net.backward(start="ip2")
+    net.forward()
+    with pytest.raises(NetspecError, match="start must not come before end"):
+        net.backward(start="ip1", end="ip2")
+
+
+FUSED_NET = """
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 2 dim: 2 } } }
+layer { name: "a" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 3 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.7 } } }
+layer { name: "b" type: "Convolution" bottom: "x" top: "b" convolution_param { num_output: 3 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.7 } } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" }
+layer { name: "relu" type: "ReLU" bottom: "s" top: "s" }
+layer { name: "bn" type: "BatchNorm" bottom: "s" top: "s" }
+layer { name: "scale" type: "Scale" bottom: "s" top: "s" scale_param { bias_term: true } }
+layer { name: "c" type: "Convolution" bottom: "s" top: "c" convolution_param { num_output: 2 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.7 } } }
+layer { name: "loss" type: "Reduction" bottom: "c" top: "loss" loss_weight: 1 }
+"""
+
+
+def test_backward_range_and_fused_chains():
+    """After a whole forward the Eltwise -> ReLU and BatchNorm -> Scale chains ran fused: a range may start or
+    end at a chain's ends (the version layer c read is the chain's result) but not inside one."""
+    from google.protobuf import text_format
+    from netspec.proto import caffe_pb2
+    torch.manual_seed(0)
+    net = caffe.Net(text_format.Parse(FUSED_NET, caffe_pb2.NetParameter()), caffe.TRAIN)
+    net.blobs["x"].data[...] = np.random.RandomState(0).randn(4, 3, 2, 2)
+    assert {net.module.nodes[i].name for i in net.module._train_plan(True)[0]} == {"sum", "bn"}  # (+ relu, scale)
+    wc = net.params["c"][0].data.reshape(2, 3).astype(np.float64)
+    net.forward()
+    out = net.backward(start="loss", end="c")
+    # d loss / d s (the version c read) = 1 @ wc per pixel: no ReLU mask, no BatchNorm
+    np.testing.assert_allclose(out["s"], np.broadcast_to(wc.sum(0)[None, :, None, None], (4, 3, 2, 2)),
+                               rtol=1e-5)
+    # from c down to the BatchNorm chain: its bottom is the Eltwise -> ReLU chain's result (masked by the ReLU's
+    # forward, not by its backward), the same as the unfused net gives
+    gc = np.random.RandomState(1).randn(4, 2, 2, 2)
+    runs = []
+    for fuse in (True, False):
+        net.module.fuse = fuse
+        net.forward()
+        net.blobs["c"].diff[...] = gc
+        runs.append(net.backward(start="c", end="bn")["s"].copy())
+    assert np.abs(runs[1]).max() > 0.1
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+    net.module.fuse = True
+    net.forward()
+    with pytest.raises(NetspecError, match="'bn' to 'scale' ran as one fused module.*fuse = False"):
+        net.backward(start="bn")
+    net.module.fuse = False
+    net.forward()
+    net.blobs["s"].diff[...] = 1.0
+    net.clear_param_diffs()
+    net.backward(start="bn", end="relu")   # unfused: any layer can start or end it
+    assert net.blobs["s"].diff.any() and not net.params["scale"][0].diff.any()  # (Scale is outside the range)
