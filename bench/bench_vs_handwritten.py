@@ -342,12 +342,7 @@ def resnet_main(a, dev):
     times = timeit_all(runs, a.iters)
     print(f"resnet50_1by2, train pass, device {dev}, input {a.batch}x3x{a.size}x{a.size}, "
           f"threads={torch.get_num_threads()}, best of {a.iters} interleaved rounds")
-    hand_t = times["hand-written PyTorch"]
-    for name, ts in times.items():
-        line = f"{name:38s}: {min(ts) * 1000:8.1f} ms/iter (fwd+bwd)"
-        if ts is not hand_t:
-            line += "  ratio " + ratio(ts, hand_t)
-        print(line)
+    print_times(times, "hand-written PyTorch", "fwd+bwd")
     print("(pycaffe: clear_param_diffs(); forward(); backward())")
     print("pycaffe forward(); backward() / the hand-written net doing the same work (every blob and its diff "
           "kept): " + ratio(times["netspec pycaffe forward(); backward()"],
@@ -388,11 +383,15 @@ def resnet_steps(a, path, x, label, lr=1e-5):
     print(f"one SGD step from the same weights: largest relative weight difference {step:.1e}")
     times = timeit_all({"hand-written + torch.optim.SGD": run_hand, "netspec Solver.step(1)": run_solver},
                        a.iters)
-    hand_t = times["hand-written + torch.optim.SGD"]
+    print_times(times, "hand-written + torch.optim.SGD", "zero, fwd+bwd, update")
+
+
+def print_times(times, base: str, what: str):
+    """One line per variant: its best time, and its ratio to ``base``'s."""
     for name, ts in times.items():
-        line = f"{name:38s}: {min(ts) * 1000:8.1f} ms/iter (zero, fwd+bwd, update)"
-        if ts is not hand_t:
-            line += "  ratio " + ratio(ts, hand_t)
+        line = f"{name:38s}: {min(ts) * 1000:8.1f} ms/iter ({what})"
+        if name != base:
+            line += "  ratio " + ratio(ts, times[base])
         print(line)
 
 
