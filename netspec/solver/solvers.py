@@ -133,16 +133,16 @@ def _sgd(s, diffs, rates):
 
 def _nesterov(s, diffs, rates):
     # history_prev = history; history = momentum * history + local_rate * diff;
-    # step = (1 + momentum) * history - momentum * history_prev
+    # step = (1 + momentum) * history - momentum * history_prev. As Caffe's GPU kernel computes it
+    # (nesterov_solver.cu, NesterovUpdate): the new history as local_rate * diff plus momentum * history in one
+    # fused add, the step as (1 + momentum) * history minus momentum * history_prev in one; all multi-tensor ops.
     hist, prev, m = s.history, s.scratch(), s.param.momentum
     torch._foreach_copy_(prev, hist)
     torch._foreach_mul_(diffs, rates)
-    torch._foreach_mul_(hist, m)
-    torch._foreach_add_(hist, diffs)
-    torch._foreach_mul_(prev, m)
-    for d, h, hp in zip(diffs, hist, prev):
-        torch.mul(h, 1 + m, out=d)
-        d.sub_(hp)
+    torch._foreach_add_(diffs, hist, alpha=m)  # the new history
+    torch._foreach_copy_(hist, diffs)
+    torch._foreach_mul_(diffs, 1 + m)
+    torch._foreach_add_(diffs, prev, alpha=-m)
 
 
 def _adagrad(s, diffs, rates):
