@@ -65,6 +65,8 @@ class PSPNetBN(nn.Module):
         return [tuple(bottom_shapes[0])]
 
     def forward(self, x):
+        if self.batch_stats and x.dtype == torch.float32 and x.dim() > 1 and x.numel() > x.shape[1]:
+            return self._batch_kernel(x)
         if self.batch_stats:
             dims = _dims(x)
             mean = x.mean(dims)
@@ -79,6 +81,24 @@ class PSPNetBN(nn.Module):
             var = self.variance
         x_hat = xc * _channel(torch.pow(var + self.eps, -0.5), x)
         return x_hat * _channel(self.slope, x) + _channel(self.bias, x)
+
+    def _batch_kernel(self, x):
+        """The batch-statistics forward as torch's one-pass batch_norm kernel (the same formulas: mean and biased
+        variance over N, H, W; (var + eps)^-1/2): its running-statistics update with momentum 1 into zeroed
+        buffers yields the batch mean and the unbiased variance, which is turned back into the biased one that
+        PSPNet averages into its blob."""
+        c = x.shape[1]
+        mean = torch.zeros(c, dtype=x.dtype, device=x.device)
+        unbiased = torch.ones(c, dtype=x.dtype, device=x.device)
+        y = torch.batch_norm(x, self.slope.reshape(-1), self.bias.reshape(-1), mean, unbiased, True, 1.0, self.eps,
+                             False)
+        n = x.numel() // c
+        with torch.no_grad():
+            m = self.momentum
+            var = unbiased * ((n - 1) / n)
+            self.mean.copy_((1 - m) * mean.reshape(self.mean.shape) + m * self.mean)
+            self.variance.copy_((1 - m) * var.reshape(self.variance.shape) + m * self.variance)
+        return y
 
     def affine(self):
         """(k, b), per channel, with y = k * x + b when the stored statistics normalise; None with batch
