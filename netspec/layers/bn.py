@@ -72,10 +72,7 @@ class PSPNetBN(nn.Module):
             mean = x.mean(dims)
             xc = x - _channel(mean, x)
             var = (xc * xc).mean(dims)
-            with torch.no_grad():
-                m = self.momentum
-                self.mean.copy_((1 - m) * mean.detach().reshape(self.mean.shape) + m * self.mean)
-                self.variance.copy_((1 - m) * var.detach().reshape(self.variance.shape) + m * self.variance)
+            self._average(mean.detach(), var.detach())
         else:
             xc = x - _channel(self.mean, x)
             var = self.variance
@@ -93,12 +90,15 @@ class PSPNetBN(nn.Module):
         y = torch.batch_norm(x, self.slope.reshape(-1), self.bias.reshape(-1), mean, unbiased, True, 1.0, self.eps,
                              False)
         n = x.numel() // c
+        self._average(mean, unbiased * ((n - 1) / n))
+        return y
+
+    def _average(self, mean, var):
+        """PSPNet's moving averages: stat = (1 - momentum) * batch stat + momentum * stat (biased variance)."""
         with torch.no_grad():
             m = self.momentum
-            var = unbiased * ((n - 1) / n)
             self.mean.copy_((1 - m) * mean.reshape(self.mean.shape) + m * self.mean)
             self.variance.copy_((1 - m) * var.reshape(self.variance.shape) + m * self.variance)
-        return y
 
     def affine(self):
         """(k, b), per channel, with y = k * x + b when the stored statistics normalise; None with batch

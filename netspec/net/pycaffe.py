@@ -255,16 +255,15 @@ class Net:
         with torch.enable_grad():
             env, _ = self.module.run(feed, keep=True, start=i0, end=i1, env=env, on_top=on_top,
                                      before=self._call(self._before), after=self._call(self._after))
-        blobs = self.blobs
         for t, v in lasts.items():
-            blobs[t]._t = v.detach()  # (Blob._set)
+            self.blobs[t]._set(v)
         self._graph = _Pass(firsts, lasts, loss_terms, edges, versions, i0, i1)
         return {o: self.blobs[o].data for o in self.outputs if o in lasts or i0 > 0}
 
-    def _learnable(self) -> List[torch.Tensor]:
-        """The parameters whose diffs a backward computes (each shared one once)."""
-        return list(dict.fromkeys(b._param for layer in self.layers for b in layer.blobs
-                                  if b._param.requires_grad))
+    def _learnable(self, i0: int = 0, i1: Optional[int] = None) -> List[torch.Tensor]:
+        """The parameters of layers i0..i1 (default: all) whose diffs a backward computes (each shared one once)."""
+        return list(dict.fromkeys(b._param for layer in self.layers[i0:None if i1 is None else i1 + 1]
+                                  for b in layer.blobs if b._param.requires_grad))
 
     def _recomputed(self, i0: int, i1: int) -> List[Blob]:
         """The blobs layers i0..i1 write, but the net's inputs and outputs (cached per range)."""
@@ -377,9 +376,7 @@ class Net:
             if edge is not None:
                 names.append(b)
                 inputs.append(edge)
-        params = list(dict.fromkeys(q._param for i in range(i_end, i_start + 1) for q in self.layers[i].blobs
-                                    if q._param.requires_grad))
-        self._capture(roots, grads, names, inputs, params)
+        self._capture(roots, grads, names, inputs, self._learnable(i_end, i_start))
 
     def _check_not_inside_chain(self, p: "_Pass", i_start: int, i_end: int):
         """A layer chain the last forward ran as one fused module (netspec.net.fold.train_plan) has no inner
