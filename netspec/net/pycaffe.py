@@ -392,9 +392,9 @@ class Net:
             if h < i_end <= last or h <= i_start < last:
                 raise NetspecError(
                     f"backward(start='{nodes[i_start].name}', end='{nodes[i_end].name}'): layers "
-                    f"'{nodes[h].name}' to '{nodes[last].name}' ran as one fused module, so backward cannot start "
-                    f"or end between them; start or end at its first or last layer, or set net.module.fuse = False "
-                    "before forward()")
+                    f"'{nodes[h].name}' to '{nodes[last].name}' ran as one fused module, which has no versions of "
+                    f"its top in between: start at '{nodes[last].name}', end at '{nodes[h].name}', or set "
+                    "net.module.fuse = False before forward()")
 
     def _capture(self, roots, grads, names, inputs, params):
         """Autograd from ``roots`` (tensors or gradient edges) seeded with ``grads``: the gradients at ``inputs``

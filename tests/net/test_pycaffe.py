@@ -425,7 +425,7 @@ def test_backward_range_and_fused_chains():
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
     net.module.fuse = True
     net.forward()
-    with pytest.raises(NetspecError, match="'bn' to 'scale' ran as one fused module.*fuse = False"):
+    with pytest.raises(NetspecError, match="'bn' to 'scale' ran as one fused module.*start at 'scale', end at 'bn'.*fuse = False"):
         net.backward(start="bn")
     net.module.fuse = False
     net.forward()
