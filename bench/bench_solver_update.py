@@ -2,11 +2,14 @@
 
     python bench/bench_solver_update.py                       # FCN-8s, every solver type, 64x64 input
     python bench/bench_solver_update.py --types SGD,Adam --iters 5
+    python bench/bench_solver_update.py --net deeplabv3_resnet101_idd --types SGD,Nesterov,Adam --vs-torch --iters 9
 
 Update: seconds per ``Solver.apply_update`` (Caffe's update rule over every parameter: FCN-8s has 134M) after one
 forward/backward, median of ``--iters``. A trunk frozen with lr_mult 0 is also timed for SGD (its blobs are
 skipped while their history is zero). Memory: bytes of the tensors autograd keeps for the backward pass
 (saved-tensor hooks, parameters excluded) in one training forward, without and with ``configure(checkpoint=True)``.
+``--vs-torch``: each update is timed interleaved with the matching ``torch.optim`` rule (foreach) stepping a copy
+of the same parameters from the same gradients (SGD, Nesterov, Adam, AdaGrad, RMSProp; fixed rate).
 """
 import argparse
 import os
@@ -51,6 +54,37 @@ def make_solver(model, size, solver_type="SGD", frozen_trunk=False):
     return solver
 
 
+TORCH_RULES = {
+    "SGD": lambda ps, sp: torch.optim.SGD(ps, sp.base_lr, momentum=sp.momentum, weight_decay=sp.weight_decay,
+                                         foreach=True),
+    "Nesterov": lambda ps, sp: torch.optim.SGD(ps, sp.base_lr, momentum=sp.momentum, nesterov=True,
+                                              weight_decay=sp.weight_decay, foreach=True),
+    "Adam": lambda ps, sp: torch.optim.Adam(ps, sp.base_lr, weight_decay=sp.weight_decay, foreach=True),
+    "AdaGrad": lambda ps, sp: torch.optim.Adagrad(ps, sp.base_lr, weight_decay=sp.weight_decay, foreach=True),
+    "RMSProp": lambda ps, sp: torch.optim.RMSprop(ps, sp.base_lr, weight_decay=sp.weight_decay, foreach=True),
+}
+
+
+def time_vs_torch(s, kind, iters):
+    """Median seconds of ``apply_update`` and of the matching torch.optim step, interleaved, each from the same
+    gradients (restored before every call: the update overwrites the diffs)."""
+    params = [lp.tensor for lp in s._params if lp.tensor.grad is not None]
+    grads = [p.grad.clone() for p in params]
+    copies = [p.detach().clone().requires_grad_(True) for p in params]
+    opt = TORCH_RULES[kind](copies, s.param)
+    ours, theirs = [], []
+    for _ in range(iters):
+        for p, q, g in zip(params, copies, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        t0 = time.perf_counter()
+        s.apply_update()
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        opt.step()
+        theirs.append(time.perf_counter() - t0)
+    return statistics.median(ours), statistics.median(theirs)
+
+
 def _saved_bytes(solver) -> int:
     """Bytes of the activations autograd saves (the parameters it saves too are held anyway: not counted)."""
     seen = {p.untyped_storage().data_ptr() for p in solver.net.module.parameters()}
@@ -76,6 +110,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--types", default="SGD,Nesterov,AdaGrad,RMSProp,AdaDelta,Adam")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--vs-torch", action="store_true", help="time the matching torch.optim rule beside each update")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(True)
     print(f"{a.net} at {a.size}x{a.size}, CPU threads {torch.get_num_threads()}, torch {torch.__version__}")
@@ -83,6 +118,11 @@ def main(argv=None):
         for frozen in ([False, True] if kind == "SGD" else [False]):
             s = make_solver(a.net, a.size, kind, frozen)
             s.forward_backward()
+            if a.vs_torch and not frozen and kind in TORCH_RULES:
+                ours, theirs = time_vs_torch(s, kind, a.iters)
+                print(f"update {kind:<24} {ours * 1e3:8.2f} ms, torch.optim {theirs * 1e3:8.2f} ms: "
+                      f"{ours / theirs:.2f}x")
+                continue
             times = []
             for _ in range(a.iters):
                 t0 = time.perf_counter()
